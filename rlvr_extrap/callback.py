@@ -1,0 +1,174 @@
+"""``ExtrapolationCallback``: train -> extrapolate -> train inside a (GRPO) Trainer."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+from .config import ExtrapolationArguments
+from .lora import LoraModule, find_lora_modules, snapshot_deltas
+from .worker import JumpPlan, TrajectoryWorker
+
+__all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
+
+logger = logging.get_logger(__name__)
+
+
+class ExtrapolationCallback(TrainerCallback):
+    """Snapshots the LoRA weights, fits their trajectory in a background thread, and jumps ahead.
+
+    Settings come from the trainer's ``args`` (``extrap_*`` fields, see ``ExtrapGRPOConfig``); keyword
+    arguments given here (without the prefix, e.g. ``method="relex"``) take precedence, for users who
+    keep a plain ``GRPOConfig``. With no method set the callback does nothing at all.
+
+    The trainer is found on ``on_train_begin`` (it is the caller); pass ``trainer=`` to be explicit.
+    It is used to log through ``Trainer.log`` and to force a vLLM weight sync after a jump.
+    """
+
+    def __init__(self, trainer: Trainer | None = None, **settings: Any) -> None:
+        ExtrapolationArguments.from_object(None, **settings)  # fail fast on unknown names
+        self.trainer = trainer
+        self.settings = settings
+        self.config: ExtrapolationArguments | None = None
+        self.modules: dict[str, LoraModule] = {}
+        self.worker: TrajectoryWorker | None = None
+        self.jumps: list[dict[str, Any]] = []
+        self.snapshot_steps: list[int] = []
+        self.snapshot_seconds = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.worker is not None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ):
+        self.config = ExtrapolationArguments.from_object(args, **self.settings)
+        self.config.validate_extrapolation()
+        if not self.config.enabled:
+            return
+        self.config.validate_for_training(args)
+        if PartialState().num_processes > 1:
+            raise NotImplementedError(
+                "ExtrapolationCallback does not support multi-process training yet; run on one process "
+                "or set extrap_method=None"
+            )
+        late = [j for j in self.config.extrap_jump_at if state.max_steps and j > state.max_steps]
+        if late:
+            logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
+        if not self.config.extrap_jump_at:
+            logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
+        self.trainer = self.trainer or _find_calling_trainer(self)
+        self.modules = find_lora_modules(model)
+        self.worker = TrajectoryWorker(self.config.build_extrapolator())
+        self._snapshot(state.global_step)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        if not self.active:
+            return
+        step = state.global_step
+        pending = [j for j in self.config.extrap_jump_at if j >= step]
+        if pending and (step % self.config.extrap_snapshot_every == 0 or step == pending[0]):
+            self._snapshot(step)
+        if step in self.config.extrap_jump_at:
+            self._jump(step, state, kwargs.get("optimizer"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def _snapshot(self, step: int) -> None:
+        start = time.perf_counter()
+        deltas = snapshot_deltas(self.modules)
+        self.snapshot_seconds += time.perf_counter() - start
+        self.snapshot_steps.append(step)
+        self.worker.add_snapshot(step, deltas)
+
+    def _jump(self, step: int, state: TrainerState, optimizer: torch.optim.Optimizer | None) -> None:
+        cfg = self.config
+        target = step + cfg.extrap_horizon
+        wait_start = time.perf_counter()
+        try:
+            plan = self.worker.plan_jump(step, target, cfg.extrap_alpha).result()
+        except Exception as err:  # the fit must never stop training
+            logger.warning(f"extrapolation jump at step {step} skipped: the fit failed with {err!r}")
+            self.jumps.append({"step": step, "horizon": cfg.extrap_horizon, "skipped": repr(err)})
+            return
+        wait = time.perf_counter() - wait_start
+        if wait > 1.0:
+            logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
+
+        apply_start = time.perf_counter()
+        self._apply(plan)
+        if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
+            reset_optimizer_state(optimizer, self._lora_parameters(), cfg.extrap_optimizer_policy)
+        if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
+            self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
+        self.worker.commit_jump(plan)
+        apply_seconds = time.perf_counter() - apply_start
+
+        record = {
+            "step": step,
+            "horizon": cfg.extrap_horizon,
+            "target_step": target,
+            "update_norm": plan.update_norm,
+            "fit_seconds": plan.fit_seconds,
+            "wait_seconds": wait,
+            "apply_seconds": apply_seconds,
+            "modules": len(plan.updates),
+        }
+        self.jumps.append(record)
+        self._log(state, {f"extrap/{k}": v for k, v in record.items()})
+
+    def _apply(self, plan: JumpPlan) -> None:
+        with torch.no_grad():
+            for name, update in plan.updates.items():
+                self.modules[name].add_to_base(update)
+
+    def _lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [
+            p
+            for m in self.modules.values()
+            for p in (m.layer.lora_A[m.adapter].weight, m.layer.lora_B[m.adapter].weight)
+        ]
+
+    def _log(self, state: TrainerState, metrics: dict[str, float]) -> None:
+        if self.trainer is not None:
+            Trainer.log(self.trainer, metrics)  # the base log: GRPO's override would flush its own metrics
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+            logger.info(str(metrics))
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], policy: str) -> None:
+    """Apply an ``extrap_optimizer_policy`` to the AdamW state of ``params`` in place."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    for p in params:
+        state = inner.state.get(p)
+        if not state:
+            continue
+        if "exp_avg" in state:
+            state["exp_avg"].zero_()
+        if policy == "reset":
+            if "exp_avg_sq" in state:
+                state["exp_avg_sq"].zero_()
+            if "step" in state:
+                state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
+
+
+def _find_calling_trainer(callback: TrainerCallback) -> Trainer | None:
+    """The Trainer whose callback handler is calling ``callback`` (found on the call stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
+            return candidate
+        frame = frame.f_back
+    return None

@@ -1,0 +1,37 @@
+"""Extrapolators behind one interface, selected by name (``extrap_method``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Extrapolator, ExtrapolatorConfig
+from .linear import LinearConfig, LinearExtrapolator, linear_weights
+from .relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
+
+EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
+    "relex": RelexExtrapolator,
+    "linear": LinearExtrapolator,
+}
+
+
+def get_extrapolator(method: str, **config: Any) -> Extrapolator:
+    """Build the extrapolator registered as ``method`` with its config fields as keyword arguments."""
+    if method not in EXTRAPOLATORS:
+        raise ValueError(f"extrap_method={method!r} is not a known method; choose one of {sorted(EXTRAPOLATORS)}")
+    cls = EXTRAPOLATORS[method]
+    return cls(cls.config_class(**config))
+
+
+__all__ = [
+    "EXTRAPOLATORS",
+    "Extrapolator",
+    "ExtrapolatorConfig",
+    "LinearConfig",
+    "LinearExtrapolator",
+    "RelexConfig",
+    "RelexExtrapolator",
+    "RelexFit",
+    "fit_relex",
+    "get_extrapolator",
+    "linear_weights",
+]

@@ -1,0 +1,67 @@
+"""The one interface every extrapolator implements: fit a trajectory, predict a step."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..lowrank import Delta
+from ..trajectory import Trajectory
+
+__all__ = ["Extrapolator", "ExtrapolatorConfig"]
+
+
+@dataclass
+class ExtrapolatorConfig:
+    """Settings shared by every method."""
+
+    fit_window: int | None = None
+    """Number of most recent trajectory points the fit uses (the segment origin counts); None: all."""
+
+    def validate(self) -> None:
+        if self.fit_window is not None and self.fit_window < 2:
+            raise ValueError(
+                f"extrap_fit_window={self.fit_window}: a fit needs at least 2 points; use 2 or more, or None for all"
+            )
+
+
+class Extrapolator(ABC):
+    """Fits a per-module trajectory of weight deltas and predicts the delta at a later step.
+
+    ``fit`` returns per-module diagnostics (plain floats); ``predict_module`` returns the predicted
+    global delta ``D_hat`` of one module, in the same representation as the trajectory's deltas
+    (factored for LoRA, dense otherwise), without materialising factored ones.
+    """
+
+    config_class: ClassVar[type[ExtrapolatorConfig]] = ExtrapolatorConfig
+
+    def __init__(self, config: ExtrapolatorConfig | None = None) -> None:
+        self.config = config or self.config_class()
+        self.config.validate()
+        self.trajectory: Trajectory | None = None
+
+    def fit(self, trajectory: Trajectory) -> dict[str, dict[str, float]]:
+        if len(trajectory) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 trajectory points, got {len(trajectory)}")
+        self.trajectory = trajectory
+        return {name: self._fit_module(name) for name in trajectory.modules}
+
+    def predict(self, step: int) -> dict[str, Delta]:
+        if self.trajectory is None:
+            raise RuntimeError("call fit() before predict()")
+        return {name: self.predict_module(name, step) for name in self.trajectory.modules}
+
+    def window_start(self) -> int:
+        """Index of the first trajectory point inside the fit window."""
+        assert self.trajectory is not None
+        n = len(self.trajectory)
+        return 0 if self.config.fit_window is None else max(0, n - self.config.fit_window)
+
+    @abstractmethod
+    def _fit_module(self, name: str) -> dict[str, float]:
+        """Fit one module's trajectory; return its diagnostics."""
+
+    @abstractmethod
+    def predict_module(self, name: str, step: int) -> Delta:
+        """The predicted global delta of module ``name`` at ``step``."""

@@ -1,0 +1,43 @@
+"""Linear extrapolation of the last segment: ``W_a + alpha * (W_b - W_a)`` (arXiv 2601.04537)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..lowrank import Delta, lincomb
+from .base import Extrapolator, ExtrapolatorConfig
+
+__all__ = ["LinearConfig", "LinearExtrapolator", "linear_weights"]
+
+
+def linear_weights(steps: Sequence[int], target: int, start: int = 0) -> list[float]:
+    """Weights over the points so that their combination is ``W_a + alpha (W_b - W_a)``.
+
+    ``a`` is point ``start``, ``b`` the last point, ``alpha = (target - t_a) / (t_b - t_a)``.
+    """
+    t_a, t_b = steps[start], steps[-1]
+    if t_b <= t_a:
+        raise ValueError(f"linear extrapolation needs two distinct steps, got {t_a} and {t_b}")
+    alpha = (target - t_a) / (t_b - t_a)
+    weights = [0.0] * len(steps)
+    weights[start] += 1.0 - alpha
+    weights[-1] += alpha
+    return weights
+
+
+@dataclass
+class LinearConfig(ExtrapolatorConfig):
+    """Segment from the first point in the window (default: the segment origin) to the last."""
+
+
+class LinearExtrapolator(Extrapolator):
+    config_class = LinearConfig
+
+    def _fit_module(self, name: str) -> dict[str, float]:
+        return {}
+
+    def predict_module(self, name: str, step: int) -> Delta:
+        assert self.trajectory is not None
+        weights = linear_weights(self.trajectory.steps, step, self.window_start())
+        return lincomb(weights, self.trajectory.deltas[name])

@@ -1,0 +1,79 @@
+"""A background thread that owns the trajectory: it ingests snapshots and plans jumps while training runs."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .extrapolators import Extrapolator
+from .lowrank import LowRank, frobenius_norm
+from .trajectory import Trajectory
+
+__all__ = ["JumpPlan", "TrajectoryWorker"]
+
+
+@dataclass
+class JumpPlan:
+    """The update each module takes at a jump, ``alpha * (D_hat(target) - D_now)``, kept factored."""
+
+    step: int
+    target_step: int
+    updates: dict[str, LowRank]
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+
+    @property
+    def update_norm(self) -> float:
+        return sum(frobenius_norm(u) ** 2 for u in self.updates.values()) ** 0.5
+
+
+class TrajectoryWorker:
+    """Serialises all trajectory work on one background thread, in submission order.
+
+    Deltas are kept as ``offset + s * B_t @ A_t``: the offset (a factored sum) is what earlier jumps
+    added to the base weights, so the trajectory stays in the global merged-delta space across jumps.
+    Nothing here touches the live model, and no collective is ever called from this thread.
+    """
+
+    def __init__(self, extrapolator: Extrapolator) -> None:
+        self.extrapolator = extrapolator
+        self.trajectory = Trajectory()
+        self.offsets: dict[str, LowRank] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
+
+    def add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> Future[None]:
+        return self._pool.submit(self._add_snapshot, step, lora_deltas)
+
+    def plan_jump(self, step: int, target_step: int, alpha: float) -> Future[JumpPlan]:
+        return self._pool.submit(self._plan_jump, step, target_step, alpha)
+
+    def commit_jump(self, plan: JumpPlan) -> Future[None]:
+        """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
+        return self._pool.submit(self._commit_jump, plan)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
+        deltas = {n: self.offsets[n] + d if n in self.offsets else d for n, d in lora_deltas.items()}
+        self.trajectory.append(step, deltas)
+
+    def _plan_jump(self, step: int, target_step: int, alpha: float) -> JumpPlan:
+        if not self.trajectory.steps or self.trajectory.steps[-1] != step:
+            raise RuntimeError(f"no snapshot at the jump step {step} (last: {self.trajectory.steps[-1:]})")
+        start = time.perf_counter()
+        diagnostics = self.extrapolator.fit(self.trajectory)
+        predicted = self.extrapolator.predict(target_step)
+        current = self.trajectory.last()
+        updates = {n: (predicted[n] - current[n]).scaled(alpha).compact() for n in current}
+        return JumpPlan(step, target_step, updates, diagnostics, time.perf_counter() - start)
+
+    def _commit_jump(self, plan: JumpPlan) -> None:
+        origin = {}
+        for name, delta in self.trajectory.last().items():
+            update = plan.updates[name]
+            self.offsets[name] = (self.offsets[name] + update).compact() if name in self.offsets else update
+            origin[name] = (delta + update).compact()
+        self.trajectory = Trajectory()
+        self.trajectory.append(plan.step, origin)
