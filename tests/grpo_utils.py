@@ -1,0 +1,99 @@
+"""A tiny GRPO setup for tests: random 2-layer Qwen2, char tokenizer, a reward with a clear gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import transformers
+from datasets import Dataset
+from peft import LoraConfig
+from trl import GRPOTrainer
+
+from rlvr_extrap import ExtrapGRPOConfig
+from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.toy.tokenizer import build_char_tokenizer
+
+
+def count_ones_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    return [float(c.count("1")) for c in completions]
+
+
+def tiny_model(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return transformers.Qwen2ForCausalLM(config)
+
+
+def make_trainer(tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 20, **extrap: Any) -> GRPOTrainer:
+    """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides."""
+    tokenizer = build_char_tokenizer()
+    grpo = {
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "max_completion_length": 3,
+        "learning_rate": 5e-3,
+        "logging_steps": 5,
+    }
+    grpo.update({k: v for k, v in extrap.items() if not k.startswith("extrap_")})
+    args = ExtrapGRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        max_steps=max_steps,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        **grpo,
+        **{k: v for k, v in extrap.items() if k.startswith("extrap_")},
+    )
+    dataset = Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+6=", "7+8="] * 64})
+    return GRPOTrainer(
+        model=tiny_model(tokenizer),
+        args=args,
+        reward_funcs=count_ones_reward,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None,
+        callbacks=list(callbacks),
+    )
+
+
+class WeightProbe(transformers.TrainerCallback):
+    """Records every LoRA module's effective (merged) weight at the start and at each step end."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, torch.Tensor] = {}
+        self.at: dict[int, dict[str, torch.Tensor]] = {}
+        self.optimizer_state: dict[int, list[dict[str, Any]]] = {}
+        self.param_ids: dict[int, list[int]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start = _effective(model)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.at[state.global_step] = _effective(model)
+        self.param_ids[state.global_step] = [id(p) for p in model.parameters() if p.requires_grad]
+        inner = getattr(optimizer, "optimizer", optimizer)
+        self.optimizer_state[state.global_step] = [
+            {k: v.clone() if torch.is_tensor(v) else v for k, v in inner.state[p].items()}
+            for p in model.parameters()
+            if p.requires_grad and p in inner.state
+        ]
+
+
+def _effective(model) -> dict[str, torch.Tensor]:
+    return {name: m.effective_weight() for name, m in find_lora_modules(model).items()}

@@ -1,0 +1,199 @@
+"""ExtrapolationCallback on a real GRPOTrainer (tiny random model, CPU)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from grpo_utils import WeightProbe, make_trainer
+from trl import GRPOConfig, TrlParser
+
+from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError, get_extrapolator
+from rlvr_extrap.extrapolators import RelexExtrapolator
+from rlvr_extrap.lora import NoLoraAdapterError
+from rlvr_extrap.trajectory import Trajectory
+
+
+def run(tmp_path, **kwargs):
+    before, after = WeightProbe(), WeightProbe()
+    callback = ExtrapolationCallback()
+    trainer = make_trainer(tmp_path, [before, callback, after], **kwargs)
+    trainer.train()
+    return trainer, callback, before, after
+
+
+def expected_after_jump(before: WeightProbe, origin: dict, steps: list[int], method: str, target: int, alpha, window):
+    """Independent dense recomputation: fit on W_t - W0 at the snapshot steps, then W + alpha (W_hat - W)."""
+    traj = Trajectory()
+    traj.append(steps[0], {n: w - before.start[n] for n, w in origin.items()})
+    for s in steps[1:]:
+        traj.append(s, {n: w - before.start[n] for n, w in before.at[s].items()})
+    ex = get_extrapolator(method, fit_window=window)
+    ex.fit(traj)
+    now = before.at[steps[-1]]
+    return {n: now[n] + alpha * (before.start[n] + d - now[n]) for n, d in ex.predict(target).items()}
+
+
+@pytest.mark.parametrize("method", ["relex", "linear"])
+def test_jumps_land_on_the_prediction_and_training_continues(tmp_path, method):
+    trainer, callback, before, after = run(
+        tmp_path,
+        max_steps=24,
+        extrap_method=method,
+        extrap_snapshot_every=4,
+        extrap_jump_at=[12, 20],
+        extrap_horizon=10,
+        extrap_alpha=0.5,
+        extrap_fit_window=None,
+    )
+    assert callback.snapshot_steps == [0, 4, 8, 12, 16, 20]
+    assert [j["step"] for j in callback.jumps] == [12, 20]
+    assert all("skipped" not in j for j in callback.jumps)
+
+    # First jump: segment from step 0 (W0) through step 12.
+    expected = expected_after_jump(before, before.start, [0, 4, 8, 12], method, 22, 0.5, None)
+    for name, w in after.at[12].items():
+        torch.testing.assert_close(w, expected[name], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(w, before.at[12][name])  # it moved
+    # Second jump: new segment whose origin is the post-jump state at step 12 (global deltas from W0).
+    expected = expected_after_jump(before, after.at[12], [12, 16, 20], method, 30, 0.5, None)
+    for name, w in after.at[20].items():
+        torch.testing.assert_close(w, expected[name], rtol=1e-4, atol=1e-5)
+
+    # Only the jump steps see a discontinuity between the two probes; other steps are untouched.
+    for step in (4, 8, 16, 24):
+        for name in before.at[step]:
+            assert torch.equal(before.at[step][name], after.at[step][name])
+    # Training went on after the last jump with the very same Parameter objects.
+    assert trainer.state.global_step == 24
+    assert after.param_ids[12] == after.param_ids[24] == before.param_ids[1]
+    assert any(not torch.equal(after.at[20][n], after.at[24][n]) for n in after.at[20])
+    logged = [h for h in trainer.state.log_history if "extrap/update_norm" in h]
+    assert [h["extrap/step"] for h in logged] == [12, 20] and all(h["extrap/update_norm"] > 0 for h in logged)
+
+
+def test_disabled_callback_is_identical_to_no_callback(tmp_path):
+    with_cb = make_trainer(tmp_path, [ExtrapolationCallback()], max_steps=6)
+    with_cb.train()
+    without = make_trainer(tmp_path, [], max_steps=6)
+    without.train()
+    a = dict(with_cb.model.named_parameters())
+    b = dict(without.model.named_parameters())
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("extrap/") for h in with_cb.state.log_history for k in h)
+
+
+def test_optimizer_reset_policy_zeroes_adam_moments_at_the_jump(tmp_path):
+    _, _, before, after = run(
+        tmp_path,
+        max_steps=8,
+        extrap_method="linear",
+        extrap_jump_at=[4],
+        extrap_snapshot_every=2,
+        extrap_optimizer_policy="reset",
+    )
+    assert before.optimizer_state[4] and any(float(s["exp_avg"].abs().sum()) > 0 for s in before.optimizer_state[4])
+    for s in after.optimizer_state[4]:
+        assert float(s["exp_avg"].abs().sum()) == 0 and float(s["exp_avg_sq"].abs().sum()) == 0
+        assert int(s["step"]) == 0
+
+
+def test_constructor_settings_work_with_a_plain_grpo_config(tmp_path):
+    callback = ExtrapolationCallback(method="linear", jump_at=[4], snapshot_every=2, horizon=3)
+    trainer = make_trainer(tmp_path, [callback], max_steps=6)
+    assert type(trainer.args) is ExtrapGRPOConfig  # args without extrap fields would work too:
+    trainer.args.extrap_method = None  # the constructor's settings win over args
+    trainer.train()
+    assert [j["step"] for j in callback.jumps] == [4]
+
+
+def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypatch, caplog):
+    def boom(self, trajectory):
+        raise RuntimeError("injected fit failure")
+
+    monkeypatch.setattr(RelexExtrapolator, "fit", boom)
+    with caplog.at_level(logging.WARNING):
+        trainer, callback, before, after = run(
+            tmp_path, max_steps=6, extrap_method="relex", extrap_jump_at=[4], extrap_snapshot_every=2
+        )
+    assert trainer.state.global_step == 6
+    assert "injected fit failure" in callback.jumps[0]["skipped"]
+    assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
+    assert "jump at step 4 skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"extrap_method": "nope"}, r"extrap_method='nope'.*choose one of"),
+        ({"extrap_horizon": 0}, r"extrap_horizon=0"),
+        ({"extrap_horizon": -5}, r"extrap_horizon=-5"),
+        ({"extrap_jump_at": [5], "extrap_snapshot_every": 10}, r"extrap_jump_at.*before two snapshots exist"),
+        ({"extrap_jump_at": [20, 25], "extrap_snapshot_every": 10}, r"jump at step 25 comes before two snapshots"),
+        ({"extrap_jump_at": [30, 20]}, r"extrap_jump_at.*increasing order"),
+        ({"extrap_fit_window": 1}, r"extrap_fit_window=1"),
+        ({"extrap_optimizer_policy": "forget"}, r"extrap_optimizer_policy='forget'"),
+        ({"extrap_alpha": 0.0}, r"extrap_alpha"),
+        ({"extrap_rank": 0, "extrap_method": "relex"}, r"extrap_rank=0"),
+    ],
+)
+def test_bad_config_names_the_field_and_the_fix(tmp_path, fields, match):
+    fields = {"extrap_method": "linear", "extrap_jump_at": [20], **fields}
+    with pytest.raises(ExtrapolationConfigError, match=match):
+        ExtrapGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], **fields)
+
+
+def test_jump_off_the_generation_buffer_boundary_is_refused(tmp_path):
+    # steps_per_generation=2: completions generated every 2 optimizer steps; a jump at step 6 is fine, 5 is not.
+    trainer = make_trainer(
+        tmp_path,
+        [ExtrapolationCallback()],
+        extrap_method="linear",
+        extrap_jump_at=[5],
+        extrap_snapshot_every=2,
+        steps_per_generation=2,
+    )
+    with pytest.raises(ExtrapolationConfigError, match=r"extrap_jump_at=\[5\].*generation-buffer.*multiples of 2"):
+        trainer.train()
+
+
+def test_model_without_lora_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, [ExtrapolationCallback()], lora=False, extrap_method="relex", extrap_jump_at=[10])
+    with pytest.raises(NoLoraAdapterError, match="peft_config=LoraConfig"):
+        trainer.train()
+
+
+def test_unknown_callback_setting_lists_the_valid_names():
+    with pytest.raises(ExtrapolationConfigError, match=r"extrap_jump_every.*valid names: alpha"):
+        ExtrapolationCallback(jump_every=10)
+
+
+def test_extrap_fields_are_cli_flags(tmp_path):
+    (args,) = TrlParser((ExtrapGRPOConfig,)).parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--extrap_method",
+            "relex",
+            "--extrap_jump_at",
+            "150",
+            "300",
+            "--extrap_horizon",
+            "50",
+            "--extrap_fit_window",
+            "4",
+        ]
+    )
+    assert (args.extrap_method, args.extrap_jump_at, args.extrap_horizon, args.extrap_fit_window) == (
+        "relex",
+        [150, 300],
+        50,
+        4,
+    )
+    assert isinstance(args, GRPOConfig)
