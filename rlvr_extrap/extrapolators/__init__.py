@@ -6,11 +6,13 @@ from typing import Any
 
 from .base import Extrapolator, ExtrapolatorConfig
 from .linear import LinearConfig, LinearExtrapolator, linear_weights
+from .next import NextConfig, NextExtrapolator
 from .relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
 
 EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
     "relex": RelexExtrapolator,
     "linear": LinearExtrapolator,
+    "next": NextExtrapolator,
 }
 
 
@@ -28,6 +30,8 @@ __all__ = [
     "ExtrapolatorConfig",
     "LinearConfig",
     "LinearExtrapolator",
+    "NextConfig",
+    "NextExtrapolator",
     "RelexConfig",
     "RelexExtrapolator",
     "RelexFit",
