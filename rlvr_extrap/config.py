@@ -52,7 +52,7 @@ class ExtrapolationArguments:
         metadata={"help": "Scale of the applied update: W <- W + alpha * (W_predicted - W)."},
     )
     extrap_fit_window: int | None = field(
-        default=5,
+        default=None,
         metadata={
             "help": "Number of most recent trajectory points the fit uses (the segment's origin counts); "
             "None uses the whole segment."
@@ -137,8 +137,8 @@ class ExtrapolationArguments:
     def build_extrapolator(self) -> Extrapolator:
         """The configured extrapolator, its config filled from the matching ``extrap_*`` fields."""
         cls = EXTRAPOLATORS[self.extrap_method]
-        config = cls.config_class(**{f.name: getattr(self, f"extrap_{f.name}") for f in fields(cls.config_class)})
-        return cls(config)
+        names = [f.name for f in fields(cls.config_class) if hasattr(self, f"extrap_{f.name}")]
+        return cls(cls.config_class(**{name: getattr(self, f"extrap_{name}") for name in names}))
 
     def validate_for_training(self, args: Any) -> None:
         """Checks that need the trainer's arguments: every jump on a generation-buffer boundary."""
