@@ -16,9 +16,7 @@ checkpoints or the live callback).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import matplotlib
 import torch
 
 from .extrapolators import fit_relex
+from .io import save_figure, write_json
 from .lowrank import Delta, frobenius_norm
 from .trajectory import Trajectory
 
@@ -114,34 +113,6 @@ def _heldout_r2(gram: torch.Tensor, steps: Sequence[int], start: int, holdout: i
     return 1.0 - mse / variance if variance > 0 else 1.0
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as JSON atomically (temp file, then rename); NaN and infinities become null."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def plot_coefficients(diagnostics: Sequence[ModuleDiagnostics], path: str | Path, max_modules: int = 4) -> Path:
     """Rank-1 coefficient against step for up to ``max_modules`` modules spread over the list (PNG).
 
@@ -166,7 +137,7 @@ def plot_coefficients(diagnostics: Sequence[ModuleDiagnostics], path: str | Path
     axes[0][0].set_ylabel("rank-1 coefficient")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layers(diagnostics: Sequence[ModuleDiagnostics], path: str | Path) -> Path:
@@ -187,4 +158,4 @@ def plot_layers(diagnostics: Sequence[ModuleDiagnostics], path: str | Path) -> P
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -76,7 +76,7 @@ def inner(a: Delta, b: Delta) -> float:
     """Frobenius inner product ``<a, b> = sum(a * b)``, computed on the factors when there are any."""
     if isinstance(a, LowRank) and isinstance(b, LowRank):
         return float(torch.sum((a.left.T @ b.left) * (a.right @ b.right.T)))
-    return float(torch.sum(to_dense(a) * to_dense(b)))
+    return float(torch.dot(to_dense(a).reshape(-1), to_dense(b).reshape(-1)))
 
 
 def gram_row(new: Delta, previous: Sequence[Delta]) -> torch.Tensor:
