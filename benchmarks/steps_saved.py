@@ -1,0 +1,189 @@
+"""Does jumping save GRPO steps? Vanilla GRPO against every method with jumps, side by side, on the embedded toy.
+
+    python benchmarks/steps_saved.py            # the full sweep (3 seeds), about 30 minutes on 2 CPU cores
+    python benchmarks/steps_saved.py --quick    # a few arms, 2 seeds
+
+Every arm uses the same seeds, the same prompt order (a fixed dataset, constant learning rate) and the
+same held-out problems (never trained on). Vanilla runs once per (learning rate, LoRA rank) to the
+longest budget; with a constant learning rate, reading it at step S is the same as stopping there.
+
+For an arm that ends at ``S`` actual GRPO steps with held-out accuracy ``a``, per seed:
+``steps ratio = (first vanilla step whose accuracy >= a) / S``; above 1 means jumping saved steps.
+If vanilla never reaches ``a`` within its budget the ratio is a lower bound (reported with ``>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from common import RESULTS, machine, write_results
+
+from rlvr_extrap.plots import plot_accuracy_curves
+from rlvr_extrap.toy.experiment import ToyRun, run_toy
+from rlvr_extrap.toy.model import load_toy_model
+
+BASE = {"extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100}
+LOCAL = {**BASE, "extrap_method": "linear", "extrap_fit_window": 6}  # W_t + 2 (W_t - W_{t-50})
+LR = 1e-3
+
+# name -> (extrap settings, learning rate, LoRA rank, actual GRPO steps)
+FULL_ARMS: dict[str, tuple[dict[str, Any], float, int, int]] = {
+    "linear local (w=6)": (LOCAL, LR, 8, 150),
+    "linear from base": ({**BASE, "extrap_method": "linear"}, LR, 8, 150),
+    "relex from base": ({**BASE, "extrap_method": "relex"}, LR, 8, 150),
+    "relex window 6": ({**BASE, "extrap_method": "relex", "extrap_fit_window": 6}, LR, 8, 150),
+    "next": ({**BASE, "extrap_method": "next"}, LR, 8, 150),
+    "re-grounding m=n=50": (
+        {**BASE, "extrap_method": "linear", "extrap_jump_at": [50, 100], "extrap_horizon": 50},
+        LR,
+        8,
+        150,
+    ),
+    "linear local, horizon 50": ({**LOCAL, "extrap_horizon": 50}, LR, 8, 150),
+    "linear local, reset momentum": ({**LOCAL, "extrap_optimizer_policy": "reset_momentum"}, LR, 8, 150),
+    "relex from base, alpha 0.5": ({**BASE, "extrap_method": "relex", "extrap_alpha": 0.5}, LR, 8, 150),
+    "linear local, lr 2e-4": (LOCAL, 2e-4, 8, 150),
+    "relex from base, lr 2e-4": ({**BASE, "extrap_method": "relex"}, 2e-4, 8, 150),
+}
+PLOTTED = ["linear local (w=6)", "linear from base", "relex from base", "relex window 6", "next", "re-grounding m=n=50"]
+QUICK_ARMS = {k: FULL_ARMS[k] for k in ("linear local (w=6)", "relex from base", "re-grounding m=n=50")}
+
+
+def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)  # two single-threaded runs side by side use the 2 cores best
+    name, extrap, lr, rank, steps, seed = job
+    with tempfile.TemporaryDirectory() as tmp:
+        run = ToyRun(name, steps, extrap=extrap, learning_rate=lr, lora_rank=rank, seed=seed, progress=False)
+        result = run_toy(run, tmp)
+    print(f"  done: {name} seed {seed}: acc {result['heldout_accuracy']:.3f}", flush=True)
+    return result
+
+
+def steps_to_reach(history: list[tuple[int, float]], accuracy: float) -> int | None:
+    """First evaluated step of a vanilla curve at or above ``accuracy``."""
+    return next((step for step, acc in history if acc >= accuracy - 1e-9), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    arms = QUICK_ARMS if args.quick else FULL_ARMS
+    seeds = list(range(args.seeds or (2 if args.quick else 3)))
+    vanilla_steps = 300
+    load_toy_model()
+
+    baselines = sorted({(lr, rank) for _, lr, rank, _ in arms.values()})
+    jobs = [(f"vanilla lr={lr} r={rank}", {}, lr, rank, vanilla_steps, s) for lr, rank in baselines for s in seeds]
+    jobs += [(name, extrap, lr, rank, steps, s) for name, (extrap, lr, rank, steps) in arms.items() for s in seeds]
+    print(f"{len(jobs)} runs on {args.workers} workers")
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(_run, jobs))
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_arm.setdefault(r["name"], []).append(r)
+
+    rows = []
+    for name, (extrap, lr, rank, steps) in arms.items():
+        vanilla = by_arm[f"vanilla lr={lr} r={rank}"]
+        ratios, bounded, accs, vanilla_accs = [], False, [], []
+        for run, base in zip(by_arm[name], vanilla, strict=True):
+            acc = run["heldout_accuracy"]
+            reached = steps_to_reach(base["history"], acc)
+            bounded |= reached is None
+            ratios.append((reached or vanilla_steps) / steps)
+            accs.append(acc)
+            vanilla_accs.append(dict(base["history"])[steps])
+        rows.append(
+            {
+                "arm": name,
+                "method": extrap["extrap_method"],
+                "settings": extrap,
+                "learning_rate": lr,
+                "lora_rank": rank,
+                "grpo_steps": steps,
+                "effective_steps": steps + extrap["extrap_horizon"] * len(extrap["extrap_jump_at"]),
+                "accuracy": accs,
+                "vanilla_accuracy_same_steps": vanilla_accs,
+                "steps_ratio": ratios,
+                "steps_ratio_lower_bound": bounded,
+            }
+        )
+    data = {
+        "machine": machine(),
+        "seeds": seeds,
+        "vanilla_steps": vanilla_steps,
+        "rows": rows,
+        "runs": [
+            {k: r[k] for k in ("name", "method", "grpo_steps", "heldout_accuracy", "history", "jumps", "settings")}
+            for r in results
+        ],
+    }
+    name = "steps_saved" + ("_quick" if args.quick else "")
+    write_results(name, data, render_markdown(data, args.quick))
+    plot(by_arm, arms, RESULTS / f"{name}.png")
+    print(render_markdown(data, args.quick))
+
+
+def _mean_spread(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+
+def render_markdown(data: dict[str, Any], quick: bool) -> str:
+    m = data["machine"]
+    lines = [
+        "# Steps saved by jumping, embedded toy (a+b, tiny Qwen2, LoRA, GRPO)",
+        "",
+        f"Command: `python benchmarks/steps_saved.py{' --quick' if quick else ''}` · machine: {m['processor']}, "
+        f"{m['cpu_count']} cores, torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · "
+        f"seeds {data['seeds']} · vanilla budget {data['vanilla_steps']} steps · commit {m['commit']}",
+        "",
+        "Accuracy: held-out greedy accuracy (80 problems never trained on), mean ± std over seeds. "
+        "Steps ratio: vanilla steps to reach the arm's final accuracy / the arm's actual GRPO steps "
+        "(> 1: jumping saved steps; `>` marks a lower bound, vanilla never got there).",
+        "",
+        "| arm | lr | r | actual steps | effective steps | accuracy | vanilla at same steps | steps ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        bound = ">" if r["steps_ratio_lower_bound"] else ""
+        lines.append(
+            f"| {r['arm']} | {r['learning_rate']:g} | {r['lora_rank']} | {r['grpo_steps']} | {r['effective_steps']} | "
+            f"{_mean_spread(r['accuracy'])} | {_mean_spread(r['vanilla_accuracy_same_steps'])} | "
+            f"{bound}{_mean_spread(r['steps_ratio'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(by_arm, arms, path) -> None:
+    """Accuracy against actual steps at the base lr/rank: vanilla and the main arms, with min-max seed bands."""
+    lr0, rank0 = LR, 8
+    names = [f"vanilla lr={lr0} r={rank0}"] + [n for n in PLOTTED if n in arms]
+    curves = []
+    for name in names:
+        runs = by_arm[name]
+        steps = [s for s, _ in runs[0]["history"]]
+        per_step = [[dict(r["history"])[s] for r in runs] for s in steps]
+        curves.append(
+            {
+                "name": name,
+                "steps": steps,
+                "mean": [statistics.mean(v) for v in per_step],
+                "low": [min(v) for v in per_step],
+                "high": [max(v) for v in per_step],
+                "jumps": arms[name][0]["extrap_jump_at"] if name in arms else [],
+            }
+        )
+    plot_accuracy_curves(curves, path, title=f"held-out accuracy, lr {lr0}, LoRA r={rank0} (band: min-max over seeds)")
+
+
+if __name__ == "__main__":
+    main()
