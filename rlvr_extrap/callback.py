@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -13,7 +15,7 @@ from transformers.utils import logging
 
 from .config import ExtrapolationArguments
 from .lora import LoraModule, find_lora_modules, snapshot_deltas
-from .worker import JumpPlan, TrajectoryWorker
+from .worker import JumpGate, JumpPlan, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -66,7 +68,13 @@ class ExtrapolationCallback(TrainerCallback):
             logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
         self.trainer = self.trainer or _find_calling_trainer(self)
         self.modules = find_lora_modules(model)
-        self.worker = TrajectoryWorker(self.config.build_extrapolator())
+        diagnostics_dir = (
+            os.path.join(args.output_dir, "extrap")
+            if self.config.extrap_diagnostics and state.is_world_process_zero
+            else None
+        )
+        gate = JumpGate(self.config.extrap_min_energy, self.config.extrap_min_r2)
+        self.worker = TrajectoryWorker(self.config.build_extrapolator(), gate, diagnostics_dir)
         self._snapshot(state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
@@ -122,7 +130,10 @@ class ExtrapolationCallback(TrainerCallback):
             "fit_seconds": plan.fit_seconds,
             "wait_seconds": wait,
             "apply_seconds": apply_seconds,
-            "modules": len(plan.updates),
+            "modules_jumped": len(plan.updates),
+            "modules_held": len(plan.diagnostics) - len(plan.updates),
+            "energy_mean": statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
+            "r2_mean": statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
         }
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})

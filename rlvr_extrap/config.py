@@ -61,6 +61,20 @@ class ExtrapolationArguments:
     extrap_rank: int = field(
         default=1, metadata={"help": "relex only: number of singular directions of the time stack."}
     )
+    extrap_min_energy: float | None = field(
+        default=None,
+        metadata={"help": "Only modules whose time stack has at least this rank-1 energy (0..1) jump; None: all."},
+    )
+    extrap_min_r2: float | None = field(
+        default=None,
+        metadata={
+            "help": "Only modules whose rank-1 coefficient fits its line with at least this R^2 jump; None: all."
+        },
+    )
+    extrap_diagnostics: bool = field(
+        default=True,
+        metadata={"help": "Write per-module diagnostics (JSON and PNG) to <output_dir>/extrap/step-<N>/ at each jump."},
+    )
     extrap_optimizer_policy: str = field(
         default="keep",
         metadata={
@@ -111,6 +125,14 @@ class ExtrapolationArguments:
         if self.extrap_optimizer_policy not in OPTIMIZER_POLICIES:
             raise ExtrapolationConfigError(
                 f"extrap_optimizer_policy={self.extrap_optimizer_policy!r}: choose one of {list(OPTIMIZER_POLICIES)}"
+            )
+        if self.extrap_min_energy is not None and not 0.0 <= self.extrap_min_energy <= 1.0:
+            raise ExtrapolationConfigError(
+                f"extrap_min_energy={self.extrap_min_energy}: an energy fraction lies in [0, 1]; use e.g. 0.8, or None"
+            )
+        if self.extrap_min_r2 is not None and not self.extrap_min_r2 <= 1.0:
+            raise ExtrapolationConfigError(
+                f"extrap_min_r2={self.extrap_min_r2}: R^2 is at most 1; use e.g. 0.9, or None"
             )
         self._validate_jump_steps()
         try:

@@ -5,17 +5,36 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers
 from .extrapolators import Extrapolator
+from .io import write_json
 from .lowrank import LowRank, frobenius_norm
 from .trajectory import Trajectory
 
-__all__ = ["JumpPlan", "TrajectoryWorker"]
+__all__ = ["JumpGate", "JumpPlan", "TrajectoryWorker"]
+
+
+@dataclass(frozen=True)
+class JumpGate:
+    """Which modules may jump: rank-1 energy and in-sample R^2 of the fitted coefficient above thresholds."""
+
+    min_energy: float | None = None
+    min_r2: float | None = None
+
+    def passes(self, diag: ModuleDiagnostics) -> bool:
+        return (self.min_energy is None or diag.energy >= self.min_energy) and (
+            self.min_r2 is None or diag.r2 >= self.min_r2
+        )
 
 
 @dataclass
 class JumpPlan:
-    """The update each module takes at a jump, ``alpha * (D_hat(target) - D_now)``, kept factored."""
+    """The update each module takes at a jump, ``alpha * (D_hat(target) - D_now)``, kept factored.
+
+    Modules the gate refused have no update; ``diagnostics`` covers every module.
+    """
 
     step: int
     target_step: int
@@ -36,8 +55,12 @@ class TrajectoryWorker:
     Nothing here touches the live model, and no collective is ever called from this thread.
     """
 
-    def __init__(self, extrapolator: Extrapolator) -> None:
+    def __init__(
+        self, extrapolator: Extrapolator, gate: JumpGate | None = None, diagnostics_dir: str | Path | None = None
+    ) -> None:
         self.extrapolator = extrapolator
+        self.gate = gate or JumpGate()
+        self.diagnostics_dir = diagnostics_dir
         self.trajectory = Trajectory()
         self.offsets: dict[str, LowRank] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
@@ -63,16 +86,41 @@ class TrajectoryWorker:
         if not self.trajectory.steps or self.trajectory.steps[-1] != step:
             raise RuntimeError(f"no snapshot at the jump step {step} (last: {self.trajectory.steps[-1:]})")
         start = time.perf_counter()
-        diagnostics = self.extrapolator.fit(self.trajectory)
+        method_diagnostics = self.extrapolator.fit(self.trajectory)
         predicted = self.extrapolator.predict(target_step)
-        current = self.trajectory.last()
-        updates = {n: (predicted[n] - current[n]).scaled(alpha).compact() for n in current}
-        return JumpPlan(step, target_step, updates, diagnostics, time.perf_counter() - start)
+        updates, report, diags = {}, {}, []
+        for name, current in self.trajectory.last().items():
+            update = (predicted[name] - current).scaled(alpha).compact()
+            diag = module_diagnostics(
+                self.trajectory, name, target_step, fit_window=self.extrapolator.config.fit_window, update=update
+            )
+            passed = self.gate.passes(diag)
+            if passed:
+                updates[name] = update
+            report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
+            diags.append(diag)
+        plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start)
+        if self.diagnostics_dir is not None:
+            self._write_diagnostics(plan, diags)
+        return plan
+
+    def _write_diagnostics(self, plan: JumpPlan, diags: list[ModuleDiagnostics]) -> None:
+        """``diagnostics.json``, ``coefficients.png`` and ``layers.png`` under ``<dir>/step-<N>/``."""
+        out = Path(self.diagnostics_dir) / f"step-{plan.step}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            out / "diagnostics.json", {"step": plan.step, "target_step": plan.target_step, "modules": plan.diagnostics}
+        )
+        plot_coefficients(diags, out / "coefficients.png")
+        plot_layers(diags, out / "layers.png")
 
     def _commit_jump(self, plan: JumpPlan) -> None:
         origin = {}
         for name, delta in self.trajectory.last().items():
-            update = plan.updates[name]
+            update = plan.updates.get(name)
+            if update is None:  # a module the gate kept in place
+                origin[name] = delta
+                continue
             self.offsets[name] = (self.offsets[name] + update).compact() if name in self.offsets else update
             origin[name] = (delta + update).compact()
         self.trajectory = Trajectory()

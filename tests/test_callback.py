@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -137,6 +138,8 @@ def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypat
         ({"extrap_optimizer_policy": "forget"}, r"extrap_optimizer_policy='forget'"),
         ({"extrap_alpha": 0.0}, r"extrap_alpha"),
         ({"extrap_rank": 0, "extrap_method": "relex"}, r"extrap_rank=0"),
+        ({"extrap_min_energy": 1.5}, r"extrap_min_energy=1.5"),
+        ({"extrap_min_r2": 2.0}, r"extrap_min_r2=2.0"),
     ],
 )
 def test_bad_config_names_the_field_and_the_fix(tmp_path, fields, match):
@@ -197,3 +200,30 @@ def test_extrap_fields_are_cli_flags(tmp_path):
         4,
     )
     assert isinstance(args, GRPOConfig)
+
+
+def test_diagnostics_are_written_and_the_gate_holds_modules_back(tmp_path):
+    trainer, callback, before, after = run(
+        tmp_path,
+        max_steps=8,
+        extrap_method="relex",
+        extrap_jump_at=[6],
+        extrap_snapshot_every=2,
+        extrap_min_r2=0.999999,
+    )
+    out = tmp_path / "out" / "extrap" / "step-6"
+    report = json.loads((out / "diagnostics.json").read_text())
+    modules = report["modules"]
+    assert set(modules) == set(before.at[6])
+    for d in modules.values():
+        assert 0.0 < d["energy"] <= 1.0 + 1e-9 and d["r2"] <= 1.0 + 1e-9 and d["update_norm"] >= 0
+        assert d["jumped"] == (d["r2"] >= 0.999999)
+    for png in ("coefficients.png", "layers.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    held = [n for n, d in modules.items() if not d["jumped"]]
+    assert held, "with 4 noisy points some module should miss an R^2 of 0.999999"
+    for name in held:  # held modules did not move at the jump
+        assert torch.equal(before.at[6][name], after.at[6][name])
+    logged = next(h for h in trainer.state.log_history if "extrap/modules_held" in h)
+    assert logged["extrap/modules_held"] == len(held)
+    assert logged["extrap/modules_jumped"] == len(modules) - len(held)
