@@ -19,16 +19,24 @@ def count_ones_reward(completions: list[str], **kwargs: Any) -> list[float]:
     return [float(c.count("1")) for c in completions]
 
 
+def tiny_config(vocab_size: int, **overrides: Any) -> transformers.Qwen2Config:
+    """A 2-layer, 32-wide Qwen2 config shared by the tests."""
+    settings = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        **overrides,
+    }
+    return transformers.Qwen2Config(vocab_size=vocab_size, **settings)
+
+
 def tiny_model(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
+    config = tiny_config(
+        len(tokenizer),
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

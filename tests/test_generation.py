@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from grpo_utils import tiny_config
+from transformers import Qwen2ForCausalLM
 
 from rlvr_extrap.generation import extrapolate_logits, extrapolated_generate, sampling_probs
 
@@ -13,19 +14,7 @@ VOCAB, PAD = 20, 0
 
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
+    config = tiny_config(VOCAB, pad_token_id=PAD, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     return Qwen2ForCausalLM(config).eval()
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from grpo_utils import tiny_config
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from rlvr_extrap import offline
 from rlvr_extrap.checkpoints import CheckpointRun
@@ -36,18 +37,6 @@ SLOPE = 0.01
 def coefficient(step: float, intercept: float) -> float:
     """The known trajectory: every delta is ``coefficient(t) * direction``."""
     return SLOPE * step + intercept
-
-
-def tiny_config(vocab: int = VOCAB) -> Qwen2Config:
-    return Qwen2Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab,
-        max_position_embeddings=64,
-    )
 
 
 def save_tokenizer(directory: Path) -> None:
@@ -86,7 +75,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def make_base(directory: Path, shard: str | None = None) -> Path:
     torch.manual_seed(0)
-    Qwen2ForCausalLM(tiny_config()).save_pretrained(directory, max_shard_size=shard or "5GB")
+    Qwen2ForCausalLM(tiny_config(VOCAB)).save_pretrained(directory, max_shard_size=shard or "5GB")
     save_tokenizer(directory)
     return directory
 
@@ -129,7 +118,7 @@ def make_lora_run(base: Path, run_dir: Path, layout: str, *, r: int = 2, alpha: 
                 layer.lora_B["default"].weight.copy_(coefficient(step, 0.0) * b)
         peft_model.save_pretrained(snapshot_dir(run_dir, layout, step, "lora"))
         if layout == "verl":  # verl also writes config and tokenizer (no weights) next to the adapter
-            tiny_config().save_pretrained(snapshot_dir(run_dir, layout, step, "full"))
+            tiny_config(VOCAB).save_pretrained(snapshot_dir(run_dir, layout, step, "full"))
     directions = {f"{n}.weight": scale * b @ a for n, (b, a) in factors.items()}
     return Run(run_dir, base, w0, directions)
 
@@ -299,7 +288,7 @@ def corrupt(run: Path) -> None:
 
 
 def other_vocab(run: Path) -> None:
-    Qwen2ForCausalLM(tiny_config(vocab=VOCAB + 4)).save_pretrained(run / "checkpoint-20")
+    Qwen2ForCausalLM(tiny_config(VOCAB + 4)).save_pretrained(run / "checkpoint-20")
 
 
 def verl_without_weights(run: Path) -> None:
