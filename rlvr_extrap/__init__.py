@@ -3,6 +3,7 @@
 from .callback import ExtrapolationCallback
 from .config import ExtrapGRPOConfig, ExtrapolationArguments, ExtrapolationConfigError
 from .extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
+from .offsets import apply_offsets
 
 __all__ = [
     "EXTRAPOLATORS",
@@ -11,6 +12,7 @@ __all__ = [
     "ExtrapolationCallback",
     "ExtrapolationConfigError",
     "Extrapolator",
+    "apply_offsets",
     "get_extrapolator",
 ]
 __version__ = "0.1.0"

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .config import ExtrapolationArguments
 from .lora import LoraModule, find_lora_modules, snapshot_deltas
+from .offsets import save_offsets
 from .worker import JumpGate, JumpPlan, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
@@ -87,10 +89,24 @@ class ExtrapolationCallback(TrainerCallback):
         if step in self.config.extrap_jump_at:
             self._jump(step, state, kwargs.get("optimizer"))
 
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        """Jumps live in the base weights, which a PEFT checkpoint does not save: save them beside it."""
+        if self.active and state.is_world_process_zero:
+            self._save_offsets(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
     def on_train_end(self, args, state, control, **kwargs):
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+        if self.worker is None:
+            return
+        if state.is_world_process_zero:
+            self._save_offsets(args.output_dir)
+        self.worker.close()
+        self.worker = None
+
+    def _save_offsets(self, directory: str) -> None:
+        offsets = self.worker.offsets_now().result()
+        if offsets:
+            path = save_offsets(offsets, directory)
+            logger.info(f"extrapolation: jump offsets saved to {path} (load with rlvr_extrap.apply_offsets)")
 
     def _snapshot(self, step: int) -> None:
         start = time.perf_counter()

@@ -75,6 +75,10 @@ class TrajectoryWorker:
         """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
         return self._pool.submit(self._commit_jump, plan)
 
+    def offsets_now(self) -> Future[dict[str, LowRank]]:
+        """The accumulated jump offsets once every queued task has run."""
+        return self._pool.submit(lambda: dict(self.offsets))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -54,6 +54,7 @@ def make_trainer(tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 
         "max_completion_length": 3,
         "learning_rate": 5e-3,
         "logging_steps": 5,
+        "save_strategy": "no",
     }
     grpo.update({k: v for k, v in extrap.items() if not k.startswith("extrap_")})
     args = ExtrapGRPOConfig(
@@ -62,7 +63,6 @@ def make_trainer(tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 
         bf16=False,
         max_steps=max_steps,
         report_to=[],
-        save_strategy="no",
         seed=0,
         disable_tqdm=True,
         **grpo,

@@ -7,12 +7,20 @@ import logging
 
 import pytest
 import torch
-from grpo_utils import WeightProbe, make_trainer
+from grpo_utils import WeightProbe, make_trainer, tiny_model
+from peft import PeftModel
 from trl import GRPOConfig, TrlParser
 
-from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError, get_extrapolator
+from rlvr_extrap import (
+    ExtrapGRPOConfig,
+    ExtrapolationCallback,
+    ExtrapolationConfigError,
+    apply_offsets,
+    get_extrapolator,
+)
 from rlvr_extrap.extrapolators import RelexExtrapolator
-from rlvr_extrap.lora import NoLoraAdapterError
+from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
+from rlvr_extrap.offsets import OFFSETS_FILE
 from rlvr_extrap.trajectory import Trajectory
 
 
@@ -227,3 +235,25 @@ def test_diagnostics_are_written_and_the_gate_holds_modules_back(tmp_path):
     logged = next(h for h in trainer.state.log_history if "extrap/modules_held" in h)
     assert logged["extrap/modules_held"] == len(held)
     assert logged["extrap/modules_jumped"] == len(modules) - len(held)
+
+
+def test_saved_adapter_plus_offsets_reproduce_the_jumped_model(tmp_path):
+    trainer, callback, _, after = run(
+        tmp_path,
+        max_steps=6,
+        extrap_method="linear",
+        extrap_jump_at=[4],
+        extrap_snapshot_every=2,
+        save_strategy="steps",
+        save_steps=4,
+    )
+    assert (tmp_path / "out" / "checkpoint-4" / OFFSETS_FILE).exists()
+    trainer.save_model(str(tmp_path / "final"))
+    base = tiny_model(trainer.processing_class)  # same seed: the same base weights
+    plain = PeftModel.from_pretrained(base, str(tmp_path / "final"), is_trainable=True)
+    live = {n: m.effective_weight() for n, m in find_lora_modules(trainer.model).items()}
+    without = {n: m.effective_weight() for n, m in find_lora_modules(plain).items()}
+    assert any(not torch.allclose(without[n], live[n]) for n in live)  # the adapter alone misses the jump
+    assert apply_offsets(plain, tmp_path / "out") == len(live)
+    for name, module in find_lora_modules(plain).items():
+        torch.testing.assert_close(module.effective_weight(), live[name], rtol=1e-5, atol=1e-6)
