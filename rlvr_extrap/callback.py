@@ -75,7 +75,7 @@ class ExtrapolationCallback(TrainerCallback):
             if self.config.extrap_diagnostics and state.is_world_process_zero
             else None
         )
-        gate = JumpGate(self.config.extrap_min_energy, self.config.extrap_min_r2)
+        gate = JumpGate(self.config.extrap_min_energy, self.config.extrap_min_r2, self.config.extrap_max_update_ratio)
         self.worker = TrajectoryWorker(self.config.build_extrapolator(), gate, diagnostics_dir)
         self._snapshot(state.global_step)
 
@@ -122,7 +122,7 @@ class ExtrapolationCallback(TrainerCallback):
         try:
             plan = self.worker.plan_jump(step, target, cfg.extrap_alpha).result()
         except Exception as err:  # the fit must never stop training
-            logger.warning(f"extrapolation jump at step {step} skipped: the fit failed with {err!r}")
+            logger.warning(f"extrapolation jump at step {step} skipped: {type(err).__name__}: {err}")
             self.jumps.append({"step": step, "horizon": cfg.extrap_horizon, "skipped": repr(err)})
             return
         wait = time.perf_counter() - wait_start

@@ -71,6 +71,13 @@ class ExtrapolationArguments:
             "help": "Only modules whose rank-1 coefficient fits its line with at least this R^2 jump; None: all."
         },
     )
+    extrap_max_update_ratio: float | None = field(
+        default=20.0,
+        metadata={
+            "help": "Refuse a jump whose update norm exceeds this multiple of the distance the segment travelled "
+            "(||D_now - D_origin||); None: no limit. Updates with NaN/Inf are always refused."
+        },
+    )
     extrap_diagnostics: bool = field(
         default=True,
         metadata={"help": "Write per-module diagnostics (JSON and PNG) to <output_dir>/extrap/step-<N>/ at each jump."},
@@ -133,6 +140,10 @@ class ExtrapolationArguments:
         if self.extrap_min_r2 is not None and not self.extrap_min_r2 <= 1.0:
             raise ExtrapolationConfigError(
                 f"extrap_min_r2={self.extrap_min_r2}: R^2 is at most 1; use e.g. 0.9, or None"
+            )
+        if self.extrap_max_update_ratio is not None and not self.extrap_max_update_ratio > 0:
+            raise ExtrapolationConfigError(
+                f"extrap_max_update_ratio={self.extrap_max_update_ratio}: must be > 0 (e.g. 20), or None for no limit"
             )
         self._validate_jump_steps()
         try:

@@ -18,10 +18,11 @@ __all__ = ["JumpGate", "JumpPlan", "TrajectoryWorker"]
 
 @dataclass(frozen=True)
 class JumpGate:
-    """Which modules may jump: rank-1 energy and in-sample R^2 of the fitted coefficient above thresholds."""
+    """Which modules may jump (rank-1 energy and in-sample R^2 above thresholds), and how far a jump may go."""
 
     min_energy: float | None = None
     min_r2: float | None = None
+    max_update_ratio: float | None = None
 
     def passes(self, diag: ModuleDiagnostics) -> bool:
         return (self.min_energy is None or diag.energy >= self.min_energy) and (
@@ -93,6 +94,9 @@ class TrajectoryWorker:
         method_diagnostics = self.extrapolator.fit(self.trajectory)
         predicted = self.extrapolator.predict(target_step)
         updates, report, diags = {}, {}, []
+        bad = [n for n, d in predicted.items() if not all(t.isfinite().all() for t in (d.left, d.right))]
+        if bad:
+            raise ValueError(f"the prediction contains NaN or Inf (e.g. module {bad[0]}); jump refused")
         for name, current in self.trajectory.last().items():
             update = (predicted[name] - current).scaled(alpha).compact()
             diag = module_diagnostics(
@@ -104,9 +108,25 @@ class TrajectoryWorker:
             report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
             diags.append(diag)
         plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start)
+        self._check_size(plan)
         if self.diagnostics_dir is not None:
             self._write_diagnostics(plan, diags)
         return plan
+
+    def _check_size(self, plan: JumpPlan) -> None:
+        """Refuse an update far larger than the distance the segment has travelled."""
+        limit = self.gate.max_update_ratio
+        if limit is None:
+            return
+        travelled = sum(
+            max(float(g[-1, -1] - 2 * g[0, -1] + g[0, 0]), 0.0) for g in map(self.trajectory.gram, plan.updates)
+        )
+        ratio = plan.update_norm / max(travelled**0.5, 1e-30)
+        if ratio > limit:
+            raise ValueError(
+                f"the update norm {plan.update_norm:.3g} is {ratio:.1f}x the distance the segment travelled "
+                f"({travelled**0.5:.3g}), above extrap_max_update_ratio={limit}; jump refused"
+            )
 
     def _write_diagnostics(self, plan: JumpPlan, diags: list[ModuleDiagnostics]) -> None:
         """``diagnostics.json``, ``coefficients.png`` and ``layers.png`` under ``<dir>/step-<N>/``."""

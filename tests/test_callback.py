@@ -18,8 +18,9 @@ from rlvr_extrap import (
     apply_offsets,
     get_extrapolator,
 )
-from rlvr_extrap.extrapolators import RelexExtrapolator
+from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
 from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
+from rlvr_extrap.lowrank import LowRank
 from rlvr_extrap.offsets import OFFSETS_FILE
 from rlvr_extrap.trajectory import Trajectory
 
@@ -101,6 +102,7 @@ def test_optimizer_reset_policy_zeroes_adam_moments_at_the_jump(tmp_path):
         extrap_method="linear",
         extrap_jump_at=[4],
         extrap_snapshot_every=2,
+        extrap_horizon=4,
         extrap_optimizer_policy="reset",
     )
     assert before.optimizer_state[4] and any(float(s["exp_avg"].abs().sum()) > 0 for s in before.optimizer_state[4])
@@ -148,6 +150,7 @@ def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypat
         ({"extrap_rank": 0, "extrap_method": "relex"}, r"extrap_rank=0"),
         ({"extrap_min_energy": 1.5}, r"extrap_min_energy=1.5"),
         ({"extrap_min_r2": 2.0}, r"extrap_min_r2=2.0"),
+        ({"extrap_max_update_ratio": 0.0}, r"extrap_max_update_ratio=0.0"),
     ],
 )
 def test_bad_config_names_the_field_and_the_fix(tmp_path, fields, match):
@@ -217,6 +220,7 @@ def test_diagnostics_are_written_and_the_gate_holds_modules_back(tmp_path):
         extrap_method="relex",
         extrap_jump_at=[6],
         extrap_snapshot_every=2,
+        extrap_horizon=4,
         extrap_min_r2=0.999999,
     )
     out = tmp_path / "out" / "extrap" / "step-6"
@@ -244,6 +248,7 @@ def test_saved_adapter_plus_offsets_reproduce_the_jumped_model(tmp_path):
         extrap_method="linear",
         extrap_jump_at=[4],
         extrap_snapshot_every=2,
+        extrap_horizon=4,
         save_strategy="steps",
         save_steps=4,
     )
@@ -257,3 +262,33 @@ def test_saved_adapter_plus_offsets_reproduce_the_jumped_model(tmp_path):
     assert apply_offsets(plain, tmp_path / "out") == len(live)
     for name, module in find_lora_modules(plain).items():
         torch.testing.assert_close(module.effective_weight(), live[name], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_update_is_refused_and_training_goes_on(tmp_path, monkeypatch):
+    original = LinearExtrapolator.predict_module
+
+    def poisoned(self, name, step):
+        d = original(self, name, step)
+        return LowRank(d.left * float("nan"), d.right)
+
+    monkeypatch.setattr(LinearExtrapolator, "predict_module", poisoned)
+    trainer, callback, before, after = run(
+        tmp_path, max_steps=6, extrap_method="linear", extrap_jump_at=[4], extrap_snapshot_every=2, extrap_horizon=4
+    )
+    assert "NaN or Inf" in callback.jumps[0]["skipped"]
+    assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_update_far_beyond_the_travelled_distance_is_refused(tmp_path):
+    _, callback, before, after = run(
+        tmp_path,
+        max_steps=6,
+        extrap_method="linear",
+        extrap_jump_at=[4],
+        extrap_snapshot_every=2,
+        extrap_horizon=100,
+        extrap_max_update_ratio=5.0,
+    )
+    assert "above extrap_max_update_ratio=5.0" in callback.jumps[0]["skipped"]  # horizon 100 from 4 steps: ~25x
+    assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
