@@ -16,7 +16,7 @@ from transformers.utils import logging
 
 from .config import ExtrapolationArguments
 from .lora import LoraModule, find_lora_modules, snapshot_deltas
-from .offsets import save_offsets
+from .offsets import STATE_FILE, CallbackState, load_state, save_state
 from .worker import JumpGate, JumpPlan, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
@@ -77,7 +77,8 @@ class ExtrapolationCallback(TrainerCallback):
         )
         gate = JumpGate(self.config.extrap_min_energy, self.config.extrap_min_r2, self.config.extrap_max_update_ratio)
         self.worker = TrajectoryWorker(self.config.build_extrapolator(), gate, diagnostics_dir)
-        self._snapshot(state.global_step)
+        if state.global_step == 0 or not self._resume(args, state):
+            self._snapshot(state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
@@ -90,23 +91,42 @@ class ExtrapolationCallback(TrainerCallback):
             self._jump(step, state, kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        """Jumps live in the base weights, which a PEFT checkpoint does not save: save them beside it."""
+        """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
         if self.active and state.is_world_process_zero:
-            self._save_offsets(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+            self._save_state(_checkpoint_dir(args, state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is None:
             return
         if state.is_world_process_zero:
-            self._save_offsets(args.output_dir)
+            self._save_state(args.output_dir)
         self.worker.close()
         self.worker = None
 
-    def _save_offsets(self, directory: str) -> None:
-        offsets = self.worker.offsets_now().result()
-        if offsets:
-            path = save_offsets(offsets, directory)
-            logger.info(f"extrapolation: jump offsets saved to {path} (load with rlvr_extrap.apply_offsets)")
+    def _save_state(self, directory: str) -> None:
+        offsets, steps, deltas = self.worker.state_now().result()
+        history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps}
+        path = save_state(CallbackState(offsets, steps, deltas, history), directory)
+        logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
+
+    def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
+        """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
+        directory = _checkpoint_dir(args, state.global_step)
+        if not os.path.isfile(os.path.join(directory, STATE_FILE)):
+            logger.warning(
+                f"extrapolation: resuming at step {state.global_step} without {STATE_FILE} in {directory}; "
+                "the trajectory starts afresh here and earlier jumps (if any) are not in the base weights"
+            )
+            return False
+        saved = load_state(directory)
+        with torch.no_grad():
+            for name, offset in saved.offsets.items():
+                self.modules[name].add_to_base(offset)
+        self.worker.restore(saved.offsets, saved.steps, saved.deltas)
+        self.snapshot_steps = saved.history["snapshot_steps"]
+        self.jumps = saved.history["jumps"]
+        logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
+        return True
 
     def _snapshot(self, step: int) -> None:
         start = time.perf_counter()
@@ -188,6 +208,10 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.n
                 state["exp_avg_sq"].zero_()
             if "step" in state:
                 state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
+
+
+def _checkpoint_dir(args: TrainingArguments, step: int) -> str:
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
 
 
 def _find_calling_trainer(callback: TrainerCallback) -> Trainer | None:

@@ -1,15 +1,20 @@
-"""What jumps added to the base weights, saved next to the adapter: a PEFT adapter alone cannot hold a jump.
+"""The callback's state on disk, next to the adapter: a PEFT adapter alone cannot hold a jump.
 
 A jump edits each LoRA module's base weight (``W_base += update``) and leaves A, B alone, so
-``adapter_model.safetensors`` does not contain it. The callback writes the accumulated, factored
-offsets as ``extrap_offsets.safetensors`` into every checkpoint and into ``output_dir`` at the end of
-training; ``apply_offsets`` puts them back onto a freshly loaded ``PeftModel``.
+``adapter_model.safetensors`` does not contain it. The callback writes ``extrap_state.safetensors``
+into every checkpoint and into ``output_dir`` at the end of training: the accumulated jump offsets
+(factored) and the current segment's trajectory, with the snapshot and jump history as metadata.
+``apply_offsets`` puts the offsets back onto a freshly loaded ``PeftModel``; a resumed run restores
+everything from the checkpoint it resumes from.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -19,40 +24,77 @@ from torch import nn
 from .lora import find_lora_modules
 from .lowrank import LowRank
 
-__all__ = ["OFFSETS_FILE", "apply_offsets", "load_offsets", "save_offsets"]
+__all__ = ["STATE_FILE", "CallbackState", "apply_offsets", "load_state", "save_state"]
 
-OFFSETS_FILE = "extrap_offsets.safetensors"
+STATE_FILE = "extrap_state.safetensors"
 
 
-def save_offsets(offsets: dict[str, LowRank], directory: str | Path) -> Path:
-    """Write ``offsets`` (module name -> factored update) atomically into ``directory``."""
-    path = Path(directory) / OFFSETS_FILE
+@dataclass
+class CallbackState:
+    """Jump offsets, the current segment's trajectory, and the history (JSON-able) of one run."""
+
+    offsets: dict[str, LowRank]
+    steps: list[int]
+    deltas: dict[str, list[LowRank]]
+    history: dict[str, Any]
+
+
+def save_state(state: CallbackState, directory: str | Path) -> Path:
+    """Write ``state`` atomically as ``directory/extrap_state.safetensors``."""
+    path = Path(directory) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for name, offset in offsets.items():
-        tensors[f"{name}.left"] = offset.left.contiguous()
-        tensors[f"{name}.right"] = offset.right.contiguous()
+    for name, offset in state.offsets.items():
+        tensors[f"offset.{name}.left"], tensors[f"offset.{name}.right"] = offset.left, offset.right
+    for name, deltas in state.deltas.items():
+        for i, d in enumerate(deltas):
+            tensors[f"point.{i}.{name}.left"], tensors[f"point.{i}.{name}.right"] = d.left, d.right
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {
+        "format": "rlvr_extrap.state.v1",
+        "steps": json.dumps(state.steps),
+        "history": json.dumps(state.history),
+    }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "rlvr_extrap.offsets.v1"})
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
 
 
-def load_offsets(path: str | Path) -> dict[str, LowRank]:
+def load_state(path: str | Path) -> CallbackState:
     path = Path(path)
     if path.is_dir():
-        path = path / OFFSETS_FILE
+        path = path / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {OFFSETS_FILE} here; it is written next to the adapter by the callback")
-    with safe_open(str(path), "pt") as f:
-        keys = list(f.keys())
-        names = sorted({k.rsplit(".", 1)[0] for k in keys})
-        return {n: LowRank(f.get_tensor(f"{n}.left"), f.get_tensor(f"{n}.right")) for n in names}
+        raise FileNotFoundError(f"{path}: no {STATE_FILE} here; the callback writes it next to the adapter")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable ({err}); the file is corrupt or truncated") from None
+    if meta.get("format") != "rlvr_extrap.state.v1":
+        raise ValueError(f"{path}: not an rlvr_extrap state file (format {meta.get('format')!r})")
+    steps = json.loads(meta["steps"])
+    offsets, deltas = {}, {}
+    for key in tensors:
+        kind, rest = key.split(".", 1)
+        if not key.endswith(".left"):
+            continue
+        if kind == "offset":
+            name = rest[: -len(".left")]
+            offsets[name] = LowRank(tensors[key], tensors[f"offset.{name}.right"])
+        else:
+            index, name = rest[: -len(".left")].split(".", 1)
+            deltas.setdefault(name, [None] * len(steps))[int(index)] = LowRank(
+                tensors[key], tensors[f"point.{index}.{name}.right"]
+            )
+    return CallbackState(offsets, steps, deltas, json.loads(meta["history"]))
 
 
 def apply_offsets(model: nn.Module, path: str | Path) -> int:
     """Add saved jump offsets into the base weights of a loaded PeftModel; returns the number of modules."""
-    offsets = load_offsets(path)
+    offsets = load_state(path).offsets
     modules = find_lora_modules(model)
     missing = sorted(set(offsets) - set(modules))
     if missing:

@@ -76,9 +76,26 @@ class TrajectoryWorker:
         """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
         return self._pool.submit(self._commit_jump, plan)
 
-    def offsets_now(self) -> Future[dict[str, LowRank]]:
-        """The accumulated jump offsets once every queued task has run."""
-        return self._pool.submit(lambda: dict(self.offsets))
+    def state_now(self) -> Future[tuple[dict[str, LowRank], list[int], dict[str, list[LowRank]]]]:
+        """(offsets, trajectory steps, trajectory deltas) once every queued task has run."""
+        return self._pool.submit(
+            lambda: (
+                dict(self.offsets),
+                list(self.trajectory.steps),
+                {n: list(d) for n, d in self.trajectory.deltas.items()},
+            )
+        )
+
+    def restore(self, offsets: dict[str, LowRank], steps: list[int], deltas: dict[str, list[LowRank]]) -> Future[None]:
+        """Start from a saved state (resume): the offsets and the current segment's points."""
+
+        def _restore() -> None:
+            self.offsets = dict(offsets)
+            self.trajectory = Trajectory()
+            for i, step in enumerate(steps):
+                self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
+
+        return self._pool.submit(_restore)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -21,7 +21,7 @@ from rlvr_extrap import (
 from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
 from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.offsets import OFFSETS_FILE
+from rlvr_extrap.offsets import STATE_FILE
 from rlvr_extrap.trajectory import Trajectory
 
 
@@ -252,7 +252,7 @@ def test_saved_adapter_plus_offsets_reproduce_the_jumped_model(tmp_path):
         save_strategy="steps",
         save_steps=4,
     )
-    assert (tmp_path / "out" / "checkpoint-4" / OFFSETS_FILE).exists()
+    assert (tmp_path / "out" / "checkpoint-4" / STATE_FILE).exists()
     trainer.save_model(str(tmp_path / "final"))
     base = tiny_model(trainer.processing_class)  # same seed: the same base weights
     plain = PeftModel.from_pretrained(base, str(tmp_path / "final"), is_trainable=True)
