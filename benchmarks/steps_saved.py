@@ -15,9 +15,11 @@ If vanilla never reaches ``a`` within its budget the ratio is a lower bound (rep
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from common import RESULTS, machine, write_results
@@ -29,6 +31,7 @@ from rlvr_extrap.toy.model import load_toy_model
 BASE = {"extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100}
 LOCAL = {**BASE, "extrap_method": "linear", "extrap_fit_window": 6}  # W_t + 2 (W_t - W_{t-50})
 LR = 1e-3
+EVAL_EVERY = 25  # divides every arm's length and the vanilla budget, so vanilla is read at the arm's exact step
 
 # name -> (extrap settings, learning rate, LoRA rank, actual GRPO steps)
 FULL_ARMS: dict[str, tuple[dict[str, Any], float, int, int]] = {
@@ -59,7 +62,16 @@ def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any
     torch.set_num_threads(1)  # two single-threaded runs side by side use the 2 cores best
     name, extrap, lr, rank, steps, seed = job
     with tempfile.TemporaryDirectory() as tmp:
-        run = ToyRun(name, steps, extrap=extrap, learning_rate=lr, lora_rank=rank, seed=seed, progress=False)
+        run = ToyRun(
+            name,
+            steps,
+            extrap=extrap,
+            learning_rate=lr,
+            lora_rank=rank,
+            seed=seed,
+            eval_every=EVAL_EVERY,
+            progress=False,
+        )
         result = run_toy(run, tmp)
     print(f"  done: {name} seed {seed}: acc {result['heldout_accuracy']:.3f}", flush=True)
     return result
@@ -75,18 +87,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--from-runs", type=Path, help="summarise a saved *_runs.json instead of training")
     args = parser.parse_args()
     arms = QUICK_ARMS if args.quick else FULL_ARMS
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     vanilla_steps = 300
-    load_toy_model()
-
-    baselines = sorted({(lr, rank) for _, lr, rank, _ in arms.values()})
-    jobs = [(f"vanilla lr={lr} r={rank}", {}, lr, rank, vanilla_steps, s) for lr, rank in baselines for s in seeds]
-    jobs += [(name, extrap, lr, rank, steps, s) for name, (extrap, lr, rank, steps) in arms.items() for s in seeds]
-    print(f"{len(jobs)} runs on {args.workers} workers")
-    with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(_run, jobs))
+    out_name = "steps_saved" + ("_quick" if args.quick else "")
+    if args.from_runs:  # re-summarise saved runs without training again
+        results = json.loads(args.from_runs.read_text())["runs"]
+    else:
+        load_toy_model()
+        baselines = sorted({(lr, rank) for _, lr, rank, _ in arms.values()})
+        jobs = [(f"vanilla lr={lr} r={rank}", {}, lr, rank, vanilla_steps, s) for lr, rank in baselines for s in seeds]
+        jobs += [(name, extrap, lr, rank, steps, s) for name, (extrap, lr, rank, steps) in arms.items() for s in seeds]
+        print(f"{len(jobs)} runs on {args.workers} workers")
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(_run, jobs))
+        write_results(f"{out_name}_runs", {"machine": machine(), "runs": results}, "raw runs; see the table file\n")
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_arm.setdefault(r["name"], []).append(r)
@@ -127,9 +144,8 @@ def main() -> None:
             for r in results
         ],
     }
-    name = "steps_saved" + ("_quick" if args.quick else "")
-    write_results(name, data, render_markdown(data, args.quick))
-    plot(by_arm, arms, RESULTS / f"{name}.png")
+    write_results(out_name, data, render_markdown(data, args.quick))
+    plot(by_arm, arms, RESULTS / f"{out_name}.png")
     print(render_markdown(data, args.quick))
 
 
