@@ -69,15 +69,18 @@ def module_diagnostics(
     fit_window: int | None = None,
     holdout: int = 2,
     update: Delta | None = None,
+    update_norm: float | None = None,
 ) -> ModuleDiagnostics:
-    """Diagnostics of module ``name``; ``update`` is the jump's update if known (else the RELEX line's)."""
+    """Diagnostics of module ``name``; the jump's ``update`` (or its norm) if known, else the RELEX line's."""
     gram, steps = trajectory.gram(name), trajectory.steps
     n = len(steps)
     start = 0 if fit_window is None else max(0, n - fit_window)
     fit = fit_relex(gram, steps, start=start)
     coef = fit.coefficients()[:, 0]
     sign = -1.0 if coef[-1] < 0 else 1.0
-    if update is None:
+    if update_norm is not None:
+        pass
+    elif update is None:
         x = fit.weights(target_step)
         x[-1] -= 1.0
         update_norm = max(float(x @ gram @ x), 0.0) ** 0.5

@@ -7,10 +7,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers
 from .extrapolators import Extrapolator
 from .io import write_json
-from .lowrank import LowRank, frobenius_norm
+from .lowrank import LowRank
 from .trajectory import Trajectory
 
 __all__ = ["JumpGate", "JumpPlan", "TrajectoryWorker"]
@@ -45,7 +47,7 @@ class JumpPlan:
 
     @property
     def update_norm(self) -> float:
-        return sum(frobenius_norm(u) ** 2 for u in self.updates.values()) ** 0.5
+        return sum(self.diagnostics[n]["update_norm"] ** 2 for n in self.updates) ** 0.5
 
 
 class TrajectoryWorker:
@@ -115,9 +117,14 @@ class TrajectoryWorker:
         if bad:
             raise ValueError(f"the prediction contains NaN or Inf (e.g. module {bad[0]}); jump refused")
         for name, current in self.trajectory.last().items():
-            update = (predicted[name] - current).scaled(alpha).compact()
+            update = (predicted[name] - current).scaled(alpha)  # compacted at commit, off the training thread
             diag = module_diagnostics(
-                self.trajectory, name, target_step, fit_window=self.extrapolator.config.fit_window, update=update
+                self.trajectory,
+                name,
+                target_step,
+                fit_window=self.extrapolator.config.fit_window,
+                update=update,
+                update_norm=self._update_norm(name, target_step, alpha),
             )
             passed = self.gate.passes(diag)
             if passed:
@@ -129,6 +136,15 @@ class TrajectoryWorker:
         if self.diagnostics_dir is not None:
             self._write_diagnostics(plan, diags)
         return plan
+
+    def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
+        """``||alpha (D_hat - D_now)||`` from the Gram matrix when the prediction is a combination of points."""
+        weights = self.extrapolator.combination(name, target_step)
+        if weights is None:
+            return None
+        x = torch.tensor(weights, dtype=torch.float64)
+        x[-1] -= 1.0
+        return abs(alpha) * max(float(x @ self.trajectory.gram(name) @ x), 0.0) ** 0.5
 
     def _check_size(self, plan: JumpPlan) -> None:
         """Refuse an update far larger than the distance the segment has travelled."""
@@ -162,7 +178,7 @@ class TrajectoryWorker:
             if update is None:  # a module the gate kept in place
                 origin[name] = delta
                 continue
-            self.offsets[name] = (self.offsets[name] + update).compact() if name in self.offsets else update
+            self.offsets[name] = (self.offsets[name] + update if name in self.offsets else update).compact()
             origin[name] = (delta + update).compact()
         self.trajectory = Trajectory()
         self.trajectory.append(plan.step, origin)

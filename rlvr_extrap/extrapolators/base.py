@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..lowrank import Delta
+from ..lowrank import Delta, lincomb
 from ..trajectory import Trajectory
 
 __all__ = ["Extrapolator", "ExtrapolatorConfig"]
@@ -62,6 +62,14 @@ class Extrapolator(ABC):
     def _fit_module(self, name: str) -> dict[str, float]:
         """Fit one module's trajectory; return its diagnostics."""
 
-    @abstractmethod
+    def combination(self, name: str, step: int) -> list[float] | None:
+        """Weights ``w`` with prediction ``sum_t w[t] D_t``, for methods whose prediction is one; else None."""
+        return None
+
     def predict_module(self, name: str, step: int) -> Delta:
         """The predicted global delta of module ``name`` at ``step``."""
+        assert self.trajectory is not None
+        weights = self.combination(name, step)
+        if weights is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement predict_module or combination")
+        return lincomb(weights, self.trajectory.deltas[name])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..lowrank import Delta, lincomb
 from .base import Extrapolator, ExtrapolatorConfig
 
 __all__ = ["LinearConfig", "LinearExtrapolator", "linear_weights"]
@@ -37,7 +36,6 @@ class LinearExtrapolator(Extrapolator):
     def _fit_module(self, name: str) -> dict[str, float]:
         return {}
 
-    def predict_module(self, name: str, step: int) -> Delta:
+    def combination(self, name: str, step: int) -> list[float]:
         assert self.trajectory is not None
-        weights = linear_weights(self.trajectory.steps, step, self.window_start())
-        return lincomb(weights, self.trajectory.deltas[name])
+        return linear_weights(self.trajectory.steps, step, self.window_start())

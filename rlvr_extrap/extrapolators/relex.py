@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lowrank import Delta, lincomb
 from .base import Extrapolator, ExtrapolatorConfig
 
 __all__ = ["RelexConfig", "RelexExtrapolator", "RelexFit", "fit_relex"]
@@ -89,7 +88,5 @@ class RelexExtrapolator(Extrapolator):
         self.fits[name] = fit
         return {"energy": fit.energy, "r2": fit.r2}
 
-    def predict_module(self, name: str, step: int) -> Delta:
-        assert self.trajectory is not None
-        weights = self.fits[name].weights(step).tolist()
-        return lincomb(weights, self.trajectory.deltas[name])
+    def combination(self, name: str, step: int) -> list[float]:
+        return self.fits[name].weights(step).tolist()
