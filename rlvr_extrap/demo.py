@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,6 @@ from .toy.experiment import ToyRun, run_toy
 from .toy.model import load_toy_model
 
 __all__ = ["DEMO_SETTINGS", "add_parser", "run_demo"]
-
-EVAL_EVERY = 20  # held-out evaluation period (steps); divides every demo length
 
 # (actual GRPO steps, extrap_* settings) for the full and the --quick demo.
 DEMO_SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
@@ -64,13 +63,14 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     steps, extrap = DEMO_SETTINGS["quick" if quick else "full"]
     horizon = extrap["extrap_horizon"] * len(extrap["extrap_jump_at"])
+    eval_every = math.gcd(steps, horizon, 25)  # the vanilla run must be evaluated at exactly `steps`
     load_toy_model()  # build the cached toy once, before timing anything
 
     print(f"[1/2] vanilla GRPO, {steps + horizon} steps (read at {steps} and at {steps + horizon})")
-    vanilla = run_toy(ToyRun("vanilla", steps + horizon, seed=seed, eval_every=EVAL_EVERY), out / "vanilla")
+    vanilla = run_toy(ToyRun("vanilla", steps + horizon, seed=seed, eval_every=eval_every), out / "vanilla")
     print(f"[2/2] GRPO + {extrap['extrap_method']} extrapolation, {steps} steps, jump at {extrap['extrap_jump_at']}")
     jumped = run_toy(
-        ToyRun(f"extrap-{extrap['extrap_method']}", steps, extrap=extrap, seed=seed, eval_every=EVAL_EVERY),
+        ToyRun(f"extrap-{extrap['extrap_method']}", steps, extrap=extrap, seed=seed, eval_every=eval_every),
         out / "extrap",
     )
 
