@@ -116,7 +116,7 @@ def main() -> None:
             acc = run["heldout_accuracy"]
             reached = steps_to_reach(base["history"], acc)
             bounded |= reached is None
-            ratios.append((reached or vanilla_steps) / steps)
+            ratios.append((vanilla_steps if reached is None else reached) / steps)
             accs.append(acc)
             vanilla_accs.append(dict(base["history"])[steps])
         rows.append(
