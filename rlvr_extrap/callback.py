@@ -15,9 +15,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .config import ExtrapolationArguments
-from .lora import LoraModule, find_lora_modules, snapshot_deltas
+from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
 from .offsets import STATE_FILE, CallbackState, load_state, save_state
-from .worker import JumpGate, JumpPlan, TrajectoryWorker
+from .worker import JumpGate, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -119,9 +119,7 @@ class ExtrapolationCallback(TrainerCallback):
             )
             return False
         saved = load_state(directory)
-        with torch.no_grad():
-            for name, offset in saved.offsets.items():
-                self.modules[name].add_to_base(offset)
+        add_to_bases(self.modules, saved.offsets)
         self.worker.restore(saved.offsets, saved.steps, saved.deltas)
         self.snapshot_steps = saved.history["snapshot_steps"]
         self.jumps = saved.history["jumps"]
@@ -150,7 +148,7 @@ class ExtrapolationCallback(TrainerCallback):
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
 
         apply_start = time.perf_counter()
-        self._apply(plan)
+        add_to_bases(self.modules, plan.updates)
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
             reset_optimizer_state(optimizer, self._lora_parameters(), cfg.extrap_optimizer_policy)
         if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
@@ -173,11 +171,6 @@ class ExtrapolationCallback(TrainerCallback):
         }
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})
-
-    def _apply(self, plan: JumpPlan) -> None:
-        with torch.no_grad():
-            for name, update in plan.updates.items():
-                self.modules[name].add_to_base(update)
 
     def _lora_parameters(self) -> list[torch.nn.Parameter]:
         return [

@@ -11,7 +11,7 @@ from torch import nn
 
 from .lowrank import LowRank
 
-__all__ = ["LoraModule", "NoLoraAdapterError", "find_lora_modules", "snapshot_deltas"]
+__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "find_lora_modules", "snapshot_deltas"]
 
 
 class NoLoraAdapterError(ValueError):
@@ -92,3 +92,10 @@ def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
 def snapshot_deltas(modules: dict[str, LoraModule]) -> dict[str, LowRank]:
     """Detached CPU copies of every module's ``scale * B @ A``: all the training thread pays per snapshot."""
     return {name: module.lora_delta() for name, module in modules.items()}
+
+
+def add_to_bases(modules: dict[str, LoraModule], updates: dict[str, LowRank]) -> None:
+    """Add each module's update into its base weight, in place (a jump, or saved offsets being restored)."""
+    with torch.no_grad():
+        for name, update in updates.items():
+            modules[name].add_to_base(update)

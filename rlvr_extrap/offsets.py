@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .lora import find_lora_modules
+from .lora import add_to_bases, find_lora_modules
 from .lowrank import LowRank
 
 __all__ = ["STATE_FILE", "CallbackState", "apply_offsets", "load_state", "save_state"]
@@ -102,7 +101,5 @@ def apply_offsets(model: nn.Module, path: str | Path) -> int:
             f"{path}: offsets for modules the model does not have as trainable LoRA layers, e.g. {missing[:3]}; "
             "load the adapter the offsets were saved with (PeftModel.from_pretrained(base, dir, is_trainable=True))"
         )
-    with torch.no_grad():
-        for name, offset in offsets.items():
-            modules[name].add_to_base(offset)
+    add_to_bases(modules, offsets)
     return len(offsets)

@@ -100,7 +100,7 @@ class TrajectoryWorker:
         return self._pool.submit(_restore)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
 
     def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
         deltas = {n: self.offsets[n] + d if n in self.offsets else d for n, d in lora_deltas.items()}
@@ -133,8 +133,8 @@ class TrajectoryWorker:
             diags.append(diag)
         plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start)
         self._check_size(plan)
-        if self.diagnostics_dir is not None:
-            self._write_diagnostics(plan, diags)
+        if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
+            self._pool.submit(self._write_diagnostics, plan, diags)
         return plan
 
     def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
