@@ -33,7 +33,14 @@ from .trajectory import Trajectory
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["ModuleDiagnostics", "module_diagnostics", "plot_coefficients", "plot_layers", "write_json"]
+__all__ = [
+    "ModuleDiagnostics",
+    "combination_update_norm",
+    "module_diagnostics",
+    "plot_coefficients",
+    "plot_layers",
+    "write_json",
+]
 
 
 @dataclass(frozen=True)
@@ -78,14 +85,12 @@ def module_diagnostics(
     fit = fit_relex(gram, steps, start=start)
     coef = fit.coefficients()[:, 0]
     sign = -1.0 if coef[-1] < 0 else 1.0
-    if update_norm is not None:
-        pass
-    elif update is None:
-        x = fit.weights(target_step)
-        x[-1] -= 1.0
-        update_norm = max(float(x @ gram @ x), 0.0) ** 0.5
-    else:
-        update_norm = frobenius_norm(update)
+    if update_norm is None:
+        update_norm = (
+            frobenius_norm(update)
+            if update is not None
+            else combination_update_norm(gram, fit.weights(target_step).tolist())
+        )
     return ModuleDiagnostics(
         name=name,
         steps=list(steps),
@@ -100,6 +105,13 @@ def module_diagnostics(
         update_norm=update_norm,
         delta_norm=max(float(gram[-1, -1]), 0.0) ** 0.5,
     )
+
+
+def combination_update_norm(gram: torch.Tensor, weights: list[float], alpha: float = 1.0) -> float:
+    """``||alpha (sum_t w_t D_t - D_last)||`` from the Gram matrix of the points ``D_t``."""
+    x = torch.tensor(weights, dtype=torch.float64)
+    x[-1] -= 1.0
+    return abs(alpha) * max(float(x @ gram @ x), 0.0) ** 0.5
 
 
 def _heldout_r2(gram: torch.Tensor, steps: Sequence[int], start: int, holdout: int) -> float | None:

@@ -7,9 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers
+from .diagnostics import ModuleDiagnostics, combination_update_norm, module_diagnostics, plot_coefficients, plot_layers
 from .extrapolators import Extrapolator
 from .io import write_json
 from .lowrank import LowRank
@@ -140,11 +138,7 @@ class TrajectoryWorker:
     def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
         """``||alpha (D_hat - D_now)||`` from the Gram matrix when the prediction is a combination of points."""
         weights = self.extrapolator.combination(name, target_step)
-        if weights is None:
-            return None
-        x = torch.tensor(weights, dtype=torch.float64)
-        x[-1] -= 1.0
-        return abs(alpha) * max(float(x @ self.trajectory.gram(name) @ x), 0.0) ** 0.5
+        return None if weights is None else combination_update_norm(self.trajectory.gram(name), weights, alpha)
 
     def _check_size(self, plan: JumpPlan) -> None:
         """Refuse an update far larger than the distance the segment has travelled."""
