@@ -6,18 +6,20 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .config import ExtrapolationArguments
+from .config import ExtrapolationArguments, ExtrapolationConfigError
+from .distributed import broadcast_from_main, check_distributed_support
+from .guard import JumpGuard, probe_rows
 from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
 from .offsets import STATE_FILE, CallbackState, load_state, save_state
-from .worker import JumpGate, TrajectoryWorker
+from .worker import JumpGate, JumpPlan, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -41,14 +43,15 @@ class ExtrapolationCallback(TrainerCallback):
         self.settings = settings
         self.config: ExtrapolationArguments | None = None
         self.modules: dict[str, LoraModule] = {}
-        self.worker: TrajectoryWorker | None = None
+        self.worker: TrajectoryWorker | None = None  # main process only
+        self.guard: JumpGuard | None = None
         self.jumps: list[dict[str, Any]] = []
         self.snapshot_steps: list[int] = []
         self.snapshot_seconds = 0.0
 
     @property
     def active(self) -> bool:
-        return self.worker is not None
+        return self.config is not None and self.config.enabled and bool(self.modules)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
@@ -58,11 +61,7 @@ class ExtrapolationCallback(TrainerCallback):
         if not self.config.enabled:
             return
         self.config.validate_for_training(args)
-        if PartialState().num_processes > 1:
-            raise NotImplementedError(
-                "ExtrapolationCallback does not support multi-process training yet; run on one process "
-                "or set extrap_method=None"
-            )
+        check_distributed_support()
         late = [j for j in self.config.extrap_jump_at if state.max_steps and j > state.max_steps]
         if late:
             logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
@@ -70,13 +69,13 @@ class ExtrapolationCallback(TrainerCallback):
             logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
         self.trainer = self.trainer or _find_calling_trainer(self)
         self.modules = find_lora_modules(model)
-        diagnostics_dir = (
-            os.path.join(args.output_dir, "extrap")
-            if self.config.extrap_diagnostics and state.is_world_process_zero
-            else None
-        )
-        gate = JumpGate(self.config.extrap_min_energy, self.config.extrap_min_r2, self.config.extrap_max_update_ratio)
-        self.worker = TrajectoryWorker(self.config.build_extrapolator(), gate, diagnostics_dir)
+        if self.config.extrap_guard:
+            self.guard = self._build_guard(args)
+        if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
+            diagnostics_dir = os.path.join(args.output_dir, "extrap") if self.config.extrap_diagnostics else None
+            cfg = self.config
+            gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio)
+            self.worker = TrajectoryWorker(cfg.build_extrapolator(), gate, diagnostics_dir)
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)
 
@@ -92,16 +91,22 @@ class ExtrapolationCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
-        if self.active and state.is_world_process_zero:
+        if self.worker is not None:
             self._save_state(_checkpoint_dir(args, state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.worker is None:
-            return
-        if state.is_world_process_zero:
+        if self.worker is not None:
             self._save_state(args.output_dir)
-        self.worker.close()
-        self.worker = None
+            self.worker.close()
+            self.worker = None
+        self.modules = {}
+
+    def _build_guard(self, args: TrainingArguments) -> JumpGuard:
+        try:
+            rows = probe_rows(self.trainer, self.config.extrap_guard_prompts, seed=args.seed)
+            return JumpGuard(self.trainer, self.modules, rows, getattr(args, "max_completion_length", None) or 256)
+        except ValueError as err:
+            raise ExtrapolationConfigError(str(err)) from None
 
     def _save_state(self, directory: str) -> None:
         offsets, steps, deltas = self.worker.state_now().result()
@@ -112,40 +117,76 @@ class ExtrapolationCallback(TrainerCallback):
     def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
         """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
         directory = _checkpoint_dir(args, state.global_step)
-        if not os.path.isfile(os.path.join(directory, STATE_FILE)):
-            logger.warning(
-                f"extrapolation: resuming at step {state.global_step} without {STATE_FILE} in {directory}; "
-                "the trajectory starts afresh here and earlier jumps (if any) are not in the base weights"
-            )
+        saved = None
+        if self.worker is not None:
+            if os.path.isfile(os.path.join(directory, STATE_FILE)):
+                saved = load_state(directory)
+            else:
+                logger.warning(
+                    f"extrapolation: resuming at step {state.global_step} without {STATE_FILE} in {directory}; "
+                    "the trajectory starts afresh here and earlier jumps (if any) are not in the base weights"
+                )
+        offsets, history = broadcast_from_main((saved.offsets, saved.history) if saved else (None, None))
+        if offsets is None:
             return False
-        saved = load_state(directory)
-        add_to_bases(self.modules, saved.offsets)
-        self.worker.restore(saved.offsets, saved.steps, saved.deltas)
-        self.snapshot_steps = saved.history["snapshot_steps"]
-        self.jumps = saved.history["jumps"]
-        logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
+        add_to_bases(self.modules, offsets)
+        self.snapshot_steps, self.jumps = history["snapshot_steps"], history["jumps"]
+        if self.worker is not None:
+            self.worker.restore(saved.offsets, saved.steps, saved.deltas)
+            logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
         return True
 
     def _snapshot(self, step: int) -> None:
+        self.snapshot_steps.append(step)
+        if self.worker is None:
+            return
         start = time.perf_counter()
         deltas = snapshot_deltas(self.modules)
         self.snapshot_seconds += time.perf_counter() - start
-        self.snapshot_steps.append(step)
         self.worker.add_snapshot(step, deltas)
+
+    def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, float]:
+        """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome."""
+        plan, error, wait_start = None, None, time.perf_counter()
+        if self.worker is not None:
+            cfg = self.config
+            future = self.worker.plan_jump(step, step + cfg.extrap_horizon, cfg.extrap_alpha)
+            try:
+                plan = future.result(timeout=cfg.extrap_fit_timeout)
+            except FutureTimeout:
+                error = f"the fit took longer than extrap_fit_timeout={cfg.extrap_fit_timeout}s"
+            except Exception as err:  # the fit must never stop training
+                error = f"{type(err).__name__}: {err}"
+        plan, error = broadcast_from_main((plan, error))
+        return plan, error, time.perf_counter() - wait_start
 
     def _jump(self, step: int, state: TrainerState, optimizer: torch.optim.Optimizer | None) -> None:
         cfg = self.config
-        target = step + cfg.extrap_horizon
-        wait_start = time.perf_counter()
-        try:
-            plan = self.worker.plan_jump(step, target, cfg.extrap_alpha).result()
-        except Exception as err:  # the fit must never stop training
-            logger.warning(f"extrapolation jump at step {step} skipped: {type(err).__name__}: {err}")
-            self.jumps.append({"step": step, "horizon": cfg.extrap_horizon, "skipped": repr(err)})
+        record: dict[str, Any] = {"step": step, "horizon": cfg.extrap_horizon, "target_step": step + cfg.extrap_horizon}
+        plan, error, wait = self._plan(step)
+        if plan is None:
+            logger.warning(f"extrapolation jump at step {step} skipped: {error}")
+            self.jumps.append({**record, "skipped": error})
             return
-        wait = time.perf_counter() - wait_start
         if wait > 1.0:
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
+        if self.guard is not None:
+            try:
+                decision = self.guard.decide(plan, list(cfg.extrap_guard_scales), cfg.extrap_guard_tolerance)
+            except Exception as err:  # scoring failed: the weights were restored; do not jump blind
+                logger.warning(f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}")
+                self.jumps.append({**record, "skipped": f"guard: {type(err).__name__}: {err}"})
+                return
+            record.update(decision.to_metrics())
+            if decision.scale is None:
+                logger.warning(
+                    f"extrapolation jump at step {step} rolled back: no step size scored at least the pre-jump "
+                    f"probe score {decision.pre_score:.4g} - extrap_guard_tolerance ({decision.scores})"
+                )
+                self.jumps.append({**record, "skipped": "guard: no candidate beat the pre-jump score"})
+                self._log(state, {f"extrap/{k}": v for k, v in record.items()})
+                return
+            plan = plan.scaled(decision.scale)
 
         apply_start = time.perf_counter()
         add_to_bases(self.modules, plan.updates)
@@ -153,22 +194,20 @@ class ExtrapolationCallback(TrainerCallback):
             reset_optimizer_state(optimizer, self._lora_parameters(), cfg.extrap_optimizer_policy)
         if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
-        self.worker.commit_jump(plan)
-        apply_seconds = time.perf_counter() - apply_start
-
-        record = {
-            "step": step,
-            "horizon": cfg.extrap_horizon,
-            "target_step": target,
-            "update_norm": plan.update_norm,
-            "fit_seconds": plan.fit_seconds,
-            "wait_seconds": wait,
-            "apply_seconds": apply_seconds,
-            "modules_jumped": len(plan.updates),
-            "modules_held": len(plan.diagnostics) - len(plan.updates),
-            "energy_mean": statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
-            "r2_mean": statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
-        }
+        if self.worker is not None:
+            self.worker.commit_jump(plan)
+        record.update(
+            {
+                "update_norm": plan.update_norm,
+                "fit_seconds": plan.fit_seconds,
+                "wait_seconds": wait,
+                "apply_seconds": time.perf_counter() - apply_start,
+                "modules_jumped": len(plan.updates),
+                "modules_held": len(plan.diagnostics) - len(plan.updates),
+                "energy_mean": statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
+                "r2_mean": statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
+            }
+        )
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})
 

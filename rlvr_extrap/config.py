@@ -78,6 +78,36 @@ class ExtrapolationArguments:
             "(||D_now - D_origin||); None: no limit. Updates with NaN/Inf are always refused."
         },
     )
+    extrap_guard: bool = field(
+        default=False,
+        metadata={
+            "help": "Probe-guarded jump: score the pre-jump model and each candidate step size (extrap_guard_scales) "
+            "with the trainer's reward functions on greedy completions of a few probe prompts; keep the best, or "
+            "do not jump when none scores at least the pre-jump score minus extrap_guard_tolerance."
+        },
+    )
+    extrap_guard_scales: list[float] = field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0],
+        metadata={"help": "Candidate step sizes the guard tries, as multiples of extrap_alpha's update."},
+    )
+    extrap_guard_prompts: int = field(
+        default=32,
+        metadata={
+            "help": "Probe prompts the guard scores (from the trainer's eval_dataset if it has one, else sampled "
+            "from the train set)."
+        },
+    )
+    extrap_guard_tolerance: float = field(
+        default=0.0,
+        metadata={"help": "A candidate may score this much (mean reward) below the pre-jump model and still be kept."},
+    )
+    extrap_fit_timeout: float | None = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds the training thread waits for the fit at a jump step before skipping that jump "
+            "(training goes on); None waits for as long as it takes."
+        },
+    )
     extrap_diagnostics: bool = field(
         default=True,
         metadata={"help": "Write per-module diagnostics (JSON and PNG) to <output_dir>/extrap/step-<N>/ at each jump."},
@@ -144,6 +174,23 @@ class ExtrapolationArguments:
         if self.extrap_max_update_ratio is not None and not self.extrap_max_update_ratio > 0:
             raise ExtrapolationConfigError(
                 f"extrap_max_update_ratio={self.extrap_max_update_ratio}: must be > 0 (e.g. 20), or None for no limit"
+            )
+        scales = list(self.extrap_guard_scales)
+        if not scales or not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in scales):
+            raise ExtrapolationConfigError(
+                f"extrap_guard_scales={scales}: needs at least one finite step size > 0 (e.g. 0.5 1.0 1.5 2.0)"
+            )
+        if self.extrap_guard_prompts < 1:
+            raise ExtrapolationConfigError(
+                f"extrap_guard_prompts={self.extrap_guard_prompts}: the guard needs at least one probe prompt (e.g. 32)"
+            )
+        if not (math.isfinite(self.extrap_guard_tolerance) and self.extrap_guard_tolerance >= 0):
+            raise ExtrapolationConfigError(
+                f"extrap_guard_tolerance={self.extrap_guard_tolerance}: must be a finite number >= 0 (reward units)"
+            )
+        if self.extrap_fit_timeout is not None and not self.extrap_fit_timeout > 0:
+            raise ExtrapolationConfigError(
+                f"extrap_fit_timeout={self.extrap_fit_timeout}: must be a number of seconds > 0, or None to wait"
             )
         self._validate_jump_steps()
         try:

@@ -47,6 +47,17 @@ class JumpPlan:
     def update_norm(self) -> float:
         return sum(self.diagnostics[n]["update_norm"] ** 2 for n in self.updates) ** 0.5
 
+    def scaled(self, factor: float) -> JumpPlan:
+        """The same plan with every update multiplied by ``factor`` (a step-size candidate)."""
+        if factor == 1.0:
+            return self
+        diagnostics = {
+            name: {**d, "update_norm": d["update_norm"] * abs(factor)} if name in self.updates else d
+            for name, d in self.diagnostics.items()
+        }
+        updates = {name: u.scaled(factor) for name, u in self.updates.items()}
+        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds)
+
 
 class TrajectoryWorker:
     """Serialises all trajectory work on one background thread, in submission order.

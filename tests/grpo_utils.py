@@ -45,7 +45,9 @@ def tiny_model(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
     return transformers.Qwen2ForCausalLM(config)
 
 
-def make_trainer(tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 20, **extrap: Any) -> GRPOTrainer:
+def make_trainer(
+    tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 20, reward_funcs=count_ones_reward, **extrap: Any
+) -> GRPOTrainer:
     """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides."""
     tokenizer = build_char_tokenizer()
     grpo = {
@@ -72,7 +74,7 @@ def make_trainer(tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 
     return GRPOTrainer(
         model=tiny_model(tokenizer),
         args=args,
-        reward_funcs=count_ones_reward,
+        reward_funcs=reward_funcs,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None,

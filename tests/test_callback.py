@@ -151,6 +151,11 @@ def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypat
         ({"extrap_min_energy": 1.5}, r"extrap_min_energy=1.5"),
         ({"extrap_min_r2": 2.0}, r"extrap_min_r2=2.0"),
         ({"extrap_max_update_ratio": 0.0}, r"extrap_max_update_ratio=0.0"),
+        ({"extrap_guard_scales": []}, r"extrap_guard_scales=\[\].*at least one"),
+        ({"extrap_guard_scales": [1.0, -0.5]}, r"extrap_guard_scales=.*> 0"),
+        ({"extrap_guard_prompts": 0}, r"extrap_guard_prompts=0"),
+        ({"extrap_guard_tolerance": -1.0}, r"extrap_guard_tolerance=-1.0"),
+        ({"extrap_fit_timeout": 0.0}, r"extrap_fit_timeout=0.0.*None"),
     ],
 )
 def test_bad_config_names_the_field_and_the_fix(tmp_path, fields, match):
