@@ -2,6 +2,7 @@
 
     python benchmarks/steps_saved.py            # the full sweep (3 seeds), about 30 minutes on 2 CPU cores
     python benchmarks/steps_saved.py --quick    # a few arms, 2 seeds
+    python benchmarks/steps_saved.py --guard    # with and without the probe-guarded jump (extrap_guard), 3 seeds
 
 Every arm uses the same seeds, the same prompt order (a fixed dataset, constant learning rate) and the
 same held-out problems (never trained on). Vanilla runs once per (learning rate, LoRA rank) to the
@@ -54,6 +55,11 @@ FULL_ARMS: dict[str, tuple[dict[str, Any], float, int, int]] = {
 }
 PLOTTED = ["linear local (w=6)", "linear from base", "relex from base", "relex window 6", "next", "re-grounding m=n=50"]
 QUICK_ARMS = {k: FULL_ARMS[k] for k in ("linear local (w=6)", "relex from base", "re-grounding m=n=50")}
+GUARD_ARMS = {
+    **{k: FULL_ARMS[k] for k in ("relex from base", "linear local (w=6)")},
+    "relex from base + guard": ({**BASE, "extrap_method": "relex", "extrap_guard": True}, LR, 8, 150),
+    "linear local (w=6) + guard": ({**LOCAL, "extrap_guard": True}, LR, 8, 150),
+}
 
 
 def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any]:
@@ -85,14 +91,16 @@ def steps_to_reach(history: list[tuple[int, float]], accuracy: float) -> int | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--guard", action="store_true", help="the probe-guarded jump against the same arms without it")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--from-runs", type=Path, help="summarise a saved *_runs.json instead of training")
     args = parser.parse_args()
-    arms = QUICK_ARMS if args.quick else FULL_ARMS
+    arms = GUARD_ARMS if args.guard else QUICK_ARMS if args.quick else FULL_ARMS
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     vanilla_steps = 300
-    out_name = "steps_saved" + ("_quick" if args.quick else "")
+    variant = "--guard" if args.guard else "--quick" if args.quick else ""
+    out_name = "steps_saved" + variant.replace("--", "_")
     if args.from_runs:  # re-summarise saved runs without training again
         results = json.loads(args.from_runs.read_text())["runs"]
     else:
@@ -132,10 +140,12 @@ def main() -> None:
                 "vanilla_accuracy_same_steps": vanilla_accs,
                 "steps_ratio": ratios,
                 "steps_ratio_lower_bound": bounded,
+                "guard": [guard_summary(run) for run in by_arm[name]] if extrap.get("extrap_guard") else None,
             }
         )
     data = {
         "machine": machine(),
+        "variant": variant,
         "seeds": seeds,
         "vanilla_steps": vanilla_steps,
         "rows": rows,
@@ -144,21 +154,35 @@ def main() -> None:
             for r in results
         ],
     }
-    write_results(out_name, data, render_markdown(data, args.quick))
+    write_results(out_name, data, render_markdown(data))
     plot(by_arm, arms, RESULTS / f"{out_name}.png")
-    print(render_markdown(data, args.quick))
+    print(render_markdown(data))
+
+
+def guard_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """What the guard chose at each jump and what it cost, in seconds and in training steps of this run."""
+    jumps = [j for j in run["jumps"] if "guard_seconds" in j]
+    guard_seconds = sum(j["guard_seconds"] for j in jumps)
+    step_seconds = (run["train_seconds"] - guard_seconds) / run["grpo_steps"]
+    return {
+        "scales": [j["guard_scale"] for j in jumps],
+        "score_gain": [max(v for k, v in j.items() if k.startswith("guard_score_x")) - j["guard_score_pre"] for j in jumps],
+        "guard_seconds": guard_seconds,
+        "cost_in_steps": guard_seconds / step_seconds,
+        "cost_fraction": guard_seconds / run["train_seconds"],
+    }
 
 
 def _mean_spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
-def render_markdown(data: dict[str, Any], quick: bool) -> str:
+def render_markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     lines = [
         "# Steps saved by jumping, embedded toy (a+b, tiny Qwen2, LoRA, GRPO)",
         "",
-        f"Command: `python benchmarks/steps_saved.py{' --quick' if quick else ''}` · machine: {m['processor']}, "
+        f"Command: `python benchmarks/steps_saved.py {data.get('variant', '')}` · machine: {m['processor']}, "
         f"{m['cpu_count']} cores, torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · "
         f"seeds {data['seeds']} · vanilla budget {data['vanilla_steps']} steps · commit {m['commit']}",
         "",
@@ -176,6 +200,24 @@ def render_markdown(data: dict[str, Any], quick: bool) -> str:
             f"{_mean_spread(r['accuracy'])} | {_mean_spread(r['vanilla_accuracy_same_steps'])} | "
             f"{bound}{_mean_spread(r['steps_ratio'])} |"
         )
+    guarded = [r for r in data["rows"] if r.get("guard")]
+    if guarded:
+        lines += [
+            "",
+            "Guard: step size kept per seed (0 = rolled back), best candidate's probe reward minus the pre-jump one, "
+            "and the probe's cost (5 greedy passes over 32 train prompts) in training steps of the same run "
+            "(step time includes the periodic held-out evaluation) and as a fraction of the run.",
+            "",
+            "| arm | scale kept | probe gain | cost (steps) | cost (fraction of run) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in guarded:
+            g = r["guard"]
+            lines.append(
+                f"| {r['arm']} | {[s for x in g for s in x['scales']]} | "
+                f"{_mean_spread([v for x in g for v in x['score_gain']])} | "
+                f"{_mean_spread([x['cost_in_steps'] for x in g])} | {_mean_spread([x['cost_fraction'] for x in g])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
