@@ -17,3 +17,10 @@ def toy_model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RLVR_EXTRAP_CACHE", str(cache))
         yield build_toy_model(default_toy_path(), progress=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "distributed: launches multi-process (torchrun, gloo on CPU) training; deselect with -m 'not distributed'",
+    )

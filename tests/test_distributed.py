@@ -1,0 +1,165 @@
+"""Multi-process (DDP) training: a real GRPOTrainer on 2 CPU processes (gloo), launched with torchrun.
+
+Each test launches ``ddp_script.py`` via ``python -m torch.distributed.run --standalone --nproc_per_node 2`` in a
+subprocess (about 12 s per run on 2 CPU cores). ``--standalone`` makes torchrun rendezvous on a free port it picks
+itself, so concurrent runs never collide on a fixed master port. Deselect with ``-m "not distributed"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed
+
+from rlvr_extrap import get_extrapolator
+from rlvr_extrap.trajectory import Trajectory
+
+SCRIPT = Path(__file__).with_name("ddp_script.py")
+NPROC = 2
+TIMEOUT = 300
+
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+        reason="needs torch.distributed with the gloo backend",
+    ),
+]
+
+# Launcher variables that must not leak in from an outer launcher (e.g. pytest itself run under torchrun).
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
+
+
+def launch(outdir: Path, *script_args: str) -> dict[str, list]:
+    """Run ddp_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(NPROC),
+        str(SCRIPT),
+        str(outdir),
+        *script_args,
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    # A new session, so that on timeout the whole group (torchrun and its workers) can be killed.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=SCRIPT.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} timed out after {TIMEOUT}s\n--- stderr tail ---\n{stderr[-5000:]}")
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} exited with {proc.returncode}\n--- stdout tail ---\n{stdout[-2000:]}"
+        f"\n--- stderr tail ---\n{stderr[-5000:]}"
+    )
+    return {
+        "pt": [torch.load(outdir / f"rank{r}.pt") for r in range(NPROC)],
+        "json": [json.loads((outdir / f"rank{r}.json").read_text()) for r in range(NPROC)],
+    }
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return launch(tmp_path_factory.mktemp("ddp_plain"), "--no-extrap")
+
+
+@pytest.fixture(scope="module")
+def guard_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return launch(tmp_path_factory.mktemp("ddp_guard"), "--guard")
+
+
+@pytest.fixture(scope="module")
+def extrap_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return launch(tmp_path_factory.mktemp("ddp_extrap"))
+
+
+def _assert_ranks_identical(run: dict[str, list]) -> None:
+    reference, *others = run["pt"]
+    for rank, other in enumerate(others, start=1):
+        for kind in ("effective", "adapters"):
+            assert reference[kind].keys() == other[kind].keys()
+            differing = [n for n in reference[kind] if not torch.equal(reference[kind][n], other[kind][n])]
+            assert not differing, f"rank {rank} {kind} weights differ from rank 0 in {differing[:5]}"
+
+
+def test_harness_runs_real_ddp_and_ranks_stay_identical(plain_run):
+    """Callback disabled: the harness itself gives a real 2-process DDP run whose ranks end bit-identical."""
+    for rank, report in enumerate(plain_run["json"]):
+        assert report["rank"] == rank
+        assert report["num_processes"] == NPROC
+        assert report["backend"] == "gloo"
+        assert report["distributed_type"] == "DistributedType.MULTI_CPU"
+        assert report["wrapped_type"] == "DistributedDataParallel"
+        assert report["callback_model_types"] == ["PeftModelForCausalLM"]  # callbacks get the unwrapped model
+        assert report["global_step"] == 8
+        assert report["jumps"] == [] and report["snapshot_steps"] == []
+    # Each rank trained on its own completions, so identical weights mean the gradients were all-reduced.
+    hashes = [report["completion_hashes"] for report in plain_run["json"]]
+    assert len(hashes[0]) == 8 and all(a != b for a, b in zip(*hashes, strict=True))
+    lora_b = [w for n, w in plain_run["pt"][0]["adapters"].items() if "lora_B" in n]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: training moved it
+    _assert_ranks_identical(plain_run)
+
+
+def test_jump_under_ddp_keeps_ranks_identical(extrap_run):
+    """Callback enabled (linear, jump at step 4): every rank snapshots and jumps the same, and stays identical."""
+    reports = extrap_run["json"]
+    for report in reports:
+        assert report["num_processes"] == NPROC and report["wrapped_type"] == "DistributedDataParallel"
+        assert report["jumps"] == [4]
+        assert report["jumps_skipped"] == []
+        assert report["snapshot_steps"] == [0, 2, 4]
+        assert report["global_step"] == 8
+    _assert_ranks_identical(extrap_run)
+
+
+def test_jump_under_ddp_changes_the_weights(plain_run, extrap_run):
+    """Same seeds with and without the callback: the jump (held in the base weights) makes the runs differ."""
+    plain, jumped = plain_run["pt"][0]["effective"], extrap_run["pt"][0]["effective"]
+    assert plain.keys() == jumped.keys()
+    assert any(not torch.equal(plain[n], jumped[n]) for n in plain)
+
+
+def test_ddp_jump_equals_the_single_process_prediction(extrap_run):
+    """The broadcast update is the one a single-process extrapolator computes from the same trajectory."""
+    run = extrap_run["pt"][0]
+    start, before = run["start"], run["before"]
+    trajectory = Trajectory()
+    for step in (0, 2, 4):
+        weights = start if step == 0 else before[step]
+        trajectory.append(step, {n: w - start[n] for n, w in weights.items()})
+    extrapolator = get_extrapolator("linear")
+    extrapolator.fit(trajectory)
+    predicted = extrapolator.predict(8)
+    for rank_run in extrap_run["pt"]:
+        for name, delta in predicted.items():
+            torch.testing.assert_close(rank_run["after"][4][name], start[name] + delta, rtol=1e-4, atol=1e-6)
+
+
+def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
+    """The probe is split across ranks and its rewards gathered: every rank sees the same scores and decision."""
+    records = [report["jump_records"] for report in guard_run["json"]]
+    assert len(records[0]) == 1 and "guard_score_pre" in records[0][0]
+    assert records[0][0]["guard_prompts"] == 8
+    assert records[0] == records[1]
+    _assert_ranks_identical(guard_run)
