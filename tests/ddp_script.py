@@ -29,6 +29,8 @@ SETTINGS = {
     "per_device_train_batch_size": 8,
     "num_generations": 4,
     "logging_steps": 4,
+    "save_strategy": "steps",
+    "save_steps": 6,
 }
 EXTRAP = {
     "extrap_method": "linear",
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--no-extrap", action="store_true", help="run with extrap_method=None (callback disabled)")
     parser.add_argument("--guard", action="store_true", help="probe-guarded jump (extrap_guard=True)")
+    parser.add_argument("--resume", help="checkpoint directory name under OUTDIR/out to resume from")
+    parser.add_argument("--tag", default="rank", help="prefix of the result files")
     cli = parser.parse_args()
 
     extrap = (
@@ -81,7 +85,7 @@ def main() -> None:
         return out
 
     trainer._generate_and_score_completions = recording_generate
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(cli.outdir / "out" / cli.resume) if cli.resume else None)
 
     assert isinstance(trainer.model_wrapped, DistributedDataParallel), type(trainer.model_wrapped)
     rank = state.process_index
@@ -90,7 +94,7 @@ def main() -> None:
     cli.outdir.mkdir(parents=True, exist_ok=True)
     torch.save(
         {"effective": weights, "adapters": adapters, "start": before.start, "before": before.at, "after": after.at},
-        cli.outdir / f"rank{rank}.pt",
+        cli.outdir / f"{cli.tag}{rank}.pt",
     )
     report = {
         "rank": rank,
@@ -107,7 +111,7 @@ def main() -> None:
         "snapshot_steps": callback.snapshot_steps,
         "global_step": trainer.state.global_step,
     }
-    (cli.outdir / f"rank{rank}.json").write_text(json.dumps(report, indent=1))
+    (cli.outdir / f"{cli.tag}{rank}.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

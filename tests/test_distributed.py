@@ -37,7 +37,7 @@ pytestmark = [
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
 
-def launch(outdir: Path, *script_args: str) -> dict[str, list]:
+def launch(outdir: Path, *script_args: str, tag: str = "rank") -> dict[str, list]:
     """Run ddp_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
     cmd = [
         sys.executable,
@@ -49,6 +49,8 @@ def launch(outdir: Path, *script_args: str) -> dict[str, list]:
         str(SCRIPT),
         str(outdir),
         *script_args,
+        "--tag",
+        tag,
     ]
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
@@ -73,8 +75,9 @@ def launch(outdir: Path, *script_args: str) -> dict[str, list]:
         f"\n--- stderr tail ---\n{stderr[-5000:]}"
     )
     return {
-        "pt": [torch.load(outdir / f"rank{r}.pt") for r in range(NPROC)],
-        "json": [json.loads((outdir / f"rank{r}.json").read_text()) for r in range(NPROC)],
+        "pt": [torch.load(outdir / f"{tag}{r}.pt") for r in range(NPROC)],
+        "json": [json.loads((outdir / f"{tag}{r}.json").read_text()) for r in range(NPROC)],
+        "outdir": outdir,
     }
 
 
@@ -163,3 +166,14 @@ def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
     assert records[0][0]["guard_prompts"] == 8
     assert records[0] == records[1]
     _assert_ranks_identical(guard_run)
+
+
+def test_ddp_resume_restores_the_jump_on_every_rank(extrap_run):
+    """Resume the jumped run from its step-6 checkpoint (after the jump): every rank gets the saved offsets back."""
+    resumed = launch(extrap_run["outdir"], "--resume", "checkpoint-6", tag="resumed")
+    for report in resumed["json"]:
+        assert report["jumps"] == [4] and report["snapshot_steps"] == [0, 2, 4]
+        assert report["global_step"] == 8
+    _assert_ranks_identical(resumed)
+    for name, weight in extrap_run["pt"][0]["effective"].items():
+        torch.testing.assert_close(resumed["pt"][0]["effective"][name], weight, rtol=1e-5, atol=1e-6)
