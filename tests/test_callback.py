@@ -120,9 +120,10 @@ def test_constructor_settings_work_with_a_plain_grpo_config(tmp_path):
     assert [j["step"] for j in callback.jumps] == [4]
 
 
-def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("error", [RuntimeError, torch.OutOfMemoryError, MemoryError])
+def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypatch, caplog, error):
     def boom(self, trajectory):
-        raise RuntimeError("injected fit failure")
+        raise error("injected fit failure")
 
     monkeypatch.setattr(RelexExtrapolator, "fit", boom)
     with caplog.at_level(logging.WARNING):
