@@ -44,6 +44,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.config: ExtrapolationArguments | None = None
         self.modules: dict[str, LoraModule] = {}
         self.worker: TrajectoryWorker | None = None  # main process only
+        self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
         self.jumps: list[dict[str, Any]] = []
         self.snapshot_steps: list[int] = []
@@ -61,13 +62,14 @@ class ExtrapolationCallback(TrainerCallback):
         if not self.config.enabled:
             return
         self.config.validate_for_training(args)
-        check_distributed_support()
+        check_distributed_support(self.config)
         late = [j for j in self.config.extrap_jump_at if state.max_steps and j > state.max_steps]
         if late:
             logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
         if not self.config.extrap_jump_at:
             logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
         self.trainer = self.trainer or _find_calling_trainer(self)
+        self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
         self.modules = find_lora_modules(model)
         if self.config.extrap_guard:
             self.guard = self._build_guard(args)
@@ -99,7 +101,7 @@ class ExtrapolationCallback(TrainerCallback):
             self._save_state(args.output_dir)
             self.worker.close()
             self.worker = None
-        self.modules = {}
+        self.modules, self.model = {}, None
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
         try:
@@ -129,7 +131,7 @@ class ExtrapolationCallback(TrainerCallback):
         offsets, history = broadcast_from_main((saved.offsets, saved.history) if saved else (None, None))
         if offsets is None:
             return False
-        add_to_bases(self.modules, offsets)
+        add_to_bases(self.modules, offsets, self.model)
         self.snapshot_steps, self.jumps = history["snapshot_steps"], history["jumps"]
         if self.worker is not None:
             self.worker.restore(saved.offsets, saved.steps, saved.deltas)
@@ -137,13 +139,13 @@ class ExtrapolationCallback(TrainerCallback):
         return True
 
     def _snapshot(self, step: int) -> None:
+        """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them."""
         self.snapshot_steps.append(step)
-        if self.worker is None:
-            return
         start = time.perf_counter()
-        deltas = snapshot_deltas(self.modules)
+        deltas = snapshot_deltas(self.modules, self.model)
         self.snapshot_seconds += time.perf_counter() - start
-        self.worker.add_snapshot(step, deltas)
+        if self.worker is not None:
+            self.worker.add_snapshot(step, deltas)
 
     def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, float]:
         """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome."""
@@ -189,9 +191,10 @@ class ExtrapolationCallback(TrainerCallback):
             plan = plan.scaled(decision.scale)
 
         apply_start = time.perf_counter()
-        add_to_bases(self.modules, plan.updates)
+        add_to_bases(self.modules, plan.updates, self.model)
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
-            reset_optimizer_state(optimizer, self._lora_parameters(), cfg.extrap_optimizer_policy)
+            params = [p for m in self.modules.values() for p in m.lora_parameters()]
+            reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
         if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
         if self.worker is not None:
@@ -210,13 +213,6 @@ class ExtrapolationCallback(TrainerCallback):
         )
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})
-
-    def _lora_parameters(self) -> list[torch.nn.Parameter]:
-        return [
-            p
-            for m in self.modules.values()
-            for p in (m.layer.lora_A[m.adapter].weight, m.layer.lora_B[m.adapter].weight)
-        ]
 
     def _log(self, state: TrainerState, metrics: dict[str, float]) -> None:
         if self.trainer is not None:

@@ -1,4 +1,4 @@
-"""What the callback needs from the process group: which setups it supports, and one broadcast from the main process.
+"""What the callback needs from the process group: which settings each setup supports, and one broadcast.
 
 Every collective is entered by every process, on the training thread, at the same global step: the
 background worker never calls one.
@@ -11,24 +11,29 @@ from typing import TypeVar
 from accelerate import PartialState
 from accelerate.utils import DistributedType, broadcast_object_list
 
+from .config import ExtrapolationArguments, ExtrapolationConfigError
+
 __all__ = ["broadcast_from_main", "check_distributed_support"]
 
 T = TypeVar("T")
 
-UNSUPPORTED = {
-    DistributedType.DEEPSPEED: "DeepSpeed",
-    DistributedType.FSDP: "FSDP",
-}
+SHARDED = {DistributedType.DEEPSPEED: "DeepSpeed", DistributedType.FSDP: "FSDP"}
 
 
-def check_distributed_support() -> None:
-    """Raise for sharded setups, where an in-place edit of the base weights is not what the next step sees."""
-    kind = UNSUPPORTED.get(PartialState().distributed_type)
-    if kind is not None:
-        raise NotImplementedError(
-            f"ExtrapolationCallback does not support {kind} yet: sharded parameters and optimizer master copies "
-            "would silently undo a jump. Train with DDP (accelerate launch --multi_gpu) or one process, "
-            "or set extrap_method=None"
+def check_distributed_support(config: ExtrapolationArguments) -> None:
+    """Refuse the settings that do not work with the run's parallelism (DeepSpeed and FSDP jumps do)."""
+    kind = SHARDED.get(PartialState().distributed_type)
+    if kind is None:
+        return
+    if config.extrap_guard:
+        raise ExtrapolationConfigError(
+            f"extrap_guard is not supported under {kind} (the probe generates with the unwrapped model); "
+            "set extrap_guard=False, or train with DDP"
+        )
+    if config.extrap_optimizer_policy != "keep":
+        raise ExtrapolationConfigError(
+            f"extrap_optimizer_policy={config.extrap_optimizer_policy!r} is not supported under {kind} (the "
+            "optimizer state is sharded); use 'keep', or train with DDP"
         )
 
 

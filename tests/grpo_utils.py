@@ -12,6 +12,7 @@ from trl import GRPOTrainer
 
 from rlvr_extrap import ExtrapGRPOConfig
 from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.sharding import full_weights
 from rlvr_extrap.toy.tokenizer import build_char_tokenizer
 
 
@@ -60,14 +61,16 @@ def make_trainer(
     }
     grpo.update({k: v for k, v in extrap.items() if not k.startswith("extrap_")})
     args = ExtrapGRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        max_steps=max_steps,
-        report_to=[],
-        seed=0,
-        disable_tqdm=True,
-        **grpo,
+        **{
+            "output_dir": str(tmp_path / "out"),
+            "use_cpu": True,
+            "bf16": False,
+            "max_steps": max_steps,
+            "report_to": [],
+            "seed": 0,
+            "disable_tqdm": True,
+            **grpo,
+        },
         **{k: v for k, v in extrap.items() if k.startswith("extrap_")},
     )
     dataset = Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+6=", "7+8="] * 64})
@@ -92,10 +95,10 @@ class WeightProbe(transformers.TrainerCallback):
         self.param_ids: dict[int, list[int]] = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.start = _effective(model)
+        self.start = effective_weights(model)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.at[state.global_step] = _effective(model)
+        self.at[state.global_step] = effective_weights(model)
         self.param_ids[state.global_step] = [id(p) for p in model.parameters() if p.requires_grad]
         inner = getattr(optimizer, "optimizer", optimizer)
         self.optimizer_state[state.global_step] = [
@@ -105,5 +108,9 @@ class WeightProbe(transformers.TrainerCallback):
         ]
 
 
-def _effective(model) -> dict[str, torch.Tensor]:
-    return {name: m.effective_weight() for name, m in find_lora_modules(model).items()}
+def effective_weights(model) -> dict[str, torch.Tensor]:
+    """Every LoRA module's whole ``W_base + s B A`` (gathered under ZeRO-3 / FSDP: call it on every process)."""
+    modules = find_lora_modules(model)
+    params = [p for m in modules.values() for p in (m.base_weight, *m.lora_parameters())]
+    with full_weights(model, params):
+        return {name: m.effective_weight() for name, m in modules.items()}

@@ -1,12 +1,13 @@
 """Multi-process (DDP) training: a real GRPOTrainer on 2 CPU processes (gloo), launched with torchrun.
 
-Each test launches ``ddp_script.py`` via ``python -m torch.distributed.run --standalone --nproc_per_node 2`` in a
+Each test launches ``parallel_script.py`` via ``python -m torch.distributed.run --standalone --nproc_per_node 2`` in a
 subprocess (about 12 s per run on 2 CPU cores). ``--standalone`` makes torchrun rendezvous on a free port it picks
 itself, so concurrent runs never collide on a fixed master port. Deselect with ``-m "not distributed"``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import torch.distributed
 from rlvr_extrap import get_extrapolator
 from rlvr_extrap.trajectory import Trajectory
 
-SCRIPT = Path(__file__).with_name("ddp_script.py")
+SCRIPT = Path(__file__).with_name("parallel_script.py")
 NPROC = 2
 TIMEOUT = 300
 
@@ -38,7 +39,7 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 
 
 def launch(outdir: Path, *script_args: str, tag: str = "rank") -> dict[str, list]:
-    """Run ddp_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
+    """Run parallel_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
     cmd = [
         sys.executable,
         "-m",
@@ -99,7 +100,7 @@ def extrap_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 def _assert_ranks_identical(run: dict[str, list]) -> None:
     reference, *others = run["pt"]
     for rank, other in enumerate(others, start=1):
-        for kind in ("effective", "adapters"):
+        for kind in ("effective", "adapters") if "adapters" in reference else ("effective",):
             assert reference[kind].keys() == other[kind].keys()
             differing = [n for n in reference[kind] if not torch.equal(reference[kind][n], other[kind][n])]
             assert not differing, f"rank {rank} {kind} weights differ from rank 0 in {differing[:5]}"
@@ -124,29 +125,46 @@ def test_harness_runs_real_ddp_and_ranks_stay_identical(plain_run):
     _assert_ranks_identical(plain_run)
 
 
-def test_jump_under_ddp_keeps_ranks_identical(extrap_run):
-    """Callback enabled (linear, jump at step 4): every rank snapshots and jumps the same, and stays identical."""
-    reports = extrap_run["json"]
-    for report in reports:
-        assert report["num_processes"] == NPROC and report["wrapped_type"] == "DistributedDataParallel"
-        assert report["jumps"] == [4]
-        assert report["jumps_skipped"] == []
+SHARDED = ["zero2", "zero3", "fsdp1", "fsdp2"]
+NEEDS_DEEPSPEED = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install deepspeed)"
+)
+
+
+@pytest.fixture(
+    scope="module", params=["ddp", *(pytest.param(b, marks=NEEDS_DEEPSPEED) if "zero" in b else b for b in SHARDED)]
+)
+def backend_run(request, extrap_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, list]]:
+    if request.param == "ddp":
+        return "ddp", extrap_run
+    return request.param, launch(tmp_path_factory.mktemp(request.param), "--backend", request.param)
+
+
+def test_jump_keeps_ranks_identical_and_equals_the_single_process_prediction(backend_run):
+    """DDP, ZeRO-2/3, FSDP1/2 (linear, jump at 4): every rank jumps, stays whole-weight identical, and lands on the
+    prediction a single-process extrapolator makes from the same trajectory; the jump is still there a step later
+    (no master copy or shard undid it)."""
+    backend, run = backend_run
+    for report in run["json"]:
+        assert report["num_processes"] == NPROC
+        assert report["jumps"] == [4] and report["jumps_skipped"] == []
         assert report["snapshot_steps"] == [0, 2, 4]
         assert report["global_step"] == 8
-    _assert_ranks_identical(extrap_run)
+        assert report["callback_module_names"] == run["json"][0]["callback_module_names"]
+        assert not any("_fsdp_wrapped_module" in n for n in report["callback_module_names"])
+    assert (
+        run["json"][0]["distributed_type"]
+        == {
+            "ddp": "DistributedType.MULTI_CPU",
+            "zero2": "DistributedType.DEEPSPEED",
+            "zero3": "DistributedType.DEEPSPEED",
+            "fsdp1": "DistributedType.FSDP",
+            "fsdp2": "DistributedType.FSDP",
+        }[backend]
+    )
+    _assert_ranks_identical(run)
 
-
-def test_jump_under_ddp_changes_the_weights(plain_run, extrap_run):
-    """Same seeds with and without the callback: the jump (held in the base weights) makes the runs differ."""
-    plain, jumped = plain_run["pt"][0]["effective"], extrap_run["pt"][0]["effective"]
-    assert plain.keys() == jumped.keys()
-    assert any(not torch.equal(plain[n], jumped[n]) for n in plain)
-
-
-def test_ddp_jump_equals_the_single_process_prediction(extrap_run):
-    """The broadcast update is the one a single-process extrapolator computes from the same trajectory."""
-    run = extrap_run["pt"][0]
-    start, before = run["start"], run["before"]
+    start, before = run["pt"][0]["start"], run["pt"][0]["before"]
     trajectory = Trajectory()
     for step in (0, 2, 4):
         weights = start if step == 0 else before[step]
@@ -154,9 +172,20 @@ def test_ddp_jump_equals_the_single_process_prediction(extrap_run):
     extrapolator = get_extrapolator("linear")
     extrapolator.fit(trajectory)
     predicted = extrapolator.predict(8)
-    for rank_run in extrap_run["pt"]:
+    for rank_run in run["pt"]:
         for name, delta in predicted.items():
             torch.testing.assert_close(rank_run["after"][4][name], start[name] + delta, rtol=1e-4, atol=1e-6)
+    after4, next5 = run["pt"][0]["after"][4], run["pt"][0]["before"][5]
+    moved_from_jump = sum(float((next5[n] - after4[n]).norm() ** 2) for n in after4) ** 0.5
+    jump = sum(float((after4[n] - before[4][n]).norm() ** 2) for n in after4) ** 0.5
+    assert moved_from_jump < 0.5 * jump  # one training step moves far less than the jump did
+
+
+def test_jump_under_ddp_changes_the_weights(plain_run, extrap_run):
+    """Same seeds with and without the callback: the jump (held in the base weights) makes the runs differ."""
+    plain, jumped = plain_run["pt"][0]["effective"], extrap_run["pt"][0]["effective"]
+    assert plain.keys() == jumped.keys()
+    assert any(not torch.equal(plain[n], jumped[n]) for n in plain)
 
 
 def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
