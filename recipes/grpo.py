@@ -4,26 +4,34 @@
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml --extrap_method relex --extrap_jump_at 150
 
-Every GRPOConfig field and every ``extrap_*`` field is a flag; the YAML sets defaults.
+Every GRPOConfig field and every ``extrap_*`` field is a flag; the YAML sets defaults. Bad input (a config
+file, a flag, the model or the dataset) ends in one stderr line naming it and the fix, with exit status 2.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
+import yaml
 from datasets import Dataset, load_dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer, TrlParser
 
-from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback
+from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError
+from rlvr_extrap.lora import NoLoraAdapterError
 from rlvr_extrap.rewards import math_verify_reward
 from rlvr_extrap.toy import load_toy_model, train_dataset
 
 SYSTEM_PROMPT = "Solve the problem step by step, then give the final answer as \\boxed{...}."
 TOY = "toy"
+TOY_DATASET = "toy-arithmetic"
+PROG = "grpo.py"
 
 
 @dataclass
@@ -32,7 +40,7 @@ class ScriptArguments:
         default=TOY, metadata={"help": "Hub id or local path of a causal LM; 'toy' for the embedded default."}
     )
     dataset: str = field(
-        default="toy-arithmetic",
+        default=TOY_DATASET,
         metadata={"help": "'toy-arithmetic', a hub dataset id, or a local .json/.jsonl file."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config (e.g. 'main' for gsm8k)."})
@@ -55,10 +63,29 @@ def gold_answer(text: str) -> str:
 
 def math_dataset(script: ScriptArguments, conversational: bool) -> Dataset:
     """``prompt`` and ``answer`` columns from a hub dataset or a local JSON(L) file."""
-    if script.dataset.endswith((".json", ".jsonl")):
-        raw = load_dataset("json", data_files=script.dataset, split="train")
-    else:
-        raw = load_dataset(script.dataset, script.dataset_config, split=script.dataset_split)
+    local = script.dataset.endswith((".json", ".jsonl"))
+    if local and not Path(script.dataset).is_file():
+        raise ValueError(
+            f"--dataset {script.dataset}: no such file; pass an existing .json/.jsonl file, a hub dataset id, "
+            f"or '{TOY_DATASET}'"
+        )
+    if local and Path(script.dataset).stat().st_size == 0:
+        raise ValueError(f"--dataset {script.dataset} is empty; pass a file with one JSON object per line")
+    try:
+        if local:
+            raw = load_dataset("json", data_files=script.dataset, split="train")
+        else:
+            raw = load_dataset(script.dataset, script.dataset_config, split=script.dataset_split)
+    except Exception as err:  # datasets raises many kinds (generation, connection, missing split, empty file)
+        cause = err.__cause__ or err
+        fix = (
+            "check that it holds one JSON object per line"
+            if local
+            else "check the id, --dataset_config and --dataset_split, and that the hub is reachable"
+        )
+        raise ValueError(f"--dataset {script.dataset}: cannot load it ({_one_line(cause)}); {fix}") from None
+    if len(raw) == 0:
+        raise ValueError(f"--dataset {script.dataset} has no rows; pass a dataset with training examples")
     missing = {script.question_field, script.answer_field} - set(raw.column_names)
     if missing:
         raise ValueError(
@@ -80,35 +107,119 @@ def math_dataset(script: ScriptArguments, conversational: bool) -> Dataset:
     return raw.map(to_row, remove_columns=raw.column_names)
 
 
-def main() -> None:
-    script, args = TrlParser((ScriptArguments, ExtrapGRPOConfig)).parse_args_and_config()
-    if script.model_name_or_path == TOY:
-        model, tokenizer = load_toy_model()
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path, padding_side="left")
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: its type and its message with newlines and runs of spaces collapsed."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr naming the input and the fix, exit status 2, no traceback."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ScriptArguments, ExtrapGRPOConfig]:
+    """The recipe's and the trainer's settings from ``--config`` YAML and flags; any bad one ends in ``fail``."""
+    parser = TrlParser((ScriptArguments, ExtrapGRPOConfig), prog=PROG)
+    parser.error = lambda message: fail(f"{message}; see {PROG} --help")  # argparse prints the whole usage first
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        at = argv.index("--config") + 1
+        _check_config(argv[at] if at < len(argv) else None)
+    try:
+        script, args = parser.parse_args_and_config(argv)
+    except ExtrapolationConfigError as err:
+        fail(str(err))
+    except (ValueError, TypeError) as err:  # GRPOConfig / TrainingArguments validation
+        text = " ".join(str(err).split())
+        unknown = re.search(r"not used by the HfArgumentParser: (.*)", text)
+        if unknown:
+            fail(f"unknown argument(s) {unknown.group(1)}; see {PROG} --help for the flags")
+        fail(f"invalid training settings: {text}")
+    if script.max_train_rows is not None and script.max_train_rows < 1:
+        fail(f"--max_train_rows {script.max_train_rows}: must be >= 1, or left out to use every row")
+    for name in ("lora_r", "lora_alpha"):
+        if getattr(script, name) < 1:
+            fail(f"--{name} {getattr(script, name)}: must be a positive integer (e.g. 16)")
+    return script, args
+
+
+def _check_config(path: str | None) -> None:
+    """``--config``: an existing YAML mapping whose keys are all settings (TRL's own errors are tracebacks)."""
+    example = "e.g. --config recipes/toy_arithmetic.yaml"
+    if path is None:
+        fail(f"--config needs the path of a YAML file; {example}")
+    if not Path(path).is_file():
+        fail(f"--config {path}: no such file; pass an existing YAML file, {example}")
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        fail(f"--config {path} is not valid YAML ({where}{problem}); fix the file")
+    if not isinstance(config, dict):
+        fail(f"--config {path} must be a YAML mapping of setting: value (see recipes/toy_arithmetic.yaml)")
+    known = {f.name for cls in (ScriptArguments, ExtrapGRPOConfig) for f in fields(cls)} | {"env"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        fail(f"--config {path}: unknown setting(s) {unknown}; fix the spelling or remove them (see {PROG} --help)")
+
+
+def load_model(script: ScriptArguments, args: ExtrapGRPOConfig) -> tuple[Any, Any]:
+    """The model and tokenizer ``--model_name_or_path`` names; a missing or unloadable one ends in ``fail``."""
+    name = script.model_name_or_path
+    if name == TOY:
+        return load_toy_model()
+    fix = f"pass a local model directory (save_pretrained), a reachable hub id such as Qwen/Qwen2.5-1.5B-Instruct, or '{TOY}'"
+    local = Path(name).expanduser()
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        fail(f"--model_name_or_path {name}: no such directory; {fix}")
+    if local.exists() and not local.is_dir():
+        fail(f"--model_name_or_path {name} is a file, not a model directory; {fix}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
         dtype = torch.bfloat16 if args.bf16 else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(script.model_name_or_path, dtype=dtype)
-    if script.dataset == "toy-arithmetic":
-        dataset = train_dataset(script.max_train_rows or 4000, seed=args.seed)
-    else:
-        dataset = math_dataset(script, conversational=tokenizer.chat_template is not None)
-    trainer = GRPOTrainer(
-        model=model,
-        args=args,
-        reward_funcs=math_verify_reward,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=script.lora_r,
-            lora_alpha=script.lora_alpha,
-            target_modules=script.lora_target_modules
-            if script.lora_target_modules == "all-linear"
-            else script.lora_target_modules.split(","),
-            task_type="CAUSAL_LM",
-        ),
-        callbacks=[ExtrapolationCallback()],
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:
+        fail(f"--model_name_or_path {name}: cannot load a causal LM ({_one_line(err)[:300]}); {fix}")
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    script, args = parse_arguments(argv)
+    model, tokenizer = load_model(script, args)
+    try:
+        if script.dataset == TOY_DATASET:
+            dataset = train_dataset(script.max_train_rows or 4000, seed=args.seed)
+        else:
+            dataset = math_dataset(script, conversational=tokenizer.chat_template is not None)
+    except ValueError as err:
+        fail(str(err))
+    target_modules = (
+        script.lora_target_modules
+        if script.lora_target_modules == "all-linear"
+        else script.lora_target_modules.split(",")
     )
-    trainer.train()
+    try:
+        trainer = GRPOTrainer(
+            model=model,
+            args=args,
+            reward_funcs=math_verify_reward,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(
+                r=script.lora_r, lora_alpha=script.lora_alpha, target_modules=target_modules, task_type="CAUSAL_LM"
+            ),
+            callbacks=[ExtrapolationCallback()],
+        )
+    except ValueError as err:  # e.g. target modules the model lacks
+        fail(f"cannot set up GRPO training: {' '.join(str(err).split())} (check --lora_target_modules and the model)")
+    try:
+        trainer.train()
+    except (ExtrapolationConfigError, NoLoraAdapterError) as err:  # checked against the trainer at train start
+        fail(str(err))
     trainer.save_model(args.output_dir)
 
 

@@ -77,6 +77,8 @@ LAYOUTS: dict[str, re.Pattern[str]] = {
     "step_N": re.compile(r"step_(\d+)"),
 }
 EXPECTED = "checkpoint-N/ (HF Trainer), global_step_N/actor/{huggingface,lora_adapter}/ (verl) or step_N/"
+CHECKPOINT_FIX = "re-save that checkpoint or leave its step out with --steps"
+BASE_FIX = "--base must be the model this run started from, saved whole (save_pretrained or huggingface-cli download)"
 
 _LORA_KEY = re.compile(r"(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.[^.]+)?\.weight")
 
@@ -86,34 +88,40 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a broken one is a ValueError naming the path."""
+def read_json(path: Path, fix: str = CHECKPOINT_FIX) -> dict[str, Any]:
+    """Parse a JSON file holding an object; a broken one is a ValueError naming the path and ``fix``."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); re-save the checkpoint or leave it out with --steps"
-        ) from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 class SafetensorsFiles:
-    """The tensors of one model or adapter dir (one file, or shards named by an index), read on demand."""
+    """The tensors of one model or adapter dir (one file, or shards named by an index), read on demand.
 
-    def __init__(self, directory: Path, stem: str) -> None:
-        self.directory = directory
+    ``fix`` ends every error about these files (what to do about a broken checkpoint, or a broken base).
+    """
+
+    def __init__(self, directory: Path, stem: str, fix: str = CHECKPOINT_FIX) -> None:
+        self.directory, self.fix = directory, fix
         single, index = directory / f"{stem}.safetensors", directory / f"{stem}.safetensors.index.json"
         if single.is_file():
             files = [single]
         elif index.is_file():
-            weight_map = read_json(index).get("weight_map", {})
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            weight_map = read_json(index, fix).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{index} has no weight_map (tensor name -> shard file); {fix}")
+            files = [directory / str(name) for name in sorted(set(weight_map.values()))]
         else:
-            raise FileNotFoundError(f"{directory} has neither {single.name} nor {index.name}")
+            raise FileNotFoundError(f"{directory} has neither {single.name} nor {index.name}; {fix}")
         self.index = None if single.is_file() else index
         self.files = files
         self.headers: dict[str, tuple[Path, torch.dtype, tuple[int, ...]]] = {}
         for file in files:
-            for key, (dtype, shape) in _read_header(file).items():
+            for key, (dtype, shape) in _read_header(file, fix).items():
                 self.headers[key] = (file, dtype, shape)
         self.keys = sorted(self.headers, key=natural_key)
 
@@ -132,22 +140,29 @@ class SafetensorsFiles:
         try:
             with safe_open(file, framework="pt") as f:
                 return f.get_tensor(key)
-        except SafetensorError as err:
-            raise ValueError(f"{file}: cannot read tensor {key!r} ({err}); the file is corrupt or truncated") from None
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{file}: cannot read tensor {key!r} ({err}); the file is corrupt or truncated: {self.fix}"
+            ) from None
+
+    def get_finite(self, key: str) -> torch.Tensor:
+        """``get`` that refuses NaN or Inf values (a diverged run), naming the file and the fix."""
+        tensor = self.get(key)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{self.headers[key][0]}: tensor {key!r} has NaN or Inf values; {self.fix}")
+        return tensor
 
 
-def _read_header(file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+def _read_header(file: Path, fix: str = CHECKPOINT_FIX) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing (named by the shard index); copy the whole checkpoint")
+        raise FileNotFoundError(f"{file} is missing (the shard index names it); {fix}")
     try:
         with safe_open(file, framework="pt") as f:
             keys = f.keys()
             slices = {key: f.get_slice(key) for key in keys}
             header = {key: (s.get_dtype(), tuple(s.get_shape())) for key, s in slices.items()}
-    except SafetensorError as err:
-        raise ValueError(
-            f"{file} is corrupt or truncated ({err}); re-save that checkpoint or leave its step out with --steps"
-        ) from None
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file} is corrupt or truncated ({err}); {fix}") from None
     unknown = sorted({dtype for dtype, _ in header.values()} - set(DTYPES))
     if unknown:
         raise ValueError(
@@ -194,7 +209,8 @@ def _weights_kind(directory: Path) -> Kind:
     if (directory / "adapter_model.safetensors").is_file():
         if not (directory / "adapter_config.json").is_file():
             raise FileNotFoundError(
-                f"{directory} has adapter_model.safetensors but no adapter_config.json; copy it from the run"
+                f"{directory} has adapter_model.safetensors but no adapter_config.json; copy it from the training run "
+                "or leave that step out with --steps"
             )
         return "lora"
     if (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file():
@@ -204,7 +220,10 @@ def _weights_kind(directory: Path) -> Kind:
             f"{directory} holds only .bin weights; convert them to safetensors (from_pretrained, then "
             "save_pretrained(..., safe_serialization=True))"
         )
-    raise FileNotFoundError(f"{directory} has no model.safetensors(.index.json) or adapter_model.safetensors")
+    raise FileNotFoundError(
+        f"{directory} has no model.safetensors(.index.json) or adapter_model.safetensors (an interrupted save?); "
+        f"{CHECKPOINT_FIX}"
+    )
 
 
 def _verl_weights_dir(step_dir: Path) -> Path:
@@ -224,8 +243,12 @@ def _verl_weights_dir(step_dir: Path) -> Path:
 
 def find_snapshots(run_dir: Path, steps: Sequence[int] | None = None) -> list[Snapshot]:
     """The run's checkpoints in step order (only ``steps`` if given); one layout and one kind per run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"RUN_DIR {run_dir} is a file; pass the directory holding {EXPECTED} subdirectories")
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+        raise FileNotFoundError(
+            f"RUN_DIR {run_dir} does not exist; pass the directory holding {EXPECTED} subdirectories"
+        )
     found: dict[str, dict[int, Path]] = {}
     for entry in run_dir.iterdir():
         for layout, pattern in LAYOUTS.items():
@@ -296,6 +319,13 @@ class LoraAdapter:
                 f"{directory}: tensors other than LoRA A/B pairs ({(other + incomplete)[:3]}); modules_to_save, "
                 "trainable tokens, LoRA on embeddings and DoRA are not supported"
             )
+        for name, f in self.factors.items():
+            a, b = self.files.shape(f["A"]), self.files.shape(f["B"])
+            if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+                raise ValueError(
+                    f"{directory}: {name} has lora_A of shape {a} and lora_B of shape {b}, which do not multiply "
+                    f"(B @ A needs B (out, r) and A (r, in)); {CHECKPOINT_FIX}"
+                )
 
     @property
     def fan_in_fan_out(self) -> bool:
@@ -318,8 +348,8 @@ class LoraAdapter:
 
     def delta(self, name: str) -> LowRank:
         """``s * B @ A`` in float32, factored, in the base weight's orientation."""
-        a = self.files.get(self.factors[name]["A"]).float()
-        b = self.files.get(self.factors[name]["B"]).float()
+        a = self.files.get_finite(self.factors[name]["A"]).float()
+        b = self.files.get_finite(self.factors[name]["B"]).float()
         d = LowRank(b * self.scale(name), a)
         return _transposed(d) if self.fan_in_fan_out else d
 
@@ -351,12 +381,11 @@ class CheckpointRun:
             )
         self.snapshots = find_snapshots(run_dir, steps)
         self.kind: Kind = self.snapshots[0].kind
-        try:
-            self.base = SafetensorsFiles(base, "model")
-        except FileNotFoundError:
+        if not any((base / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
             raise FileNotFoundError(
                 f"--base {base} has no model.safetensors(.index.json); re-save it with save_pretrained"
-            ) from None
+            )
+        self.base = SafetensorsFiles(base, "model", fix=BASE_FIX)
         if self.kind == "full":
             self.full = [SafetensorsFiles(s.path, "model") for s in self.snapshots]
             self.adapters: list[LoraAdapter] = []
@@ -402,19 +431,23 @@ class CheckpointRun:
             if set(adapter.factors) != set(self.modules):
                 diff = sorted(set(adapter.factors) ^ set(self.modules), key=natural_key)[:3]
                 raise ValueError(
-                    f"{adapter.directory} adapts other modules than {self.adapters[-1].directory} (e.g. {diff})"
+                    f"{adapter.directory} adapts other modules than {self.adapters[-1].directory} (e.g. {diff}); "
+                    "every checkpoint of a run must adapt the same modules: leave the odd steps out with --steps"
                 )
             for name in self.modules:
                 if name not in self.base.headers:
-                    raise ValueError(f"{adapter.directory}: adapted module {name} is not in the base {self.base_dir}")
+                    raise ValueError(
+                        f"{adapter.directory}: adapted module {name} is not in the base {self.base_dir}; "
+                        "--base must be the model this run started from"
+                    )
                 if adapter.shape(name) != self.base.shape(name):
                     raise self._mismatch(adapter.directory, name, adapter.shape(name), self.base.shape(name))
 
     def trajectory(self, name: str) -> Trajectory:
         """Module ``name``'s deltas at every step, read now (one tensor per snapshot, plus the base for full runs)."""
         if self.kind == "full":
-            w0 = self.base.get(name).float()
-            deltas: list[Delta] = [as_matrix(files.get(name).float() - w0) for files in self.full]
+            w0 = self.base.get_finite(name).float()
+            deltas: list[Delta] = [as_matrix(files.get_finite(name).float() - w0) for files in self.full]
         else:
             deltas = [adapter.delta(name) for adapter in self.adapters]
         trajectory = Trajectory()

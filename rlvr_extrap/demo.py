@@ -49,7 +49,16 @@ def _main(args: argparse.Namespace) -> int:
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run both arms, print the table, write ``report.json`` and ``accuracy.png`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed {seed}: must be in [0, 2**32); e.g. --seed 0")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--out {out}: cannot create it ({err.strerror or err}); choose a path in a writable directory"
+        ) from None
     steps, extrap = DEMO_SETTINGS["quick" if quick else "full"]
     horizon = extrap["extrap_horizon"] * len(extrap["extrap_jump_at"])
     eval_every = math.gcd(steps, horizon, 25)  # the vanilla run must be evaluated at exactly `steps`

@@ -149,17 +149,22 @@ def analyze(
     holdout: int = 2,
 ) -> list[ModuleDiagnostics]:
     """Diagnose every module of the run, print a table, write diagnostics.json and the plots into ``out``."""
-    ExtrapolatorConfig(fit_window=fit_window).validate()
+    _check_fit_window(fit_window)
     if holdout < 0:
-        raise ValueError(f"--holdout {holdout}: must be >= 0")
+        raise ValueError(f"--holdout {holdout}: must be >= 0 (0 skips the held-out R^2)")
+    out = run_dir / "extrap_analysis" if out is None else out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory (it is created if missing)")
+    _check_creatable(out)
     run = CheckpointRun(run_dir, base, steps)
     target = 2 * run.steps[-1] if target_step is None else target_step
-    out = run_dir / "extrap_analysis" if out is None else out
-    diagnostics = [
-        module_diagnostics(run.trajectory(name), name, target, fit_window=fit_window, holdout=holdout)
-        for name in tqdm(run.modules, desc="analyze", unit="module")
-    ]
-    out.mkdir(parents=True, exist_ok=True)
+    _check_target(target, run)
+    with tqdm(run.modules, desc="analyze", unit="module") as modules:  # closed (a newline) before any error line
+        diagnostics = [
+            module_diagnostics(run.trajectory(name), name, target, fit_window=fit_window, holdout=holdout)
+            for name in modules
+        ]
+    _make_output_dir(out, out)
     settings = {"run_dir": str(run_dir), "base": str(base), "kind": run.kind, "steps": run.steps}
     settings |= {"target_step": target, "fit_window": fit_window, "holdout": holdout}
     write_json(out / "diagnostics.json", {**settings, "modules": {d.name: d.to_dict() for d in diagnostics}})
@@ -168,6 +173,45 @@ def analyze(
     print(format_table(diagnostics))
     print(f"wrote {out / 'diagnostics.json'}, {out / 'coefficients.png'}, {out / 'layers.png'}")
     return diagnostics
+
+
+def _check_fit_window(fit_window: int | None) -> None:
+    try:
+        ExtrapolatorConfig(fit_window=fit_window).validate()
+    except ValueError:
+        raise ValueError(
+            f"--fit-window {fit_window}: a fit needs at least 2 points; use 2 or more, or leave it out to fit all points"
+        ) from None
+
+
+def _check_target(target_step: int, run: CheckpointRun) -> None:
+    if target_step < run.steps[-1]:
+        raise ValueError(
+            f"--target-step {target_step} is before the last checkpoint (step {run.steps[-1]}); predict ahead of it"
+        )
+
+
+def _check_creatable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be created: its nearest existing ancestor is a file or read-only."""
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if ancestor == out.absolute():
+        return
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file, so {out} cannot be created; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {ancestor} is not writable; choose a path in a writable directory")
+
+
+def _make_output_dir(directory: Path, out: Path) -> None:
+    """``mkdir -p directory``; a failure (a file in the way, no permission) is a one-line error naming ``--out``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--out {out}: cannot create {directory} ({err.strerror or err}); choose a path in a writable directory"
+        ) from None
 
 
 def format_table(diagnostics: Sequence[ModuleDiagnostics]) -> str:
@@ -195,6 +239,7 @@ def extrapolate(
     as_adapter: bool = False,
 ) -> Path:
     """Write the model (or adapter) predicted at ``target_step`` into ``out``; returns ``out``."""
+    _check_fit_window(fit_window)
     extrapolator = get_extrapolator(method, fit_window=fit_window)
     if method not in STREAMABLE_METHODS:
         raise ValueError(
@@ -204,18 +249,16 @@ def extrapolate(
         raise ValueError(f"--alpha {alpha}: must be a finite number > 0")
     if out.exists():
         raise ValueError(f"--out {out} already exists; choose a new path or remove it")
+    _check_creatable(out)
     run = CheckpointRun(run_dir, base, steps)
-    if target_step < run.steps[-1]:
-        raise ValueError(
-            f"--target-step {target_step} is before the last checkpoint (step {run.steps[-1]}); predict ahead of it"
-        )
+    _check_target(target_step, run)
     if as_adapter and run.kind != "lora":
         raise ValueError(f"--as-adapter needs a LoRA run, but {run_dir} holds full checkpoints; drop --as-adapter")
 
     def predict(name: str) -> tuple[Delta, dict[str, float]]:
         return _predict(run, extrapolator, name, target_step, alpha)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_output_dir(out.parent, out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     try:
@@ -271,13 +314,14 @@ def _write_adapter(run: CheckpointRun, predict: Predict, directory: Path) -> dic
     adapter = run.adapters[-1]
     report: dict[str, dict[str, float]] = {}
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name in tqdm(run.modules, desc="extrapolate", unit="module"):
-        delta, report[name] = predict(name)
-        if not isinstance(delta, LowRank):
-            raise ValueError(
-                f"{name}: the prediction is not factored, so it cannot be written as an adapter; drop --as-adapter"
-            )
-        factors[name] = adapter.factors_for(delta)
+    with tqdm(run.modules, desc="extrapolate", unit="module") as modules:
+        for name in modules:
+            delta, report[name] = predict(name)
+            if not isinstance(delta, LowRank):
+                raise ValueError(
+                    f"{name}: the prediction is not factored, so it cannot be written as an adapter; drop --as-adapter"
+                )
+            factors[name] = adapter.factors_for(delta)
     rank = max([1, *(b.shape[1] for b, _ in factors.values())])
     tensors = {}
     for name, (b, a) in factors.items():

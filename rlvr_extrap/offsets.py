@@ -11,7 +11,6 @@ everything from the checkpoint it resumes from.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .lora import add_to_bases, find_lora_modules
+from .io import atomic_path
+from .lora import NoLoraAdapterError, add_to_bases, find_lora_modules
 from .lowrank import LowRank
 
 __all__ = ["STATE_FILE", "CallbackState", "apply_offsets", "load_state", "save_state"]
@@ -54,26 +54,39 @@ def save_state(state: CallbackState, directory: str | Path) -> Path:
         "steps": json.dumps(state.steps),
         "history": json.dumps(state.history),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
 def load_state(path: str | Path) -> CallbackState:
+    """Read ``extrap_state.safetensors`` (or the one in directory ``path``); bad files are one-line ValueErrors."""
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {STATE_FILE} here; the callback writes it next to the adapter")
+        raise FileNotFoundError(
+            f"{path}: no {STATE_FILE} here; pass the output_dir or checkpoint-N/ dir the callback wrote it to"
+        )
+    damaged = "use the copy in an earlier checkpoint-N/ (or retrain from there)"
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:
-        raise ValueError(f"{path}: unreadable ({err}); the file is corrupt or truncated") from None
+        raise ValueError(f"{path}: unreadable ({err}); the file is corrupt or truncated: {damaged}") from None
     if meta.get("format") != "rlvr_extrap.state.v1":
-        raise ValueError(f"{path}: not an rlvr_extrap state file (format {meta.get('format')!r})")
+        raise ValueError(
+            f"{path}: not an rlvr_extrap state file (format {meta.get('format')!r}); pass the {STATE_FILE} "
+            "that ExtrapolationCallback wrote (next to adapter_model.safetensors), or its directory"
+        )
+    try:
+        return _parse_state(meta, tensors)
+    except (KeyError, ValueError, IndexError, TypeError) as err:
+        raise ValueError(f"{path}: damaged rlvr_extrap state ({type(err).__name__}: {err}); {damaged}") from None
+
+
+def _parse_state(meta: dict[str, str], tensors: dict[str, Any]) -> CallbackState:
     steps = json.loads(meta["steps"])
     offsets, deltas = {}, {}
     for key in tensors:
@@ -88,18 +101,41 @@ def load_state(path: str | Path) -> CallbackState:
             deltas.setdefault(name, [None] * len(steps))[int(index)] = LowRank(
                 tensors[key], tensors[f"point.{index}.{name}.right"]
             )
+    missing = sorted(name for name, points in deltas.items() if any(d is None for d in points))
+    if missing:
+        raise ValueError(f"trajectory points missing for {missing[:3]}")
     return CallbackState(offsets, steps, deltas, json.loads(meta["history"]))
 
 
 def apply_offsets(model: nn.Module, path: str | Path) -> int:
-    """Add saved jump offsets into the base weights of a loaded PeftModel; returns the number of modules."""
+    """Add saved jump offsets into the base weights of a loaded PeftModel; returns the number of modules.
+
+    Every module's name and shape is checked before any weight changes, so a mismatch leaves the model as it was.
+    """
     offsets = load_state(path).offsets
-    modules = find_lora_modules(model)
+    load_hint = (
+        "PeftModel.from_pretrained(base, adapter_dir, is_trainable=True) with the adapter saved with the offsets"
+    )
+    try:
+        modules = find_lora_modules(model)
+    except NoLoraAdapterError:
+        raise ValueError(
+            f"apply_offsets: the model has no trainable LoRA layer (unquantized, without DoRA) to add the offsets "
+            f"of {path} to; load it with {load_hint}"
+        ) from None
     missing = sorted(set(offsets) - set(modules))
     if missing:
         raise ValueError(
             f"{path}: offsets for modules the model does not have as trainable LoRA layers, e.g. {missing[:3]}; "
-            "load the adapter the offsets were saved with (PeftModel.from_pretrained(base, dir, is_trainable=True))"
+            f"load the adapter the offsets were saved with ({load_hint})"
         )
+    for name, offset in offsets.items():
+        weight = modules[name].base_weight
+        shape = tuple(weight.shape[::-1]) if modules[name].fan_in_fan_out else tuple(weight.shape)
+        if tuple(offset.shape) != shape:
+            raise ValueError(
+                f"{path}: the offset of {name} has shape {tuple(offset.shape)} but the model's base weight has "
+                f"{shape}; load the base model the run trained ({load_hint})"
+            )
     add_to_bases(modules, offsets)
     return len(offsets)
