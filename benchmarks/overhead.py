@@ -33,6 +33,7 @@ def main() -> None:
             "extrap_jump_at": [jump],
             "extrap_horizon": 10,
             "extrap_fit_window": None,
+            "extrap_guard": False,  # the guard's probe cost is measured in steps_saved.py --guard
         }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ from rlvr_extrap.plots import plot_accuracy_curves
 from rlvr_extrap.toy.experiment import ToyRun, run_toy
 from rlvr_extrap.toy.model import load_toy_model
 
-BASE = {"extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100}
+BASE = {"extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100, "extrap_guard": False}
 LOCAL = {**BASE, "extrap_method": "linear", "extrap_fit_window": 6}  # W_t + 2 (W_t - W_{t-50})
 LR = 1e-3
 EVAL_EVERY = 25  # divides every arm's length and the vanilla budget, so vanilla is read at the arm's exact step
@@ -135,7 +135,7 @@ def main() -> None:
                 "learning_rate": lr,
                 "lora_rank": rank,
                 "grpo_steps": steps,
-                "effective_steps": steps + extrap["extrap_horizon"] * len(extrap["extrap_jump_at"]),
+                "effective_steps": statistics.mean(run["effective_steps"] for run in by_arm[name]),  # jumps taken
                 "accuracy": accs,
                 "vanilla_accuracy_same_steps": vanilla_accs,
                 "steps_ratio": ratios,
@@ -196,7 +196,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         bound = ">" if r["steps_ratio_lower_bound"] else ""
         lines.append(
-            f"| {r['arm']} | {r['learning_rate']:g} | {r['lora_rank']} | {r['grpo_steps']} | {r['effective_steps']} | "
+            f"| {r['arm']} | {r['learning_rate']:g} | {r['lora_rank']} | {r['grpo_steps']} | {r['effective_steps']:g} | "
             f"{_mean_spread(r['accuracy'])} | {_mean_spread(r['vanilla_accuracy_same_steps'])} | "
             f"{bound}{_mean_spread(r['steps_ratio'])} |"
         )

@@ -47,6 +47,20 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_jump(jump: dict[str, Any]) -> str:
+    """One line on what happened at a jump step: applied, kept at a step size by the guard, rolled back, skipped."""
+    head = f"jump at step {jump['step']} (horizon {jump['horizon']}):"
+    if "guard_score_pre" in jump:
+        candidates = ", ".join(
+            f"x{k.removeprefix('guard_score_x')} {v:.2f}" for k, v in jump.items() if k.startswith("guard_score_x")
+        )
+        verdict = f"guard kept step size x{jump['guard_scale']:g}" if jump["guard_scale"] else "guard rolled it back"
+        return f"{head} {verdict} (probe reward before the jump {jump['guard_score_pre']:.2f}; {candidates})"
+    if "skipped" in jump:
+        return f"{head} skipped: {jump['skipped']}"
+    return f"{head} applied, update norm {jump['update_norm']:.3g}"
+
+
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run both arms, print the table, write ``report.json`` and ``accuracy.png`` into ``out``."""
     if not 0 <= seed < 2**32:
@@ -109,5 +123,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]
     print(f"{'run':<16}{'GRPO steps':>12}{'effective':>12}{'held-out acc':>15}")
     for r in runs:
         print(f"{r['name']:<16}{r['grpo_steps']:>12}{r['effective_steps']:>12}{r['heldout_accuracy']:>15.3f}")
+    for jump in jumped["jumps"]:
+        print(describe_jump(jump))
     print(f"\nwrote {out / 'report.json'} and {out / 'accuracy.png'}")
     return report

@@ -10,8 +10,11 @@ from typing import TypeVar
 
 from accelerate import PartialState
 from accelerate.utils import DistributedType, broadcast_object_list
+from transformers.utils import logging
 
 from .config import ExtrapolationArguments, ExtrapolationConfigError
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["broadcast_from_main", "check_distributed_support"]
 
@@ -21,15 +24,16 @@ SHARDED = {DistributedType.DEEPSPEED: "DeepSpeed", DistributedType.FSDP: "FSDP"}
 
 
 def check_distributed_support(config: ExtrapolationArguments) -> None:
-    """Refuse the settings that do not work with the run's parallelism (DeepSpeed and FSDP jumps do)."""
+    """Refuse settings the run's parallelism cannot honour; under DeepSpeed / FSDP the guard is turned off, loudly."""
     kind = SHARDED.get(PartialState().distributed_type)
     if kind is None:
         return
     if config.extrap_guard:
-        raise ExtrapolationConfigError(
-            f"extrap_guard is not supported under {kind} (the probe generates with the unwrapped model); "
-            "set extrap_guard=False, or train with DDP"
+        logger.warning(
+            f"extrap_guard is not supported under {kind} (the probe generates with the unwrapped model): jumps "
+            "will not be guarded. Set extrap_guard=False to silence this, or train with DDP to keep the guard"
         )
+        config.extrap_guard = False
     if config.extrap_optimizer_policy != "keep":
         raise ExtrapolationConfigError(
             f"extrap_optimizer_policy={config.extrap_optimizer_policy!r} is not supported under {kind} (the "

@@ -49,7 +49,11 @@ def tiny_model(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
 def make_trainer(
     tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 20, reward_funcs=count_ones_reward, **extrap: Any
 ) -> GRPOTrainer:
-    """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides."""
+    """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides.
+
+    The guard is off unless asked for: most tests check that a jump lands exactly where it was planned.
+    """
+    extrap.setdefault("extrap_guard", False)
     tokenizer = build_char_tokenizer()
     grpo = {
         "per_device_train_batch_size": 8,

@@ -29,9 +29,13 @@ def test_demo_writes_report_and_plot(toy_model_path, tmp_path, monkeypatch, caps
     assert runs["vanilla"]["grpo_steps"] == runs["extrap-linear"]["grpo_steps"] == 20
     assert runs["vanilla-long"]["grpo_steps"] == 30
     assert [(j["step"], j["horizon"]) for j in runs["extrap-linear"]["jumps"]] == [(10, 10)]
-    assert runs["extrap-linear"]["effective_steps"] == 30
+    jump = runs["extrap-linear"]["jumps"][0]
+    assert "guard_score_pre" in jump  # the guard is on by default
+    assert runs["extrap-linear"]["effective_steps"] == 20 + (10 if jump["guard_scale"] else 0)
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "extrap-linear" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "extrap-linear" in out
+    assert "jump at step 10 (horizon 10): guard " in out
 
 
 def _recipe(args: list[str], tmp_path: Path, env_cache: Path) -> subprocess.CompletedProcess:

@@ -117,3 +117,23 @@ def test_slow_fit_times_out_and_training_goes_on(tmp_path, monkeypatch, caplog):
     assert "extrap_fit_timeout=0.5" in callback.jumps[0]["skipped"]
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
     assert "jump at step 4 skipped" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_sharded_runs_turn_the_guard_off_loudly_and_refuse_optimizer_resets(monkeypatch, caplog, kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError, distributed
+
+    monkeypatch.setattr(distributed, "PartialState", lambda: SimpleNamespace(distributed_type=DistributedType[kind]))
+    config = ExtrapolationArguments(extrap_method="linear")
+    assert config.extrap_guard  # on by default
+    with caplog.at_level(logging.WARNING):
+        distributed.check_distributed_support(config)
+    assert not config.extrap_guard and "jumps will not be guarded" in caplog.text
+    with pytest.raises(ExtrapolationConfigError, match="extrap_optimizer_policy='reset'.*use 'keep'"):
+        distributed.check_distributed_support(
+            ExtrapolationArguments(extrap_method="linear", extrap_optimizer_policy="reset")
+        )
