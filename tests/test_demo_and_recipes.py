@@ -117,3 +117,18 @@ def test_recipe_names_a_missing_dataset_column(toy_model_path, tmp_path):
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("grpo.py: error: --dataset") and "--question_field" in line, line
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("ddp", "MULTI_GPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED"), ("fsdp", "FSDP")]
+)
+def test_accelerate_configs_load_and_name_real_files(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = ROOT / "recipes" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.name == kind
+    launch = next(line for line in path.read_text().splitlines() if "accelerate launch" in line)
+    for word in launch.split():
+        if word.endswith((".yaml", ".py")):
+            assert (ROOT / word).is_file(), word
