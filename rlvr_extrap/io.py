@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "save_figure", "write_json"]
+__all__ = ["atomic_path", "atomic_write_text", "make_output_dir", "save_figure", "write_json"]
 
 
 @contextmanager
@@ -57,3 +57,13 @@ def _finite(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_finite(v) for v in x]
     return x
+
+
+def make_output_dir(directory: Path, out: Path) -> None:
+    """``mkdir -p directory``; a failure (a file in the way, no permission) is a one-line error naming ``--out``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--out {out}: cannot create {directory} ({err.strerror or err}); choose a path in a writable directory"
+        ) from None

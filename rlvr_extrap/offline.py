@@ -38,6 +38,7 @@ from tqdm import tqdm
 from .checkpoints import CheckpointRun, write_safetensors
 from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers, write_json
 from .extrapolators import Extrapolator, ExtrapolatorConfig, get_extrapolator
+from .io import make_output_dir
 from .lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
 
 __all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
@@ -164,7 +165,7 @@ def analyze(
             module_diagnostics(run.trajectory(name), name, target, fit_window=fit_window, holdout=holdout)
             for name in modules
         ]
-    _make_output_dir(out, out)
+    make_output_dir(out, out)
     settings = {"run_dir": str(run_dir), "base": str(base), "kind": run.kind, "steps": run.steps}
     settings |= {"target_step": target, "fit_window": fit_window, "holdout": holdout}
     write_json(out / "diagnostics.json", {**settings, "modules": {d.name: d.to_dict() for d in diagnostics}})
@@ -202,16 +203,6 @@ def _check_creatable(out: Path) -> None:
         raise ValueError(f"--out {out}: {ancestor} is a file, so {out} cannot be created; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: {ancestor} is not writable; choose a path in a writable directory")
-
-
-def _make_output_dir(directory: Path, out: Path) -> None:
-    """``mkdir -p directory``; a failure (a file in the way, no permission) is a one-line error naming ``--out``."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(
-            f"--out {out}: cannot create {directory} ({err.strerror or err}); choose a path in a writable directory"
-        ) from None
 
 
 def format_table(diagnostics: Sequence[ModuleDiagnostics]) -> str:
@@ -258,7 +249,7 @@ def extrapolate(
     def predict(name: str) -> tuple[Delta, dict[str, float]]:
         return _predict(run, extrapolator, name, target_step, alpha)
 
-    _make_output_dir(out.parent, out)
+    make_output_dir(out.parent, out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     try:
