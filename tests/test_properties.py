@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -59,14 +61,24 @@ def test_any_rank1_linear_trajectory_is_recovered(gaps, slope, intercept, ahead,
     horizon=st.integers(-5, 50),
     window=st.one_of(st.none(), st.integers(-1, 6)),
     method=st.sampled_from(["relex", "linear", "next", "bogus"]),
+    scales=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+    prompts=st.integers(-2, 64),
+    tolerance=st.floats(allow_nan=True, allow_infinity=True),
+    timeout=st.one_of(st.none(), st.floats(-10, 1000)),
 )
-def test_config_validation_either_passes_or_names_a_field(jumps, every, horizon, window, method):
+def test_config_validation_either_passes_or_names_a_field(
+    jumps, every, horizon, window, method, scales, prompts, tolerance, timeout
+):
     args = ExtrapolationArguments(
         extrap_method=method,
         extrap_jump_at=jumps,
         extrap_snapshot_every=every,
         extrap_horizon=horizon,
         extrap_fit_window=window,
+        extrap_guard_scales=scales,
+        extrap_guard_prompts=prompts,
+        extrap_guard_tolerance=tolerance,
+        extrap_fit_timeout=timeout,
     )
     try:
         args.validate_extrapolation()
@@ -74,3 +86,5 @@ def test_config_validation_either_passes_or_names_a_field(jumps, every, horizon,
         assert "extrap_" in str(err)
     else:
         assert method != "bogus" and every >= 1 and horizon >= 1 and jumps == sorted(set(jumps))
+        assert scales and all(math.isfinite(c) and c > 0 for c in scales) and prompts >= 1
+        assert math.isfinite(tolerance) and tolerance >= 0 and (timeout is None or timeout > 0)
