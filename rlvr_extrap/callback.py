@@ -173,8 +173,10 @@ class ExtrapolationCallback(TrainerCallback):
         if wait > 1.0:
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
         if self.guard is not None:
+            limit, ratio = cfg.extrap_max_update_ratio, plan.size_ratio
+            scales = [c for c in cfg.extrap_guard_scales if limit is None or ratio is None or c * ratio <= limit]
             try:
-                decision = self.guard.decide(plan, list(cfg.extrap_guard_scales), cfg.extrap_guard_tolerance)
+                decision = self.guard.decide(plan, scales, cfg.extrap_guard_tolerance)
             except Exception as err:  # scoring failed: the weights were restored; do not jump blind
                 logger.warning(f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}")
                 self.jumps.append({**record, "skipped": f"guard: {type(err).__name__}: {err}"})
@@ -202,6 +204,7 @@ class ExtrapolationCallback(TrainerCallback):
         record.update(
             {
                 "update_norm": plan.update_norm,
+                "update_ratio": plan.size_ratio,
                 "fit_seconds": plan.fit_seconds,
                 "wait_seconds": wait,
                 "apply_seconds": time.perf_counter() - apply_start,
@@ -214,7 +217,8 @@ class ExtrapolationCallback(TrainerCallback):
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})
 
-    def _log(self, state: TrainerState, metrics: dict[str, float]) -> None:
+    def _log(self, state: TrainerState, metrics: dict[str, float | None]) -> None:
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # loggers (TensorBoard, W&B) want numbers
         if self.trainer is not None:
             Trainer.log(self.trainer, metrics)  # the base log: GRPO's override would flush its own metrics
         else:

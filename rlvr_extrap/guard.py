@@ -80,7 +80,10 @@ class JumpGuard:
         self.max_new_tokens = max_new_tokens
 
     def decide(self, plan: JumpPlan, scales: list[float], tolerance: float) -> GuardDecision:
-        """Try ``plan`` at each scale (a multiple of the planned update); leaves the weights as they were."""
+        """Try ``plan`` at each scale (a multiple of the planned update); leaves the weights as they were.
+
+        With no scale to try, the decision is not to jump.
+        """
         start = time.perf_counter()
         pre = self.score()
         scores: dict[float, float] = {}
@@ -91,8 +94,8 @@ class JumpGuard:
                 scores[scale] = self.score()
             finally:
                 self._restore(saved)
-        best = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))  # ties: nearest the configured step
-        scale = best if scores[best] >= pre - tolerance else None
+        best = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)), default=None)  # ties: nearest the configured step
+        scale = best if best is not None and scores[best] >= pre - tolerance else None
         return GuardDecision(pre, scores, scale, time.perf_counter() - start, self.prompt_count)
 
     def score(self) -> float:

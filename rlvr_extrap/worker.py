@@ -42,6 +42,7 @@ class JumpPlan:
     updates: dict[str, LowRank]
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     fit_seconds: float = 0.0
+    size_ratio: float | None = None  # update norm / distance the segment travelled (None: not checked)
 
     @property
     def update_norm(self) -> float:
@@ -56,7 +57,8 @@ class JumpPlan:
             for name, d in self.diagnostics.items()
         }
         updates = {name: u.scaled(factor) for name, u in self.updates.items()}
-        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds)
+        ratio = None if self.size_ratio is None else self.size_ratio * abs(factor)
+        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds, ratio)
 
 
 class TrajectoryWorker:
@@ -159,7 +161,7 @@ class TrajectoryWorker:
         travelled = sum(
             max(float(g[-1, -1] - 2 * g[0, -1] + g[0, 0]), 0.0) for g in map(self.trajectory.gram, plan.updates)
         )
-        ratio = plan.update_norm / max(travelled**0.5, 1e-30)
+        ratio = plan.size_ratio = plan.update_norm / max(travelled**0.5, 1e-30)
         if ratio > limit:
             raise ValueError(
                 f"the update norm {plan.update_norm:.3g} is {ratio:.1f}x the distance the segment travelled "

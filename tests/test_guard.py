@@ -137,3 +137,12 @@ def test_sharded_runs_turn_the_guard_off_loudly_and_refuse_optimizer_resets(monk
         distributed.check_distributed_support(
             ExtrapolationArguments(extrap_method="linear", extrap_optimizer_policy="reset")
         )
+
+
+def test_guard_never_tries_a_step_beyond_the_update_size_limit(tmp_path):
+    _, plain, _, _ = guarded_run(tmp_path / "plain", +1.0)
+    ratio = plain.jumps[0]["update_ratio"]
+    _, guarded, _, _ = guarded_run(tmp_path / "guarded", +1.0, extrap_guard=True, extrap_max_update_ratio=1.2 * ratio)
+    record = guarded.jumps[0]
+    assert {k for k in record if k.startswith("guard_score_x")} == {"guard_score_x0.5", "guard_score_x1"}
+    assert record["guard_scale"] == 1.0  # 1.5x and 2x would pass the limit; the reward would have preferred them
