@@ -52,7 +52,7 @@ class ExtrapolationCallback(TrainerCallback):
 
     @property
     def active(self) -> bool:
-        return self.config is not None and self.config.enabled and bool(self.modules)
+        return bool(self.modules)  # found at train begin only when a method is set; cleared at train end
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs

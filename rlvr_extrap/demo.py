@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .io import make_output_dir, write_json
+from .io import check_output_dir, make_output_dir, write_json
 from .plots import plot_accuracy_curves
 from .toy.experiment import ToyRun, run_toy
 from .toy.model import load_toy_model
@@ -65,8 +65,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]
     """Run both arms, print the table, write ``report.json`` and ``accuracy.png`` into ``out``."""
     if not 0 <= seed < 2**32:
         raise ValueError(f"--seed {seed}: must be in [0, 2**32); e.g. --seed 0")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a directory (it is created if missing)")
+    check_output_dir(out)
     make_output_dir(out, out)
     steps, extrap = DEMO_SETTINGS["quick" if quick else "full"]
     horizon = extrap["extrap_horizon"] * len(extrap["extrap_jump_at"])

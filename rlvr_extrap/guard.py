@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -74,10 +75,20 @@ class JumpGuard:
                 )
         self.trainer = trainer
         self.modules = modules
+        self.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         state = PartialState()
         self.rows = rows[state.process_index :: state.num_processes]
+        self.prompts = [row["prompt"] for row in self.rows]
         self.prompt_count = len(rows)
         self.max_new_tokens = max_new_tokens
+
+    @cached_property
+    def prompt_ids(self) -> list[list[int]]:
+        """This process's probe prompts, tokenized as the trainer tokenizes them (once, at the first score)."""
+        prompt_ids, images, _ = self.trainer._tokenize_prompts(self.prompts)
+        if images is not None:
+            raise ValueError("extrap_guard does not score image prompts; set extrap_guard=False")
+        return prompt_ids
 
     def decide(self, plan: JumpPlan, scales: list[float], tolerance: float) -> GuardDecision:
         """Try ``plan`` at each scale (a multiple of the planned update); leaves the weights as they were.
@@ -101,24 +112,18 @@ class JumpGuard:
     def score(self) -> float:
         """Mean weighted reward of greedy completions of the probe prompts (over all processes)."""
         trainer = self.trainer
-        prompts = [row["prompt"] for row in self.rows]
-        prompt_ids, images, _ = trainer._tokenize_prompts(prompts)
-        if images is not None:
-            raise ValueError("extrap_guard does not score image prompts; set extrap_guard=False")
-        completion_ids = self._generate(prompt_ids)
-        tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        if isinstance(prompts[0], list):  # conversational
+        completion_ids = self._generate(self.prompt_ids)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        if isinstance(self.prompts[0], list):  # conversational
             texts = [[{"role": "assistant", "content": t}] for t in texts]
-        rewards = trainer._calculate_rewards(self.rows, prompts, texts, completion_ids)  # gathered over processes
+        rewards = trainer._calculate_rewards(self.rows, self.prompts, texts, completion_ids)  # gathered over processes
         weighted = (rewards * trainer.reward_weights.to(rewards.device).unsqueeze(0)).nansum(dim=1)
         return float(weighted.mean())
 
     def _generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         trainer = self.trainer
         model = trainer.accelerator.unwrap_model(trainer.model)
-        tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         width = max(map(len, prompt_ids))
         device = trainer.accelerator.device
         input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)

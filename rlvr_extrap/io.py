@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "make_output_dir", "save_figure", "write_json"]
+__all__ = ["atomic_path", "atomic_write_text", "check_output_dir", "make_output_dir", "save_figure", "write_json"]
 
 
 @contextmanager
@@ -57,6 +57,12 @@ def _finite(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_finite(v) for v in x]
     return x
+
+
+def check_output_dir(out: Path) -> None:
+    """An ``--out`` that exists must be a directory (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory (it is created if missing)")
 
 
 def make_output_dir(directory: Path, out: Path) -> None:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from .checkpoints import CheckpointRun, write_safetensors
 from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers, write_json
 from .extrapolators import Extrapolator, ExtrapolatorConfig, get_extrapolator
-from .io import make_output_dir
+from .io import check_output_dir, make_output_dir
 from .lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
 
 __all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
@@ -154,8 +154,7 @@ def analyze(
     if holdout < 0:
         raise ValueError(f"--holdout {holdout}: must be >= 0 (0 skips the held-out R^2)")
     out = run_dir / "extrap_analysis" if out is None else out
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a directory (it is created if missing)")
+    check_output_dir(out)
     _check_creatable(out)
     run = CheckpointRun(run_dir, base, steps)
     target = 2 * run.steps[-1] if target_step is None else target_step
