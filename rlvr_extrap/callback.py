@@ -49,6 +49,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.guard: JumpGuard | None = None
         self.jumps: list[dict[str, Any]] = []
         self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
+        self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
         self.snapshot_seconds = 0.0
 
@@ -128,29 +129,21 @@ class ExtrapolationCallback(TrainerCallback):
             raise ExtrapolationConfigError(str(err)) from None
 
     def _log_skill(self, state: TrainerState) -> None:
-        """Log the newest forecast-skill backtest once (main process; it never waits for the worker)."""
-        record = None if self.worker is None else self.worker.latest_skill
-        if record is None or (self.skill_history and self.skill_history[-1]["step"] >= record.step):
+        """Log the forecast-skill backtests the worker finished since the last call (never waits for it)."""
+        if self.worker is None:
             return
-        self.skill_history.append(record.to_dict())
+        records = self.worker.skill_records[self._skill_logged :]
+        self._skill_logged += len(records)
         horizon = self.config.extrap_horizon
-        self._log(state, record.to_metrics(None if horizon == "auto" else horizon))
+        for record in records:
+            self.skill_history.append(record.to_dict())
+            metrics = record.to_metrics(None if horizon == "auto" else horizon)
+            self._log(state, {**metrics, "extrap/skill_step": record.step})
 
     def _auto_jump_due(self, step: int) -> bool:
-        """'auto' jumps: far enough from the last jump, and the newest backtest (possibly a snapshot old) clears the bar.
-
-        Decided on the main process from what the worker already has (no wait), then broadcast.
-        """
-        due = False
-        if self.worker is not None:
-            last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
-            record, bar = self.worker.latest_skill, self.config.extrap_min_skill
-            due = (
-                step - last >= self.config.min_jump_gap()
-                and record is not None
-                and record.longest_horizon(0.0 if bar is None else bar) is not None
-            )
-        return broadcast_from_main(due)
+        """'auto' jumps are tried at snapshot steps at least ``min_jump_gap()`` after the last jump (or the start)."""
+        last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
+        return step - last >= self.config.min_jump_gap()
 
     def _save_state(self, directory: str) -> None:
         offsets, steps, deltas = self.worker.state_now().result()
@@ -217,6 +210,9 @@ class ExtrapolationCallback(TrainerCallback):
         target = step + horizon if isinstance(horizon, int) else None
         record: dict[str, Any] = {"step": step, "horizon": horizon, "target_step": target}
         if plan is None:
+            if gated and cfg.auto_jumps:  # tried at every snapshot: the backtest itself is in skill_history
+                logger.info(f"extrapolation: no jump at step {step}: {error}")
+                return
             if gated:
                 logger.info(f"extrapolation jump at step {step} not taken: {error}")
             else:

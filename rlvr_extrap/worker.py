@@ -102,7 +102,8 @@ class TrajectoryWorker:
         self.skill_origins = skill_origins
         self.trajectory = Trajectory(clock)
         self.offsets: dict[str, LowRank] = {}
-        self.latest_skill: SkillRecord | None = None  # replaced whole after each snapshot: safe to read anywhere
+        self.latest_skill: SkillRecord | None = None  # of the current segment's last point
+        self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
 
     def add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> Future[None]:
@@ -137,7 +138,7 @@ class TrajectoryWorker:
             self.trajectory = Trajectory(self.clock)
             for i, step in enumerate(steps):
                 self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
-            self._measure_skill()
+            self._measure_skill(keep=False)  # the saved history already holds this point's backtest
 
         return self._pool.submit(_restore)
 
@@ -149,10 +150,12 @@ class TrajectoryWorker:
         self.trajectory.append(step, deltas)
         self._measure_skill()
 
-    def _measure_skill(self) -> None:
+    def _measure_skill(self, keep: bool = True) -> None:
         """Backtest the configured extrapolator on the points seen so far (never raises: it only informs)."""
         try:
             self.latest_skill = measure_skill(self.trajectory, self.extrapolator, self.skill_origins)
+            if keep and self.latest_skill is not None:
+                self.skill_records.append(self.latest_skill)
         except Exception as err:  # a failed measurement must not stop the snapshots
             logger.warning(f"extrapolation: forecast-skill backtest failed at step {self.trajectory.steps[-1]}: {err}")
             self.latest_skill = None

@@ -190,18 +190,16 @@ def noise_reward(completions, **kwargs):
 
 def run_auto(tmp_path, reward, **settings):
     callback = ExtrapolationCallback()
-    trainer = make_trainer(
-        tmp_path,
-        [callback],
-        max_steps=40,
-        reward_funcs=reward,
-        lr_scheduler_type="constant",
-        extrap_method="linear",
-        extrap_snapshot_every=2,
-        extrap_jump_at="auto",
-        extrap_horizon="auto",
-        extrap_min_skill=0.5,
+    settings = {
+        "extrap_method": "linear",
+        "extrap_snapshot_every": 2,
+        "extrap_jump_at": "auto",
+        "extrap_horizon": "auto",
+        "extrap_min_skill": 0.5,
         **settings,
+    }
+    trainer = make_trainer(
+        tmp_path, [callback], max_steps=40, reward_funcs=reward, lr_scheduler_type="constant", **settings
     )
     trainer.train()
     logged = [row for row in trainer.state.log_history if "extrap/snr" in row]
@@ -214,3 +212,12 @@ def test_unpredictable_run_never_jumps_and_logs_its_skill(tmp_path):
     assert logged and all("extrap/skill" in row for row in logged)  # every snapshot's backtest reached the logs
     assert max(row["extrap/skill"] for row in logged) < 0.5
     assert [r["step"] for r in callback.skill_history] == [2 * k for k in range(2, 21)]
+
+
+def test_auto_jumps_land_a_fit_window_apart_at_a_verified_horizon(tmp_path):
+    callback, logged = run_auto(tmp_path, noise_reward, learning_rate=5e-3, extrap_min_skill=-1e9)
+    taken = [j for j in callback.jumps if "skipped" not in j]
+    assert [j["step"] for j in taken] == [6, 12, 18, 24, 30, 36]  # every min_jump_gap() = 3 snapshots of 2 steps
+    # each jump's horizon is the longest its own segment had backtested: 2 snapshots back from a 4-point segment
+    assert all(j["horizon"] == 4 and j["target_step"] == j["step"] + 4 for j in taken)
+    assert all(j["skill"] is not None for j in taken)
