@@ -34,6 +34,7 @@ def main() -> None:
             "extrap_horizon": 10,
             "extrap_fit_window": None,
             "extrap_guard": False,  # the guard's probe cost is measured in steps_saved.py --guard
+            "extrap_min_skill": None,  # the jump stall is measured whatever the run's skill
         }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

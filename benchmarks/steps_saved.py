@@ -29,7 +29,13 @@ from rlvr_extrap.plots import plot_accuracy_curves
 from rlvr_extrap.toy.experiment import ToyRun, run_toy
 from rlvr_extrap.toy.model import load_toy_model
 
-BASE = {"extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100, "extrap_guard": False}
+BASE = {
+    "extrap_snapshot_every": 10,
+    "extrap_jump_at": [100],
+    "extrap_horizon": 100,
+    "extrap_guard": False,
+    "extrap_min_skill": None,  # these arms measure the jumps themselves, ungated
+}
 LOCAL = {**BASE, "extrap_method": "linear", "extrap_fit_window": 6}  # W_t + 2 (W_t - W_{t-50})
 LR = 1e-3
 EVAL_EVERY = 25  # divides every arm's length and the vanilla budget, so vanilla is read at the arm's exact step

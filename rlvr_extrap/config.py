@@ -84,12 +84,6 @@ class ExtrapolationArguments:
             "rebuilding from the base (which drops the part of the weights off that direction)."
         },
     )
-    extrap_level_smoothing: float = field(
-        default=0.5, metadata={"help": "holt only: weight of the newest point in the smoothed level, in (0, 1]."}
-    )
-    extrap_trend_smoothing: float = field(
-        default=0.2, metadata={"help": "holt only: weight of the newest level change in the smoothed slope, in (0, 1]."}
-    )
     extrap_time_axis: str = field(
         default="lr",
         metadata={
@@ -98,10 +92,12 @@ class ExtrapolationArguments:
         },
     )
     extrap_min_skill: float | None = field(
-        default=None,
+        default=0.2,
         metadata={
             "help": "Skip a planned jump whose forecast-skill backtest at its horizon is below this (1 perfect, "
-            "0 no better than not moving); None: jump without checking. Needs relex, linear or holt."
+            "0 no better than not moving), or whose horizon is longer than the history can backtest; None: jump "
+            "without checking. Needs relex or linear (with next, set None). 0.2 kept 67% of jumps good against "
+            "59% at 0 in the toy regime map (benchmarks/results/forecast.md)."
         },
     )
     extrap_skill_origins: int = field(
@@ -246,7 +242,7 @@ class ExtrapolationArguments:
         if needs_backtest and self.extrap_method == "next":
             raise ExtrapolationConfigError(
                 f"{', '.join(needs_backtest)}: the forecast-skill backtest needs a method whose prediction combines "
-                "the observed points (relex, linear or holt), not next; change extrap_method or drop the setting"
+                "the observed points (relex or linear), not next; change extrap_method or drop the setting"
             )
         if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
             raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")

@@ -51,7 +51,7 @@ from .skill import backtest_errors, skill
 
 __all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
 
-STREAMABLE_METHODS = ("linear", "relex", "holt")
+STREAMABLE_METHODS = ("linear", "relex")
 """Methods that fit each tensor on its own, so they can stream tensor by tensor (NExt shares one predictor
 across modules)."""
 

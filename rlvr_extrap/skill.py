@@ -7,7 +7,7 @@ below 0 is worse. A *backtest* scores the extrapolator on the trajectory's own p
 ``t - h``, predict ``t``, for the latest targets ``t`` and every horizon ``h`` the history allows, pooling the
 errors of the targets per horizon. That is what a run can know before it jumps.
 
-For methods whose prediction is a combination of the observed points (relex, linear, holt) every error is a
+For methods whose prediction is a combination of the observed points (relex, linear) every error is a
 quadratic form in the Gram matrix the trajectory keeps anyway, so a backtest costs O(T^3) per module and no
 pass over the weights.
 """

@@ -170,7 +170,7 @@ class TrajectoryWorker:
         if record is None or record.step != step or not record.skill:
             raise JumpSkipped(
                 f"no forecast-skill backtest at step {step} yet (it needs 3 trajectory points and a method "
-                "whose prediction combines the observed points: relex, linear or holt)"
+                "whose prediction combines the observed points: relex or linear)"
             )
         if horizon == "auto":
             best = record.longest_horizon(0.0 if bar is None else bar)

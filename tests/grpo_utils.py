@@ -54,6 +54,7 @@ def make_trainer(
     The guard is off unless asked for: most tests check that a jump lands exactly where it was planned.
     """
     extrap.setdefault("extrap_guard", False)
+    extrap.setdefault("extrap_min_skill", None)  # likewise the skill gate: tests that want it set it
     tokenizer = build_char_tokenizer()
     grpo = {
         "per_device_train_batch_size": 8,

@@ -21,6 +21,7 @@ SETTINGS = {
     "extrap_jump_at": [4, 10],
     "extrap_snapshot_every": 2,
     "extrap_horizon": 4,
+    "extrap_min_skill": None,
     "save_strategy": "steps",
     "save_steps": 6,
 }
