@@ -98,9 +98,11 @@ class ExtrapolationCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is not None:
-            self._save_state(args.output_dir)
-            self.worker.close()
-            self.worker = None
+            try:
+                self._save_state(args.output_dir)
+            finally:  # a failed save still ends the thread
+                self.worker.close()
+                self.worker = None
         self.modules, self.model = {}, None
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
