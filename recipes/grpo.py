@@ -218,9 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"cannot set up GRPO training: {' '.join(str(err).split())} (check --lora_target_modules and the model)")
     try:
         trainer.train()
+        trainer.save_model(args.output_dir)
     except (ExtrapolationConfigError, NoLoraAdapterError) as err:  # checked against the trainer at train start
         fail(str(err))
-    trainer.save_model(args.output_dir)
+    finally:  # several processes: destroy the process group before the interpreter shuts down (see README)
+        trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
