@@ -25,6 +25,7 @@ from trl import GRPOTrainer, TrlParser
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError
 from rlvr_extrap.lora import NoLoraAdapterError
+from rlvr_extrap.offsets import StateFileError
 from rlvr_extrap.rewards import math_verify_reward
 from rlvr_extrap.toy import load_toy_model, train_dataset
 
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trainer.train()
         trainer.save_model(args.output_dir)
-    except (ExtrapolationConfigError, NoLoraAdapterError) as err:  # checked against the trainer at train start
+    except (ExtrapolationConfigError, NoLoraAdapterError, StateFileError) as err:  # found at train start
         fail(str(err))
     finally:  # several processes: destroy the process group before the interpreter shuts down (see README)
         trainer.accelerator.end_training()
