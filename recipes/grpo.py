@@ -25,6 +25,7 @@ from trl import GRPOTrainer, TrlParser
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError
 from rlvr_extrap.lora import NoLoraAdapterError
+from rlvr_extrap.offsets import StateFileError
 from rlvr_extrap.rewards import math_verify_reward
 from rlvr_extrap.toy import load_toy_model, train_dataset
 
@@ -218,9 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"cannot set up GRPO training: {' '.join(str(err).split())} (check --lora_target_modules and the model)")
     try:
         trainer.train()
-    except (ExtrapolationConfigError, NoLoraAdapterError) as err:  # checked against the trainer at train start
+        trainer.save_model(args.output_dir)
+    except (ExtrapolationConfigError, NoLoraAdapterError, StateFileError) as err:  # found at train start
         fail(str(err))
-    trainer.save_model(args.output_dir)
+    finally:  # several processes: destroy the process group before the interpreter shuts down (see README)
+        trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

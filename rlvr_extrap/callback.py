@@ -18,7 +18,7 @@ from .config import ExtrapolationArguments, ExtrapolationConfigError
 from .distributed import broadcast_from_main, check_distributed_support
 from .guard import JumpGuard, probe_rows
 from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
-from .offsets import STATE_FILE, CallbackState, load_state, save_state
+from .offsets import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
 from .skill import schedule_clock
 from .worker import JumpGate, JumpPlan, JumpSkipped, TrajectoryWorker
 
@@ -114,11 +114,13 @@ class ExtrapolationCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is not None:
-            self.worker.state_now().result()  # the last snapshot's backtest, then log it
-            self._log_skill(state)
-            self._save_state(args.output_dir)
-            self.worker.close()
-            self.worker = None
+            try:
+                self.worker.state_now().result()  # the last snapshot's backtest, then log it
+                self._log_skill(state)
+                self._save_state(args.output_dir)
+            finally:  # a failed save still ends the thread
+                self.worker.close()
+                self.worker = None
         self.modules, self.model = {}, None
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
@@ -154,16 +156,23 @@ class ExtrapolationCallback(TrainerCallback):
     def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
         """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
         directory = _checkpoint_dir(args, state.global_step)
-        saved = None
+        saved, error = None, None
         if self.worker is not None:
-            if os.path.isfile(os.path.join(directory, STATE_FILE)):
-                saved = load_state(directory)
-            else:
+            try:
+                cfg = self.config  # 'auto' jumps may have happened from the first allowed step on
+                possible = [cfg.min_jump_gap()] if cfg.auto_jumps else cfg.jump_steps
+                saved = read_resume_state(directory, state.global_step, possible)
+            except StateFileError as err:
+                error = str(err)
+            if saved is None and error is None:
                 logger.warning(
                     f"extrapolation: resuming at step {state.global_step} without {STATE_FILE} in {directory}; "
-                    "the trajectory starts afresh here and earlier jumps (if any) are not in the base weights"
+                    "the trajectory starts afresh here (no jump was due before this step)"
                 )
-        offsets, history = broadcast_from_main((saved.offsets, saved.history) if saved else (None, None))
+        outcome = (saved.offsets, saved.history, None) if saved else (None, None, error)
+        offsets, history, error = broadcast_from_main(outcome)
+        if error is not None:  # raised on every process: none may train on (nor wait in a collective for the others)
+            raise StateFileError(error)
         if offsets is None:
             return False
         add_to_bases(self.modules, offsets, self.model)

@@ -63,34 +63,70 @@ class LoraModule:
 
 
 def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
-    """Every LoRA linear layer with a trainable adapter; raises NoLoraAdapterError if there is none."""
+    """Every LoRA linear layer with a trainable adapter; raises NoLoraAdapterError if there is none.
+
+    A trainable adapter on a layer whose base weight cannot take an in-place edit is refused by name, with
+    the fix (see ``_edit_refusal``): a jump must never be the first place that finds out.
+    """
     modules: dict[str, LoraModule] = {}
-    unsupported: list[str] = []
+    refused: list[tuple[str, str]] = []
     for name, layer in model.named_modules():
         if not isinstance(layer, LoraLayer):
             continue
         for adapter, lora_a in layer.lora_A.items():
             if not lora_a.weight.requires_grad:
                 continue  # e.g. the frozen "ref" adapter GRPO adds when beta != 0
-            if layer.use_dora.get(adapter, False):
-                unsupported.append(f"{name} (DoRA)")
-            elif not isinstance(layer, LoraLinear) or not layer.get_base_layer().weight.is_floating_point():
-                unsupported.append(f"{name} ({type(layer.get_base_layer()).__name__})")
+            key = _unwrapped_name(name)
+            reason = _edit_refusal(layer, adapter)
+            if reason is not None:
+                refused.append((key, reason))
             else:
-                key = _unwrapped_name(name)
                 modules[f"{key}.{adapter}" if len(layer.lora_A) > 1 else key] = LoraModule(key, layer, adapter)
-    if unsupported:
-        raise NoLoraAdapterError(
-            f"these LoRA modules cannot take an extrapolated update: {unsupported[:5]}. Only LoRA on "
-            "unquantized linear layers without DoRA is supported; change target_modules / use_dora in "
-            "the LoraConfig, or do not quantize the base model"
-        )
+    if refused:
+        (first, reason), others = refused[0], [n for n, _ in refused[1:]]
+        more = f" ({len(others)} more LoRA module(s) alike, e.g. {others[:3]})" if others else ""
+        raise NoLoraAdapterError(f"LoRA module {first} cannot take an extrapolated update: {reason}{more}")
     if not modules:
         raise NoLoraAdapterError(
             "the model has no trainable LoRA adapter: extrapolation works in the merged LoRA delta space. "
             "Pass peft_config=LoraConfig(...) to GRPOTrainer (or a PeftModel as model), or set extrap_method=None"
         )
     return modules
+
+
+def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
+    """Why a jump cannot add to this layer's base weight in place, and the fix; None when it can."""
+    from torch.distributed.tensor import DTensor
+
+    base = layer.get_base_layer()
+    weight = getattr(base, "weight", None)
+    unquantized = "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit)"
+    if layer.use_dora.get(adapter, False):
+        return "it uses DoRA (the magnitude vector rescales the merged weight); set use_dora=False in the LoraConfig"
+    if not isinstance(layer, LoraLinear) or not isinstance(weight, torch.Tensor):
+        return (
+            f"it is a {type(layer).__name__} on a {type(base).__name__}, and only LoRA on plain linear layers can "
+            f"jump; leave it out of target_modules in the LoraConfig, or {unquantized}"
+        )
+    if not weight.is_floating_point():
+        return f"its base weight is {weight.dtype}, not a floating-point tensor (a quantized layer); {unquantized}"
+    if type(weight) not in (torch.Tensor, nn.Parameter, DTensor):
+        return (
+            f"its base weight is a {type(weight).__name__}, not a plain tensor (a quantized or wrapped weight that an "
+            f"in-place add cannot edit); {unquantized}"
+        )
+    if weight.device.type == "meta":
+        return (
+            "its base weight is on the meta device (offloaded: the real values live elsewhere and an edit would be "
+            "lost); load the whole model onto one device (no device_map offloading to CPU or disk)"
+        )
+    if weight.requires_grad:
+        return (
+            "its base weight is trainable (requires_grad=True): the optimizer also steps the weight a jump edits, "
+            "and the trajectory only follows the adapter; keep the base model frozen (get_peft_model freezes it: "
+            "do not set requires_grad on base layers afterwards)"
+        )
+    return None
 
 
 def snapshot_deltas(modules: dict[str, LoraModule], model: nn.Module | None = None) -> dict[str, LowRank]:

@@ -11,6 +11,7 @@ everything from the checkpoint it resumes from.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from .io import atomic_path
 from .lora import NoLoraAdapterError, add_to_bases, find_lora_modules
 from .lowrank import LowRank
 
-__all__ = ["STATE_FILE", "CallbackState", "apply_offsets", "load_state", "save_state"]
+__all__ = [
+    "STATE_FILE",
+    "CallbackState",
+    "StateFileError",
+    "apply_offsets",
+    "load_state",
+    "read_resume_state",
+    "save_state",
+]
 
 STATE_FILE = "extrap_state.safetensors"
 
@@ -84,6 +93,34 @@ def load_state(path: str | Path) -> CallbackState:
         return _parse_state(meta, tensors)
     except (KeyError, ValueError, IndexError, TypeError) as err:
         raise ValueError(f"{path}: damaged rlvr_extrap state ({type(err).__name__}: {err}); {damaged}") from None
+
+
+class StateFileError(ValueError):
+    """A resume cannot restore the callback's state from its checkpoint; the message names the file and the fix."""
+
+
+def read_resume_state(directory: str | Path, step: int, jump_at: Sequence[int]) -> CallbackState | None:
+    """The state in checkpoint ``directory`` for a resume at ``step``; None if it has none and needs none.
+
+    A checkpoint without the file (a run killed while saving it: the write is atomic, so a half-written file is
+    never there) can only be resumed when no jump was due at or before ``step``: otherwise the jumps would be
+    silently missing from the base weights. Raises StateFileError, one line naming the file and the fix.
+    """
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        due = [j for j in jump_at if j <= step]
+        if due:
+            raise StateFileError(
+                f"{path} is missing (the run was stopped while saving this checkpoint?), but extrap_jump_at has "
+                f"step(s) {due} at or before step {step}: their jumps live in the base weights only this file "
+                f"restores. Resume from an earlier checkpoint-N/ that has {STATE_FILE}, or drop those steps from "
+                "extrap_jump_at to resume without their jumps"
+            )
+        return None
+    try:
+        return load_state(path)
+    except ValueError as err:
+        raise StateFileError(str(err)) from None
 
 
 def _parse_state(meta: dict[str, str], tensors: dict[str, Any]) -> CallbackState:

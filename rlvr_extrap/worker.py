@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +107,7 @@ class TrajectoryWorker:
         self.latest_skill: SkillRecord | None = None  # of the current segment's last point
         self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
+        _OPEN.add(self)
 
     def add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> Future[None]:
         return self._pool.submit(self._add_snapshot, step, lora_deltas)
@@ -144,6 +147,11 @@ class TrajectoryWorker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
+        _OPEN.discard(self)
+
+    def abandon(self) -> None:
+        """Drop the queued work (fits nobody will wait for) and let the running task end: exit after a crash."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
         deltas = {n: self.offsets[n] + d if n in self.offsets else d for n, d in lora_deltas.items()}
@@ -273,3 +281,16 @@ class TrajectoryWorker:
 
 def _rounded(scores: dict[int, float]) -> dict[int, float]:
     return {h: round(v, 3) for h, v in scores.items()}
+
+
+_OPEN: weakref.WeakSet[TrajectoryWorker] = weakref.WeakSet()  # created and not closed
+
+
+def _abandon_open_workers() -> None:
+    """At interpreter exit, workers never closed (training raised before on_train_end) drop their queued fits."""
+    for worker in list(_OPEN):
+        worker.abandon()
+
+
+# A threading exit hook runs before the interpreter joins non-daemon threads (a plain atexit one runs after, too late).
+threading._register_atexit(_abandon_open_workers)

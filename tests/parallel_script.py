@@ -191,6 +191,7 @@ def main() -> None:
         "global_step": trainer.state.global_step,
     }
     (cli.outdir / f"{cli.tag}{rank}.json").write_text(json.dumps(report, indent=1))
+    trainer.accelerator.end_training()  # destroy the process group while the interpreter is whole (see README)
 
 
 if __name__ == "__main__":

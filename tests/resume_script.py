@@ -1,4 +1,8 @@
-"""Run by test_resume: a tiny GRPO run with two jumps that finishes, crashes (SIGKILL), or resumes."""
+"""Run by test_resume: a tiny GRPO run with two jumps that finishes, crashes (SIGKILL), or resumes.
+
+Modes: full, crash (killed at step 8, after checkpoint-6), kill-in-save (killed half-way through writing
+checkpoint-6's extrap_state.safetensors), resume (from checkpoint-6).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import signal
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import transformers
 from grpo_utils import make_trainer
 
+import rlvr_extrap.offsets
 from rlvr_extrap import ExtrapolationCallback
 from rlvr_extrap.lora import find_lora_modules
 
@@ -33,7 +39,17 @@ class KillAt(transformers.TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kill_while_writing(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """safetensors' save_file that writes the first half of the file, then is killed."""
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    with open(filename, "wb") as f:
+        f.write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(workdir: str, mode: str) -> None:
+    if mode == "kill-in-save":
+        rlvr_extrap.offsets.save_file = kill_while_writing
     callback = ExtrapolationCallback()
     extra = [KillAt()] if mode == "crash" else []
     trainer = make_trainer(Path(workdir), [callback, *extra], **SETTINGS)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpo_utils import tiny_config, tiny_model
+from grpo_utils import make_trainer, tiny_config, tiny_model
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2ForCausalLM
 
+from rlvr_extrap import ExtrapolationCallback
 from rlvr_extrap.cli import main
-from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.lowrank import LowRank
 from rlvr_extrap.offsets import CallbackState, apply_offsets, load_state, save_state
 from rlvr_extrap.toy.tokenizer import build_char_tokenizer
@@ -449,6 +450,73 @@ def test_apply_offsets_refuses_a_mismatched_model_untouched(state_file, case):
 
 def test_apply_offsets_good_model(state_file):
     assert apply_offsets(_peft_model(), state_file.parent) == len(load_state(state_file).offsets)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real GRPOTrainer whose LoRA base layers cannot take a jump: refused at train begin, before any step
+
+
+class _WrappedWeight(torch.Tensor):
+    """Stands for a quantized or otherwise wrapped weight (torchao and the like): a tensor subclass."""
+
+
+def _base_weight(layer: torch.nn.Module) -> torch.nn.Parameter:
+    return layer.get_base_layer().weight
+
+
+UNEDITABLE: dict[str, tuple[Callable[[torch.nn.Module], None], tuple[str, ...]]] = {
+    "int8 base weight": (
+        lambda layer: setattr(
+            layer.get_base_layer(),
+            "weight",
+            torch.nn.Parameter(_base_weight(layer).detach().to(torch.int8), requires_grad=False),
+        ),
+        ("torch.int8, not a floating-point tensor", "load the base model unquantized"),
+    ),
+    "wrapped base weight": (
+        lambda layer: setattr(
+            layer.get_base_layer(),
+            "weight",
+            torch.nn.Parameter(_base_weight(layer).detach().as_subclass(_WrappedWeight), requires_grad=False),
+        ),
+        ("_WrappedWeight, not a plain tensor", "load the base model unquantized"),
+    ),
+    "trainable base weight": (
+        lambda layer: _base_weight(layer).requires_grad_(True),
+        ("trainable (requires_grad=True)", "keep the base model frozen"),
+    ),
+    "DoRA": (lambda layer: layer.use_dora.update(default=True), ("uses DoRA", "use_dora=False")),
+}
+
+
+@pytest.mark.parametrize("case", list(UNEDITABLE))
+def test_a_base_layer_that_cannot_take_a_jump_is_refused_at_train_begin(tmp_path, case):
+    change, expected = UNEDITABLE[case]
+    trainer = make_trainer(
+        tmp_path,
+        [ExtrapolationCallback()],
+        max_steps=4,
+        extrap_method="linear",
+        extrap_jump_at=[4],
+        extrap_snapshot_every=2,
+    )
+    name, layer = next((n, m) for n, m in trainer.model.named_modules() if n.endswith("layers.1.mlp.up_proj"))
+    change(layer)
+    with pytest.raises(NoLoraAdapterError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "\n" not in message and f"LoRA module {name} cannot take an extrapolated update" in message, message
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert trainer.state.global_step == 0  # refused before the first step, not at the jump
+
+
+def test_an_offloaded_base_weight_is_refused():
+    model = _peft_model()
+    layer = model.base_model.model.model.layers[0].self_attn.v_proj
+    layer.get_base_layer().weight = torch.nn.Parameter(torch.empty(32, 32, device="meta"), requires_grad=False)
+    with pytest.raises(NoLoraAdapterError, match=r"v_proj cannot take .* on the meta device .*no device_map"):
+        find_lora_modules(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------

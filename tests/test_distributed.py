@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import torch
 import torch.distributed
 
 from rlvr_extrap import get_extrapolator
+from rlvr_extrap.offsets import STATE_FILE
 from rlvr_extrap.trajectory import Trajectory
 
 SCRIPT = Path(__file__).with_name("parallel_script.py")
@@ -38,8 +40,8 @@ pytestmark = [
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
 
-def launch(outdir: Path, *script_args: str, tag: str = "rank") -> dict[str, list]:
-    """Run parallel_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
+def torchrun(outdir: Path, *script_args: str, tag: str = "rank") -> subprocess.CompletedProcess:
+    """Run parallel_script.py on NPROC CPU processes (fails the test on a timeout)."""
     cmd = [
         sys.executable,
         "-m",
@@ -71,9 +73,15 @@ def launch(outdir: Path, *script_args: str, tag: str = "rank") -> dict[str, list
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         pytest.fail(f"{' '.join(cmd)} timed out after {TIMEOUT}s\n--- stderr tail ---\n{stderr[-5000:]}")
-    assert proc.returncode == 0, (
-        f"{' '.join(cmd)} exited with {proc.returncode}\n--- stdout tail ---\n{stdout[-2000:]}"
-        f"\n--- stderr tail ---\n{stderr[-5000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def launch(outdir: Path, *script_args: str, tag: str = "rank") -> dict[str, list]:
+    """Run parallel_script.py on NPROC CPU processes; return per-rank results {"pt": [...], "json": [...]}."""
+    done = torchrun(outdir, *script_args, tag=tag)
+    assert done.returncode == 0, (
+        f"{' '.join(done.args)} exited with {done.returncode}\n--- stdout tail ---\n{done.stdout[-2000:]}"
+        f"\n--- stderr tail ---\n{done.stderr[-5000:]}"
     )
     return {
         "pt": [torch.load(outdir / f"{tag}{r}.pt") for r in range(NPROC)],
@@ -206,3 +214,16 @@ def test_ddp_resume_restores_the_jump_on_every_rank(extrap_run):
     _assert_ranks_identical(resumed)
     for name, weight in extrap_run["pt"][0]["effective"].items():
         torch.testing.assert_close(resumed["pt"][0]["effective"][name], weight, rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_resume_from_a_truncated_state_file_stops_every_rank_naming_it(extrap_run, tmp_path):
+    """The main process reads the state: its one-line error must reach every rank (none trains on or waits)."""
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    shutil.copytree(extrap_run["outdir"] / "out" / "checkpoint-6", checkpoint)
+    state = checkpoint / STATE_FILE
+    state.write_bytes(state.read_bytes()[:-100])
+    done = torchrun(tmp_path, "--resume", "checkpoint-6")
+    assert done.returncode != 0 and not list(tmp_path.glob("rank*.json")), done.stderr[-5000:]
+    errors = [line for line in done.stderr.splitlines() if "StateFileError: " in line]
+    assert len(errors) >= NPROC, done.stderr[-5000:]  # raised on each rank
+    assert all(f"{state}: unreadable" in line and "earlier checkpoint-N/" in line for line in errors), errors

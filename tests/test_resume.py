@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from rlvr_extrap.offsets import STATE_FILE
+
 SCRIPT = Path(__file__).with_name("resume_script.py")
 
 
@@ -43,3 +45,26 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     expected, got = torch.load(full / "final.pt"), torch.load(broken / "final.pt")
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_kill_while_the_state_is_written_leaves_no_half_file_and_resume_names_the_fix(tmp_path):
+    """SIGKILL half-way through the first extrap_state.safetensors (checkpoint-6, after the jump at step 4)."""
+    killed = _run(tmp_path, "kill-in-save")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    assert (checkpoint / "adapter_model.safetensors").is_file()  # the trainer's files come before the callback's
+    (partial,) = checkpoint.glob(f".{STATE_FILE}.tmp-*")  # the half-written file, under its temporary name only
+    assert partial.stat().st_size > 0 and not (checkpoint / STATE_FILE).exists()
+
+    refused = _run(tmp_path, "resume")  # the jump at step 4 is only in the missing file: resuming would lose it
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode != 0 and not (tmp_path / "final.pt").exists(), refused.stderr[-3000:]
+    for text in (f"{checkpoint / STATE_FILE} is missing", "step(s) [4]", "Resume from an earlier checkpoint-N/"):
+        assert text in line, f"{text!r} not in {line!r}"
+
+    partial.rename(checkpoint / STATE_FILE)  # what a write that is not atomic would have left
+    refused = _run(tmp_path, "resume")
+    line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode != 0 and not (tmp_path / "final.pt").exists(), refused.stderr[-3000:]
+    for text in (f"{checkpoint / STATE_FILE}: unreadable", "corrupt or truncated", "earlier checkpoint-N/"):
+        assert text in line, f"{text!r} not in {line!r}"
