@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -192,6 +193,11 @@ def main() -> None:
     }
     (cli.outdir / f"{cli.tag}{rank}.json").write_text(json.dumps(report, indent=1))
     trainer.accelerator.end_training()  # destroy the process group while the interpreter is whole (see README)
+    # gloo's threads outlive the group once DDP/FSDP used it (torch 2.13) and can abort a normal interpreter
+    # shutdown (pytorch#190489). Everything this harness reports is written above, so leave without that race.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
