@@ -17,10 +17,12 @@ ROOT = Path(__file__).parents[1]
 
 def test_demo_writes_report_and_plot(toy_model_path, tmp_path, monkeypatch, capsys):
     small = (20, {"extrap_method": "linear", "extrap_snapshot_every": 5, "extrap_jump_at": [10], "extrap_horizon": 10})
-    monkeypatch.setitem(demo.DEMO_SETTINGS, "quick", small)
+    monkeypatch.setitem(demo.DEMO_MODELS["toy"].settings, "quick", small)
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model"] == "toy"
+    assert report["base_heldout_accuracy"] == report["runs"][0]["history"][0][1]
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"vanilla", "vanilla-long", "extrap-linear"}
     for r in runs.values():

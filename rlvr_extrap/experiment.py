@@ -1,4 +1,4 @@
-"""One GRPO run on the embedded toy, with or without extrapolation: shared by the demo and the benchmarks."""
+"""One GRPO run with or without extrapolation, on any model and task: shared by the demo and the benchmarks."""
 
 from __future__ import annotations
 
@@ -11,57 +11,68 @@ import torch
 from peft import LoraConfig
 from trl import GRPOTrainer
 
-from ..callback import ExtrapolationCallback
-from ..config import ExtrapGRPOConfig
-from ..rewards import math_verify_reward
-from .model import load_toy_model
-from .task import HeldoutAccuracyCallback, train_dataset
+from .callback import ExtrapolationCallback
+from .config import ExtrapGRPOConfig
+from .evaluation import HeldoutAccuracyCallback
+from .models import TOY, load_model
+from .tasks import TOY_TASK, get_task
 
-__all__ = ["ToyRun", "run_toy"]
-
-PROMPTS_PER_STEP = 16  # with 4, the toy's GRPO gradient is mostly noise and accuracy stays flat
-NUM_GENERATIONS = 8
-DATASET_ROWS = 16000  # fixed, so every run (any length) sees the same prompts in the same order
+__all__ = ["Run", "run_experiment"]
 
 
 @dataclass
-class ToyRun:
-    """Settings of one toy GRPO run; ``extrap`` holds ``extrap_*`` fields (empty: vanilla GRPO)."""
+class Run:
+    """Settings of one GRPO run; ``extrap`` holds ``extrap_*`` fields (empty: vanilla GRPO).
+
+    The defaults are the embedded toy's; ``model`` is anything ``models.load_model`` takes.
+    """
 
     name: str
     grpo_steps: int
     extrap: dict[str, Any] = field(default_factory=dict)
+    model: str = TOY
+    task: str = TOY_TASK
     learning_rate: float = 1e-3
     lora_rank: int = 8
+    prompts_per_step: int = 16  # with 4, the toy's GRPO gradient is mostly noise and accuracy stays flat
+    num_generations: int = 8
+    max_completion_length: int = 6
+    dataset_rows: int = 16000  # fixed, so every run (any length) sees the same prompts in the same order
+    eval_batch_size: int = 128
+    threads: int | None = 1  # torch threads during the run (None: leave as is)
     seed: int = 0
     eval_every: int = 20
     progress: bool = True
 
 
-def run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
+def run_experiment(run: Run, output_dir: str | Path) -> dict[str, Any]:
     """Train, evaluate held-out greedy accuracy along the way, and return a report row.
 
-    Runs torch on one thread: for a model this small, two threads are slower, and collapse when
-    another process shares the cores.
+    The toy runs torch on one thread: for a model this small, two threads are slower, and collapse
+    when another process shares the cores.
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
     try:
-        return _run_toy(run, output_dir, model_path)
+        return _run(run, output_dir)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None) -> dict[str, Any]:
-    model, tokenizer = load_toy_model(model_path)
+def _run(run: Run, output_dir: str | Path) -> dict[str, Any]:
+    model, tokenizer = load_model(run.model)
+    task = get_task(run.task)
     args = ExtrapGRPOConfig(
         output_dir=str(output_dir),
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
         bf16=False,
-        per_device_train_batch_size=PROMPTS_PER_STEP * NUM_GENERATIONS,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=6,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=run.prompts_per_step * run.num_generations,
+        num_generations=run.num_generations,
+        max_completion_length=run.max_completion_length,
         temperature=1.0,
+        beta=0.0,
         learning_rate=run.learning_rate,
         lr_scheduler_type="constant",  # a run stopped at step S equals a longer run read at step S
         max_steps=run.grpo_steps,
@@ -74,12 +85,18 @@ def _run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None)
         **run.extrap,
     )
     extrapolation = ExtrapolationCallback()
-    accuracy = HeldoutAccuracyCallback(every=run.eval_every)
+    accuracy = HeldoutAccuracyCallback(
+        task.heldout_problems(),
+        every=run.eval_every,
+        batch_size=run.eval_batch_size,
+        max_new_tokens=task.max_new_tokens,
+        check=task.check,
+    )
     trainer = GRPOTrainer(
         model=model,
         args=args,
-        reward_funcs=math_verify_reward,
-        train_dataset=train_dataset(DATASET_ROWS, seed=run.seed),
+        reward_funcs=task.reward,
+        train_dataset=task.train_dataset(run.dataset_rows, run.seed),
         processing_class=tokenizer,
         peft_config=LoraConfig(
             r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
