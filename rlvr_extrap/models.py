@@ -150,9 +150,13 @@ def check_trainable(model: PreTrainedModel, name: str) -> None:
     """Refuse a quantized (e.g. GGUF-flagged) model: the trainer must get plain weights."""
     quantization = getattr(model.config, "quantization_config", None)
     if getattr(model, "hf_quantizer", None) is not None or quantization is not None:
-        method = getattr(quantization, "quant_method", None) or "hf_quantizer set"
+        method = (
+            quantization.get("quant_method")
+            if isinstance(quantization, dict)
+            else getattr(quantization, "quant_method", None)
+        )
         raise ModelSourceError(
-            f"{name}: the model is quantized ({method}) and cannot be trained; "
+            f"{name}: the model is quantized ({method or 'it has an hf_quantizer'}) and cannot be trained; "
             f"load plain weights (for SmolLM2 use '{SMOLLM2}', which dequantizes it once)"
         )
 
