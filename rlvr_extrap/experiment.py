@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .callback import ExtrapolationCallback
@@ -45,8 +47,10 @@ class Run:
     progress: bool = True
 
 
-def run_experiment(run: Run, output_dir: str | Path) -> dict[str, Any]:
+def run_experiment(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train, evaluate held-out greedy accuracy along the way, and return a report row.
+
+    ``callbacks`` are added after the extrapolation and accuracy callbacks (e.g. a timer).
 
     The toy runs torch on one thread: for a model this small, two threads are slower, and collapse
     when another process shares the cores.
@@ -55,12 +59,12 @@ def run_experiment(run: Run, output_dir: str | Path) -> dict[str, Any]:
     if run.threads is not None:
         torch.set_num_threads(run.threads)
     try:
-        return _run(run, output_dir)
+        return _run(run, output_dir, callbacks)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(run: Run, output_dir: str | Path) -> dict[str, Any]:
+def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
     model, tokenizer = load_model(run.model)
     task = get_task(run.task)
     args = ExtrapGRPOConfig(
@@ -101,7 +105,7 @@ def _run(run: Run, output_dir: str | Path) -> dict[str, Any]:
         peft_config=LoraConfig(
             r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
-        callbacks=[extrapolation, accuracy],  # extrapolation first: a jump step is evaluated after the jump
+        callbacks=[extrapolation, accuracy, *callbacks],  # extrapolation first: a jump step is evaluated after the jump
     )
     start = time.perf_counter()
     trainer.train()

