@@ -71,7 +71,7 @@ def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback])
         output_dir=str(output_dir),
         use_cpu=not torch.cuda.is_available(),
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         per_device_train_batch_size=run.prompts_per_step * run.num_generations,
         num_generations=run.num_generations,
         max_completion_length=run.max_completion_length,

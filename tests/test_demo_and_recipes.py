@@ -68,8 +68,8 @@ def _recipe(args: list[str], tmp_path: Path, env_cache: Path) -> subprocess.Comp
     )
 
 
-@pytest.mark.parametrize("config", ["toy_arithmetic.yaml", "qwen2.5_1.5b_gsm8k.yaml"])
-def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config):
+@pytest.mark.parametrize("config", ["toy_arithmetic.yaml", "qwen2.5_1.5b_gsm8k.yaml", "smollm2_math.yaml"])
+def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config, request):
     overrides = [
         "--max_steps",
         "4",
@@ -101,6 +101,9 @@ def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config):
             "--lora_alpha",
             "8",
         ]
+    if config.startswith("smollm2"):  # the real model, converted once per session into the same cache
+        request.getfixturevalue("smollm2_path")
+        overrides += ["--lora_target_modules", "q_proj,v_proj", "--lora_r", "4", "--lora_alpha", "8"]
     done = _recipe(["--config", str(ROOT / "recipes" / config), *overrides], tmp_path, toy_model_path.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'extrap/step': 2" in done.stdout + done.stderr

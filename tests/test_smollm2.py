@@ -36,7 +36,8 @@ def test_conversion_is_a_plain_model_with_its_chat_template(smollm2_path: Path) 
     assert (smollm2_path / "model.safetensors").stat().st_mtime_ns == written
     model, tokenizer = load_model("smollm2")
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
-    assert getattr(model.config, "quantization_config", None) is None and model.hf_quantizer is None
+    assert getattr(model.config, "quantization_config", None) is None
+    assert getattr(model, "hf_quantizer", None) is None
     assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
     assert tokenizer.padding_side == "left" and tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
     text = tokenizer.apply_chat_template(
@@ -103,7 +104,7 @@ def test_grpo_on_smollm2_jumps_onto_the_prediction(smollm2_path: Path, tmp_path)
         per_device_train_batch_size=4,
         num_generations=2,
         max_completion_length=4,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         extrap_method="linear",
         extrap_snapshot_every=1,
         extrap_jump_at=[2],

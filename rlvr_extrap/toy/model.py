@@ -128,13 +128,17 @@ def build_toy_model(
     return path
 
 
+def ensure_toy_model(path: str | os.PathLike[str] | None = None) -> Path:
+    """Return the toy model folder (`path`, default the cache), building it first if missing."""
+    path = Path(path) if path is not None else default_toy_path()
+    return path if _is_complete(path) else build_toy_model(path)
+
+
 def load_toy_model(
     path: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the toy model (float32, eval mode) and tokenizer from `path`, building them first if missing."""
-    path = Path(path) if path is not None else default_toy_path()
-    if not _is_complete(path):
-        build_toy_model(path)
+    path = ensure_toy_model(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
