@@ -82,7 +82,7 @@ def evaluate_accuracy(
 
 
 class HeldoutAccuracyCallback(TrainerCallback):
-    """Evaluate held-out greedy accuracy at the start, every `every` optimizer steps, and at the end."""
+    """Evaluate held-out greedy accuracy at the start, every `every` optimizer steps, and at the end (printed if `verbose`)."""
 
     def __init__(
         self,
@@ -92,8 +92,10 @@ class HeldoutAccuracyCallback(TrainerCallback):
         *,
         max_new_tokens: int = 4,
         check: Checker = exact_match,
+        verbose: bool = False,
     ) -> None:
         self.every = every
+        self.verbose = verbose
         self.problems = list(problems)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -110,6 +112,8 @@ class HeldoutAccuracyCallback(TrainerCallback):
         )
         self.history.append((step, accuracy))
         state.log_history.append({"heldout_accuracy": accuracy, "step": step})
+        if self.verbose:
+            print(f"step {step}: held-out accuracy {accuracy:.3f} ({len(self.problems)} problems)", flush=True)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Evaluate before the first optimizer step."""

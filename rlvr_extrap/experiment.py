@@ -95,6 +95,7 @@ def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback])
         batch_size=run.eval_batch_size,
         max_new_tokens=task.max_new_tokens,
         check=task.check,
+        verbose=run.progress,
     )
     trainer = GRPOTrainer(
         model=model,
