@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .io import atomic_directory, cache_root
+from .toy.model import ensure_toy_model, load_toy_model
 
 __all__ = [
     "SMOLLM2",
@@ -132,8 +133,6 @@ def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
 def resolve_model(name_or_path: str) -> str:
     """Return the hub id or local folder `name_or_path` stands for, converting or building an alias's cache once."""
     if name_or_path == TOY:
-        from .toy.model import ensure_toy_model
-
         return str(ensure_toy_model())
     if name_or_path == SMOLLM2:
         if hub_reachable(SMOLLM2_HUB_ID):
@@ -171,8 +170,6 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return (model, left-padding tokenizer) for a hub id, a local folder, `toy` or `smollm2`; never a quantized one."""
     if name_or_path == TOY:
-        from .toy.model import load_toy_model
-
         return load_toy_model()
     path = resolve_model(name_or_path)
     try:
