@@ -1,6 +1,6 @@
 """Base SmolLM2-135M-Instruct greedy accuracy on every math level's held-out set (the model before training).
 
-    python benchmarks/smollm2_task_levels.py
+    python benchmarks/smollm2_task_levels.py [--limit N]   # N: only the first N held-out problems per level
 
 Writes ``results/smollm2_task_levels.{json,md}``. A level whose base accuracy is near zero gives GRPO
 little reward signal; one near one leaves nothing to learn. How fast GRPO climbs on each level is not
@@ -9,6 +9,7 @@ measured here.
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -23,12 +24,15 @@ BATCH_SIZE = 64
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=None, help="first N held-out problems per level (default: all)")
+    args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_model(SMOLLM2)
     rows = []
     for level in LEVELS.values():
         task = get_task(MATH_PREFIX + level.name)
-        problems = task.heldout_problems()
+        problems = task.heldout_problems()[: args.limit]
         start = time.perf_counter()
         accuracy = evaluate_accuracy(
             model, tokenizer, problems, BATCH_SIZE, max_new_tokens=task.max_new_tokens, check=task.check
@@ -49,7 +53,7 @@ def main() -> None:
         "# SmolLM2-135M-Instruct: base greedy accuracy per math level",
         "",
         f"`{info['command']}` at commit {info['commit']}; {info['cpu_count']} CPUs, torch {info['torch']}, "
-        f"{info['torch_threads']} threads. Held-out sets of {rows[0]['problems']} problems, greedy, "
+        f"{info['torch_threads']} threads. The first {rows[0]['problems']} problems of each held-out set, greedy, "
         f"batches of {BATCH_SIZE}, the model dequantized from the wheel's Q4_1 GGUF.",
         "",
         "| level | problems | base accuracy | eval seconds |",
