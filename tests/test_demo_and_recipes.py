@@ -103,7 +103,18 @@ def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config, request):
         ]
     if config.startswith("smollm2"):  # the real model, converted once per session into the same cache
         request.getfixturevalue("smollm2_path")
-        overrides += ["--lora_target_modules", "q_proj,v_proj", "--lora_r", "4", "--lora_alpha", "8"]
+        overrides += [
+            "--lora_target_modules",
+            "q_proj,v_proj",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--max_steps",
+            "3",
+        ]
+        overrides += ["--extrap_snapshot_every", "1", "--per_device_train_batch_size", "4", "--num_generations", "2"]
+        overrides += ["--max_completion_length", "4", "--extrap_guard", "false"]  # the toy runs cover the guard
     done = _recipe(["--config", str(ROOT / "recipes" / config), *overrides], tmp_path, toy_model_path.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'extrap/step': 2" in done.stdout + done.stderr
