@@ -66,7 +66,7 @@ def _word(rng: random.Random) -> tuple[str, int]:
 LEVELS: dict[str, Level] = {
     level.name: level
     for level in (
-        Level("add", "a + b, operands 1-30 (the easy level of REAL_MODEL.md)", _add),
+        Level("add", "a + b, operands 1-30 (the easy level)", _add),
         Level("add3", "a + b + c, operands 10-99", _add3),
         Level("mul", "a * b, a two-digit, b one-digit 3-9", _mul),
         Level("mix", "a * b + c - d, four operands", _mix),
