@@ -14,7 +14,7 @@ import tempfile
 
 from common import machine, write_results
 
-from rlvr_extrap.toy.experiment import ToyRun, run_toy
+from rlvr_extrap.experiment import Run, run_experiment
 from rlvr_extrap.toy.model import load_toy_model
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, extrap in arms.items():
-            r = run_toy(ToyRun(name, steps, extrap=extrap, eval_every=10**9, progress=False), tmp)
+            r = run_experiment(Run(name, steps, extrap=extrap, eval_every=10**9, progress=False), tmp)
             step_time = r["train_seconds"] / steps
             jumps = [j for j in r["jumps"] if "skipped" not in j]
             stall = sum(j["wait_seconds"] + j["apply_seconds"] for j in jumps)

@@ -25,8 +25,8 @@ from typing import Any
 
 from common import RESULTS, machine, write_results
 
+from rlvr_extrap.experiment import Run, run_experiment
 from rlvr_extrap.plots import plot_accuracy_curves
-from rlvr_extrap.toy.experiment import ToyRun, run_toy
 from rlvr_extrap.toy.model import load_toy_model
 
 BASE = {
@@ -74,7 +74,7 @@ def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any
     torch.set_num_threads(1)  # two single-threaded runs side by side use the 2 cores best
     name, extrap, lr, rank, steps, seed = job
     with tempfile.TemporaryDirectory() as tmp:
-        run = ToyRun(
+        run = Run(
             name,
             steps,
             extrap=extrap,
@@ -84,7 +84,7 @@ def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any
             eval_every=EVAL_EVERY,
             progress=False,
         )
-        result = run_toy(run, tmp)
+        result = run_experiment(run, tmp)
     print(f"  done: {name} seed {seed}: acc {result['heldout_accuracy']:.3f}", flush=True)
     return result
 

@@ -1,6 +1,7 @@
 """GRPO (+ trajectory extrapolation) recipe: any causal LM from a hub id or a local path, math data verified by math-verify.
 
     python recipes/grpo.py --config recipes/toy_arithmetic.yaml
+    python recipes/grpo.py --config recipes/smollm2_math.yaml
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml --extrap_method relex --extrap_jump_at 150
 
@@ -20,29 +21,32 @@ import torch
 import yaml
 from datasets import Dataset, load_dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer, TrlParser
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError
 from rlvr_extrap.lora import NoLoraAdapterError
+from rlvr_extrap.models import SMOLLM2, TOY, ModelSourceError, load_model
 from rlvr_extrap.offsets import StateFileError
 from rlvr_extrap.rewards import math_verify_reward
-from rlvr_extrap.toy import load_toy_model, train_dataset
+from rlvr_extrap.tasks import TOY_TASK, get_task, task_names
 
 SYSTEM_PROMPT = "Solve the problem step by step, then give the final answer as \\boxed{...}."
-TOY = "toy"
-TOY_DATASET = "toy-arithmetic"
 PROG = "grpo.py"
 
 
 @dataclass
 class ScriptArguments:
     model_name_or_path: str = field(
-        default=TOY, metadata={"help": "Hub id or local path of a causal LM; 'toy' for the embedded default."}
+        default=TOY,
+        metadata={
+            "help": f"Hub id or local path of a causal LM; '{TOY}' for the embedded default, '{SMOLLM2}' for SmolLM2-135M-Instruct."
+        },
     )
     dataset: str = field(
-        default=TOY_DATASET,
-        metadata={"help": "'toy-arithmetic', a hub dataset id, or a local .json/.jsonl file."},
+        default=TOY_TASK,
+        metadata={
+            "help": f"A built-in task ({', '.join(task_names())}), a hub dataset id, or a local .json/.jsonl file."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config (e.g. 'main' for gsm8k)."})
     dataset_split: str = field(default="train")
@@ -68,7 +72,7 @@ def math_dataset(script: ScriptArguments, conversational: bool) -> Dataset:
     if local and not Path(script.dataset).is_file():
         raise ValueError(
             f"--dataset {script.dataset}: no such file; pass an existing .json/.jsonl file, a hub dataset id, "
-            f"or '{TOY_DATASET}'"
+            f"or a built-in task ({', '.join(task_names())})"
         )
     if local and Path(script.dataset).stat().st_size == 0:
         raise ValueError(f"--dataset {script.dataset} is empty; pass a file with one JSON object per line")
@@ -168,32 +172,34 @@ def _check_config(path: str | None) -> None:
         fail(f"--config {path}: unknown setting(s) {unknown}; fix the spelling or remove them (see {PROG} --help)")
 
 
-def load_model(script: ScriptArguments, args: ExtrapGRPOConfig) -> tuple[Any, Any]:
+def load_trainable_model(script: ScriptArguments, args: ExtrapGRPOConfig) -> tuple[Any, Any]:
     """The model and tokenizer ``--model_name_or_path`` names; a missing or unloadable one ends in ``fail``."""
     name = script.model_name_or_path
-    if name == TOY:
-        return load_toy_model()
-    fix = f"pass a local model directory (save_pretrained), a reachable hub id such as Qwen/Qwen2.5-1.5B-Instruct, or '{TOY}'"
+    fix = (
+        "pass a local model directory (save_pretrained), a reachable hub id such as Qwen/Qwen2.5-1.5B-Instruct, "
+        f"'{SMOLLM2}' or '{TOY}'"
+    )
     local = Path(name).expanduser()
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         fail(f"--model_name_or_path {name}: no such directory; {fix}")
     if local.exists() and not local.is_dir():
         fail(f"--model_name_or_path {name} is a file, not a model directory; {fix}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        return load_model(name, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    except ModelSourceError as err:
+        fail(f"--model_name_or_path {err}")
     except (OSError, ValueError, KeyError) as err:
         fail(f"--model_name_or_path {name}: cannot load a causal LM ({_one_line(err)[:300]}); {fix}")
-    return model, tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
     script, args = parse_arguments(argv)
-    model, tokenizer = load_model(script, args)
+    model, tokenizer = load_trainable_model(script, args)
+    reward = math_verify_reward
     try:
-        if script.dataset == TOY_DATASET:
-            dataset = train_dataset(script.max_train_rows or 4000, seed=args.seed)
+        if script.dataset in task_names():
+            task = get_task(script.dataset)
+            dataset, reward = task.train_dataset(script.max_train_rows or 4000, args.seed), task.reward
         else:
             dataset = math_dataset(script, conversational=tokenizer.chat_template is not None)
     except ValueError as err:
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer = GRPOTrainer(
             model=model,
             args=args,
-            reward_funcs=math_verify_reward,
+            reward_funcs=reward,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=LoraConfig(

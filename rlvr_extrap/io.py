@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "check_output_dir", "make_output_dir", "save_figure", "write_json"]
+__all__ = [
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write_text",
+    "cache_root",
+    "check_output_dir",
+    "make_output_dir",
+    "save_figure",
+    "write_json",
+]
 
 
 @contextmanager
@@ -24,6 +36,38 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """Return the package cache: `$RLVR_EXTRAP_CACHE`, else `~/.cache/rlvr_extrap`."""
+    cache = os.environ.get("RLVR_EXTRAP_CACHE")
+    return Path(cache) if cache else Path.home() / ".cache" / "rlvr_extrap"
+
+
+@contextmanager
+def atomic_directory(path: str | Path, is_complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """A temporary directory beside ``path`` to fill: renamed onto ``path`` on success, removed in any case.
+
+    Safe when several processes build the same ``path``: the first rename wins and a later one, finding
+    ``path`` complete, keeps it. An incomplete ``path`` (an interrupted build) is moved aside and replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists() and not is_complete(path):
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale-", dir=path.parent))
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                os.replace(path, trash / path.name)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not is_complete(path):  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

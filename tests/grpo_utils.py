@@ -10,10 +10,11 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOTrainer
 
-from rlvr_extrap import ExtrapGRPOConfig
+from rlvr_extrap import ExtrapGRPOConfig, get_extrapolator
 from rlvr_extrap.lora import find_lora_modules
 from rlvr_extrap.sharding import full_weights
 from rlvr_extrap.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.trajectory import Trajectory
 
 
 def count_ones_reward(completions: list[str], **kwargs: Any) -> list[float]:
@@ -47,15 +48,28 @@ def tiny_model(tokenizer, seed: int = 0) -> transformers.PreTrainedModel:
 
 
 def make_trainer(
-    tmp_path, callbacks=(), *, lora: bool = True, max_steps: int = 20, reward_funcs=count_ones_reward, **extrap: Any
+    tmp_path,
+    callbacks=(),
+    *,
+    lora: bool = True,
+    max_steps: int = 20,
+    reward_funcs=count_ones_reward,
+    model_and_tokenizer: tuple[transformers.PreTrainedModel, Any] | None = None,
+    lora_targets: str | list[str] = "all-linear",
+    **extrap: Any,
 ) -> GRPOTrainer:
     """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides.
+
+    The model is the tiny random Qwen2 with the char tokenizer unless ``model_and_tokenizer`` gives one.
 
     The guard is off unless asked for: most tests check that a jump lands exactly where it was planned.
     """
     extrap.setdefault("extrap_guard", False)
     extrap.setdefault("extrap_min_skill", None)  # likewise the skill gate: tests that want it set it
-    tokenizer = build_char_tokenizer()
+    if model_and_tokenizer is None:
+        tokenizer = build_char_tokenizer()
+        model_and_tokenizer = tiny_model(tokenizer), tokenizer
+    model, tokenizer = model_and_tokenizer
     grpo = {
         "per_device_train_batch_size": 8,
         "num_generations": 4,
@@ -80,12 +94,12 @@ def make_trainer(
     )
     dataset = Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+6=", "7+8="] * 64})
     return GRPOTrainer(
-        model=tiny_model(tokenizer),
+        model=model,
         args=args,
         reward_funcs=reward_funcs,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets, task_type="CAUSAL_LM") if lora else None,
         callbacks=list(callbacks),
     )
 
@@ -119,3 +133,18 @@ def effective_weights(model) -> dict[str, torch.Tensor]:
     params = [p for m in modules.values() for p in (m.base_weight, *m.lora_parameters())]
     with full_weights(model, params):
         return {name: m.effective_weight() for name, m in modules.items()}
+
+
+def expected_after_jump(
+    before: WeightProbe, origin: dict, steps: list[int], method: str, target: int, alpha, window, clock=None
+):
+    """Independent dense recomputation: fit on W_t - W0 at the snapshot steps (time axis ``clock``), then
+    W + alpha (W_hat - W)."""
+    traj = Trajectory(clock)
+    traj.append(steps[0], {n: w - before.start[n] for n, w in origin.items()})
+    for s in steps[1:]:
+        traj.append(s, {n: w - before.start[n] for n, w in before.at[s].items()})
+    ex = get_extrapolator(method, fit_window=window)
+    ex.fit(traj)
+    now = before.at[steps[-1]]
+    return {n: now[n] + alpha * (before.start[n] + d - now[n]) for n, d in ex.predict(target).items()}

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from grpo_utils import WeightProbe, make_trainer, tiny_model
+from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_model
 from peft import PeftModel
 from trl import GRPOConfig, TrlParser
 
@@ -16,14 +16,12 @@ from rlvr_extrap import (
     ExtrapolationCallback,
     ExtrapolationConfigError,
     apply_offsets,
-    get_extrapolator,
 )
 from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
 from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.lowrank import LowRank
 from rlvr_extrap.offsets import STATE_FILE
 from rlvr_extrap.skill import schedule_clock
-from rlvr_extrap.trajectory import Trajectory
 
 
 def run(tmp_path, **kwargs):
@@ -32,20 +30,6 @@ def run(tmp_path, **kwargs):
     trainer = make_trainer(tmp_path, [before, callback, after], **kwargs)
     trainer.train()
     return trainer, callback, before, after
-
-
-def expected_after_jump(
-    before: WeightProbe, origin: dict, steps: list[int], method: str, target: int, alpha, window, clock=None
-):
-    """Independent dense recomputation: fit on W_t - W0 at the snapshot steps, then W + alpha (W_hat - W)."""
-    traj = Trajectory(clock)
-    traj.append(steps[0], {n: w - before.start[n] for n, w in origin.items()})
-    for s in steps[1:]:
-        traj.append(s, {n: w - before.start[n] for n, w in before.at[s].items()})
-    ex = get_extrapolator(method, fit_window=window)
-    ex.fit(traj)
-    now = before.at[steps[-1]]
-    return {n: now[n] + alpha * (before.start[n] + d - now[n]) for n, d in ex.predict(target).items()}
 
 
 @pytest.mark.parametrize("method", ["relex", "linear"])

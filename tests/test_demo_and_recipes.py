@@ -17,10 +17,12 @@ ROOT = Path(__file__).parents[1]
 
 def test_demo_writes_report_and_plot(toy_model_path, tmp_path, monkeypatch, capsys):
     small = (20, {"extrap_method": "linear", "extrap_snapshot_every": 5, "extrap_jump_at": [10], "extrap_horizon": 10})
-    monkeypatch.setitem(demo.DEMO_SETTINGS, "quick", small)
+    monkeypatch.setitem(demo.DEMO_MODELS["toy"].settings, "quick", small)
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model"] == "toy"
+    assert report["base_heldout_accuracy"] == report["runs"][0]["history"][0][1]
     runs = {r["name"]: r for r in report["runs"]}
     assert set(runs) == {"vanilla", "vanilla-long", "extrap-linear"}
     for r in runs.values():
@@ -66,8 +68,8 @@ def _recipe(args: list[str], tmp_path: Path, env_cache: Path) -> subprocess.Comp
     )
 
 
-@pytest.mark.parametrize("config", ["toy_arithmetic.yaml", "qwen2.5_1.5b_gsm8k.yaml"])
-def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config):
+@pytest.mark.parametrize("config", ["toy_arithmetic.yaml", "qwen2.5_1.5b_gsm8k.yaml", "smollm2_math.yaml"])
+def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config, request):
     overrides = [
         "--max_steps",
         "4",
@@ -99,6 +101,20 @@ def test_recipe_runs_with_a_jump(toy_model_path, tmp_path, config):
             "--lora_alpha",
             "8",
         ]
+    if config.startswith("smollm2"):  # the real model, converted once per session into the same cache
+        request.getfixturevalue("smollm2_path")
+        overrides += [
+            "--lora_target_modules",
+            "q_proj,v_proj",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--max_steps",
+            "3",
+        ]
+        overrides += ["--extrap_snapshot_every", "1", "--per_device_train_batch_size", "4", "--num_generations", "2"]
+        overrides += ["--max_completion_length", "4", "--extrap_guard", "false"]  # the toy runs cover the guard
     done = _recipe(["--config", str(ROOT / "recipes" / config), *overrides], tmp_path, toy_model_path.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'extrap/step': 2" in done.stdout + done.stderr

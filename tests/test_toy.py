@@ -78,10 +78,15 @@ def test_toy_model_loads_with_partial_accuracy(toy_model_path: Path) -> None:
 
 
 def test_build_is_atomic(toy_model_path: Path) -> None:
-    assert not [p for p in toy_model_path.parent.iterdir() if p != toy_model_path]
+    def temporaries() -> list[Path]:
+        return [p for p in toy_model_path.parent.iterdir() if p.name.startswith(".")]
+
+    assert not temporaries()
     # A second build into an existing complete cache keeps the existing one and leaves no temp dir.
+    before = (toy_model_path / "model.safetensors").stat().st_mtime_ns
     build_toy_model(toy_model_path, sft_steps=1, progress=False)
-    assert sorted(p.name for p in toy_model_path.parent.iterdir()) == [toy_model_path.name]
+    assert (toy_model_path / "model.safetensors").stat().st_mtime_ns == before
+    assert not temporaries()
 
 
 def test_callback_records_each_step_once(toy_model_path: Path) -> None:

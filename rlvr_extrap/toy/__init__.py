@@ -1,10 +1,9 @@
 """Embedded default toy: a tiny character-level Qwen2 model and the "a+b=" addition task."""
 
+from rlvr_extrap.evaluation import HeldoutAccuracyCallback, evaluate_accuracy
 from rlvr_extrap.toy.model import build_toy_model, default_toy_path, load_toy_model, toy_model_config
 from rlvr_extrap.toy.task import (
-    HeldoutAccuracyCallback,
     answer_for,
-    evaluate_accuracy,
     heldout_pairs,
     heldout_problems,
     prompt_for,

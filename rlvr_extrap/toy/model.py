@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
+from rlvr_extrap.io import atomic_directory, cache_root
 from rlvr_extrap.toy.task import answer_for, prompt_for, train_pairs
 from rlvr_extrap.toy.tokenizer import build_char_tokenizer
 
@@ -107,9 +106,7 @@ def _new_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel
 
 def default_toy_path() -> Path:
     """Return the toy cache directory: `$RLVR_EXTRAP_CACHE/toy-v1`, else `~/.cache/rlvr_extrap/toy-v1`."""
-    cache = os.environ.get("RLVR_EXTRAP_CACHE")
-    root = Path(cache) if cache else Path.home() / ".cache" / "rlvr_extrap"
-    return root / TOY_NAME
+    return cache_root() / TOY_NAME
 
 
 def _is_complete(path: Path) -> bool:
@@ -125,28 +122,23 @@ def build_toy_model(
     tokenizer = build_char_tokenizer()
     model = _new_model(tokenizer, seed)
     warm_start(model, tokenizer, steps=sft_steps, seed=seed, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path, _is_complete) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not _is_complete(path):  # not a concurrent build that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def ensure_toy_model(path: str | os.PathLike[str] | None = None) -> Path:
+    """Return the toy model folder (`path`, default the cache), building it first if missing."""
+    path = Path(path) if path is not None else default_toy_path()
+    return path if _is_complete(path) else build_toy_model(path)
 
 
 def load_toy_model(
     path: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the toy model (float32, eval mode) and tokenizer from `path`, building them first if missing."""
-    path = Path(path) if path is not None else default_toy_path()
-    if not _is_complete(path):
-        build_toy_model(path)
+    path = ensure_toy_model(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
