@@ -26,21 +26,19 @@ class DemoModel:
     settings: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
 
 
+# Each demo horizon is one the run's history can backtest at its jump step, so the gate can judge it.
+GATED_RELEX = {"extrap_method": "relex", "extrap_keep_residual": True}
+
 DEMO_MODELS: dict[str, DemoModel] = {
     TOY: DemoModel(
         "embedded toy (a+b)",
         {},
         25,
         {
-            # relex anchored at the base: the least harmful jump measured on this toy (benchmarks/results/steps_saved.md)
-            "full": (
-                150,
-                {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 100},
-            ),
-            "quick": (
-                80,
-                {"extrap_method": "relex", "extrap_snapshot_every": 10, "extrap_jump_at": [60], "extrap_horizon": 60},
-            ),
+            # relex continued from the current weights: the best longer-horizon method of the regime map
+            # (benchmarks/results/forecast.md); the skill gate (extrap_min_skill, on by default) decides
+            "full": (150, {**GATED_RELEX, "extrap_snapshot_every": 10, "extrap_jump_at": [100], "extrap_horizon": 50}),
+            "quick": (80, {**GATED_RELEX, "extrap_snapshot_every": 10, "extrap_jump_at": [60], "extrap_horizon": 40}),
         },
     ),
     # Settings that learn fast on 2 CPU cores (../shared/REAL_MODEL.md): the easy level, lr 2e-4, 8 x 4, 16 tokens.
@@ -60,14 +58,8 @@ DEMO_MODELS: dict[str, DemoModel] = {
         },
         8,
         {
-            "full": (
-                32,
-                {"extrap_method": "relex", "extrap_snapshot_every": 4, "extrap_jump_at": [16], "extrap_horizon": 16},
-            ),
-            "quick": (
-                12,
-                {"extrap_method": "relex", "extrap_snapshot_every": 2, "extrap_jump_at": [8], "extrap_horizon": 4},
-            ),
+            "full": (32, {**GATED_RELEX, "extrap_snapshot_every": 4, "extrap_jump_at": [16], "extrap_horizon": 8}),
+            "quick": (12, {**GATED_RELEX, "extrap_snapshot_every": 2, "extrap_jump_at": [8], "extrap_horizon": 4}),
         },
     ),
 }
