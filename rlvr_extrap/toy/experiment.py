@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from ..callback import ExtrapolationCallback
@@ -36,10 +38,20 @@ class ToyRun:
     seed: int = 0
     eval_every: int = 20
     progress: bool = True
+    prompts_per_step: int = PROMPTS_PER_STEP
+    lr_scheduler_type: str = "constant"
+    """Constant by default: a run stopped at step S equals a longer run read at step S. TRL's default is "linear"."""
 
 
-def run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None = None) -> dict[str, Any]:
+def run_toy(
+    run: ToyRun,
+    output_dir: str | Path,
+    model_path: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
     """Train, evaluate held-out greedy accuracy along the way, and return a report row.
+
+    ``callbacks`` are added after the run's own (extrapolation, then held-out accuracy), e.g. to save snapshots.
 
     Runs torch on one thread: for a model this small, two threads are slower, and collapse when
     another process shares the cores.
@@ -47,23 +59,25 @@ def run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None =
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_toy(run, output_dir, model_path)
+        return _run_toy(run, output_dir, model_path, callbacks)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None) -> dict[str, Any]:
+def _run_toy(
+    run: ToyRun, output_dir: str | Path, model_path: str | Path | None, callbacks: Sequence[TrainerCallback]
+) -> dict[str, Any]:
     model, tokenizer = load_toy_model(model_path)
     args = ExtrapGRPOConfig(
         output_dir=str(output_dir),
         use_cpu=True,
         bf16=False,
-        per_device_train_batch_size=PROMPTS_PER_STEP * NUM_GENERATIONS,
+        per_device_train_batch_size=run.prompts_per_step * NUM_GENERATIONS,
         num_generations=NUM_GENERATIONS,
         max_completion_length=6,
         temperature=1.0,
         learning_rate=run.learning_rate,
-        lr_scheduler_type="constant",  # a run stopped at step S equals a longer run read at step S
+        lr_scheduler_type=run.lr_scheduler_type,
         max_steps=run.grpo_steps,
         logging_steps=max(run.grpo_steps // 4, 1),
         save_strategy="no",
@@ -84,7 +98,8 @@ def _run_toy(run: ToyRun, output_dir: str | Path, model_path: str | Path | None)
         peft_config=LoraConfig(
             r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
-        callbacks=[extrapolation, accuracy],  # extrapolation first: a jump step is evaluated after the jump
+        # extrapolation first: a jump step is evaluated after the jump
+        callbacks=[extrapolation, accuracy, *callbacks],
     )
     start = time.perf_counter()
     trainer.train()
