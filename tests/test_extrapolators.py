@@ -70,16 +70,37 @@ def test_relex_diagnostics_energy_and_r2():
 def test_relex_window_fits_line_on_recent_points_only():
     # Fast transient, then a straight line: the window ignores the transient.
     v = torch.randn(6, 4)
-    coef = {0: 0.0, 10: 5.0, 20: 6.0, 30: 7.0, 40: 8.0}
+    coef = {0: 0.0, 10: 5.0, 15: 5.5, 20: 6.0, 30: 7.0, 40: 8.0}
     traj = Trajectory()
     for t, c in coef.items():
         traj.append(t, {"m": c * v})
     ex = get_extrapolator("relex", fit_window=3)
     ex.fit(traj)
     torch.testing.assert_close(ex.predict_module("m", 100), 14.0 * v, rtol=1e-5, atol=1e-5)
-    full = get_extrapolator("relex", fit_window=None)
+    full = get_extrapolator("relex", fit_window=None, through_origin=True)
     full.fit(traj)
     assert not torch.allclose(full.predict_module("m", 100), 14.0 * v, atol=0.5)
+
+
+def test_relex_paper_fit_leaves_out_the_base_point():
+    # c(t) = sqrt(t) on snapshots 40..80: the paper's line (snapshots only) and ours through the base differ.
+    v = torch.randn(5, 3)
+    steps = [0, 40, 50, 60, 70, 80]
+    traj = Trajectory()
+    for t in steps:
+        traj.append(t, {"m": t**0.5 * v})
+    scale = float(v.norm())
+    observed = torch.tensor(steps[1:], dtype=torch.float64)
+    design = torch.stack([observed, torch.ones_like(observed)], 1)
+    slope, intercept = torch.linalg.lstsq(design, observed.sqrt()[:, None]).solution[:, 0]
+    paper = get_extrapolator("relex")
+    paper.fit(traj)
+    predicted = float(torch.sum(paper.predict_module("m", 160) * v)) / scale**2
+    assert predicted == pytest.approx(float(slope * 160 + intercept), rel=1e-5)
+    through = get_extrapolator("relex", through_origin=True)
+    through.fit(traj)
+    other = float(torch.sum(through.predict_module("m", 160) * v)) / scale**2
+    assert abs(other - predicted) > 0.05 * (80**0.5 - 40**0.5)
 
 
 def test_relex_rank2_recovers_two_independent_lines():

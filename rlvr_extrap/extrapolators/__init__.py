@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Extrapolator, ExtrapolatorConfig
+from .holt import HoltConfig, HoltExtrapolator, holt_weights
 from .linear import LinearConfig, LinearExtrapolator, linear_weights
 from .next import NextConfig, NextExtrapolator
 from .relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
@@ -13,6 +14,7 @@ EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
     "relex": RelexExtrapolator,
     "linear": LinearExtrapolator,
     "next": NextExtrapolator,
+    "holt": HoltExtrapolator,
 }
 
 
@@ -28,6 +30,8 @@ __all__ = [
     "EXTRAPOLATORS",
     "Extrapolator",
     "ExtrapolatorConfig",
+    "HoltConfig",
+    "HoltExtrapolator",
     "LinearConfig",
     "LinearExtrapolator",
     "NextConfig",
@@ -37,5 +41,6 @@ __all__ = [
     "RelexFit",
     "fit_relex",
     "get_extrapolator",
+    "holt_weights",
     "linear_weights",
 ]

@@ -10,7 +10,7 @@ from .base import Extrapolator, ExtrapolatorConfig
 __all__ = ["LinearConfig", "LinearExtrapolator", "linear_weights"]
 
 
-def linear_weights(steps: Sequence[int], target: int, start: int = 0) -> list[float]:
+def linear_weights(steps: Sequence[float], target: float, start: int = 0) -> list[float]:
     """Weights over the points so that their combination is ``W_a + alpha (W_b - W_a)``.
 
     ``a`` is point ``start``, ``b`` the last point, ``alpha = (target - t_a) / (t_b - t_a)``.
@@ -38,4 +38,5 @@ class LinearExtrapolator(Extrapolator):
 
     def combination(self, name: str, step: int) -> list[float]:
         assert self.trajectory is not None
-        return linear_weights(self.trajectory.steps, step, self.window_start())
+        trajectory = self.trajectory
+        return linear_weights(trajectory.times(), trajectory.time(step), self.window_start())

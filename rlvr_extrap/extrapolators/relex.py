@@ -40,8 +40,12 @@ class RelexFit:
         return self.u @ scale
 
 
-def fit_relex(gram: torch.Tensor, steps: Sequence[int], rank: int = 1, start: int = 0) -> RelexFit:
-    """Fit RELEX from the Gram matrix of a module's deltas; the line uses points ``start..T-1``."""
+def fit_relex(gram: torch.Tensor, steps: Sequence[float], rank: int = 1, start: int = 0) -> RelexFit:
+    """Fit RELEX from the Gram matrix of a module's deltas; the line uses points ``start..T-1``.
+
+    ``steps`` are the points' time coordinates (step numbers, or any other clock such as the cumulative
+    learning rate); predictions take the same coordinate.
+    """
     evals, evecs = torch.linalg.eigh(gram.to(torch.float64))
     evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
     total = float(evals.sum())
@@ -69,6 +73,14 @@ class RelexConfig(ExtrapolatorConfig):
     rank: int = 1
     """Number of singular directions of the time stack to extrapolate (the paper: 1 is enough)."""
 
+    through_origin: bool = False
+    """Fit the coefficient line through the segment's origin too (the base weights, or the post-jump point).
+    False is the paper's fit: only the observed snapshots (the origin is used only while there is a single one)."""
+
+    keep_residual: bool = False
+    """Continue from the current weights, ``D_now + (c_hat(t*) - c_hat(t_now)) v``, instead of the paper's
+    ``W0 + c_hat(t*) v``, which drops the part of ``D_now`` off the fitted direction."""
+
     def validate(self) -> None:
         super().validate()
         if self.rank < 1:
@@ -84,9 +96,19 @@ class RelexExtrapolator(Extrapolator):
 
     def _fit_module(self, name: str) -> dict[str, float]:
         assert self.trajectory is not None
-        fit = fit_relex(self.trajectory.gram(name), self.trajectory.steps, self.config.rank, self.window_start())
+        trajectory = self.trajectory
+        start = self.window_start()
+        if not self.config.through_origin and start == 0 and len(trajectory) >= 3:
+            start = 1  # the paper regresses on the observed checkpoints only
+        fit = fit_relex(trajectory.gram(name), trajectory.times(), self.config.rank, start)
         self.fits[name] = fit
         return {"energy": fit.energy, "r2": fit.r2}
 
     def combination(self, name: str, step: int) -> list[float]:
-        return self.fits[name].weights(step).tolist()
+        assert self.trajectory is not None
+        fit, trajectory = self.fits[name], self.trajectory
+        weights = fit.weights(trajectory.time(step))
+        if self.config.keep_residual:
+            weights = weights - fit.weights(trajectory.time(trajectory.steps[-1]))
+            weights[-1] += 1.0
+        return weights.tolist()

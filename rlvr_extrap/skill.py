@@ -1,0 +1,135 @@
+"""Forecast skill: is this trajectory predictable, measured on the points it already holds.
+
+For a prediction ``P`` of the delta at a later point ``T`` made from the points up to ``H``:
+``error = sum over modules ||P - D_T||^2`` and ``persistence = sum over modules ||D_H - D_T||^2`` (the error
+of not moving), and ``skill = 1 - error / persistence``: 1 is a perfect forecast, 0 is as good as not moving,
+below 0 is worse. A *backtest* scores the extrapolator on the trajectory's own past: fit on the points up to
+``t - h``, predict ``t``, for the latest targets ``t`` and every horizon ``h`` the history allows, pooling the
+errors of the targets per horizon. That is what a run can know before it jumps.
+
+For methods whose prediction is a combination of the observed points (relex, linear, holt) every error is a
+quadratic form in the Gram matrix the trajectory keeps anyway, so a backtest costs O(T^3) per module and no
+pass over the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import accumulate
+
+import torch
+
+from .extrapolators import Extrapolator
+from .lowrank import inner
+from .trajectory import Clock, Trajectory
+
+__all__ = ["backtest_skill", "drift_to_noise", "forecast_errors", "lr_clock", "skill", "supports_backtest"]
+
+
+def skill(error: float, persistence: float) -> float:
+    """``1 - error / persistence``; NaN when nothing moved between the two points."""
+    return 1.0 - error / persistence if persistence > 0 else math.nan
+
+
+def supports_backtest(extrapolator: Extrapolator) -> bool:
+    """Backtests are cheap only for methods whose prediction is a combination of the observed points."""
+    return type(extrapolator).combination is not Extrapolator.combination
+
+
+def forecast_errors(trajectory: Trajectory, extrapolator: Extrapolator, origin: int, target: int) -> tuple[float, float]:
+    """``(error, persistence)`` of a forecast of point ``target`` fitted on points ``0..origin`` (indices).
+
+    Fits a fresh copy of ``extrapolator`` (same config), so the caller's fitted state is left alone.
+    """
+    if not 0 < origin < target < len(trajectory):
+        raise ValueError(f"need 0 < origin < target < {len(trajectory)}, got origin={origin}, target={target}")
+    model = type(extrapolator)(extrapolator.config)
+    model.fit(trajectory.prefix(origin + 1))
+    step = trajectory.steps[target]
+    error = persistence = 0.0
+    for name in trajectory.modules:
+        gram = trajectory.gram(name)
+        persist = torch.zeros(len(trajectory), dtype=torch.float64)
+        persist[origin], persist[target] = 1.0, -1.0
+        persistence += _quadratic(gram, persist)
+        weights = model.combination(name, step)
+        if weights is not None:
+            x = torch.zeros(len(trajectory), dtype=torch.float64)
+            x[: origin + 1] = torch.tensor(weights, dtype=torch.float64)
+            x[target] -= 1.0
+            error += _quadratic(gram, x)
+        else:  # a prediction that is not a combination: inner products on the factors
+            predicted, actual = model.predict_module(name, step), trajectory.deltas[name][target]
+            error += max(inner(predicted, predicted) - 2 * inner(predicted, actual) + float(gram[target, target]), 0.0)
+    return error, persistence
+
+
+def backtest_skill(
+    trajectory: Trajectory, extrapolator: Extrapolator, origins: int = 3, min_points: int = 2
+) -> dict[int, float]:
+    """Skill per horizon (in steps), from the trajectory's own past.
+
+    Targets are the latest ``origins`` points; for each, every earlier point with at least ``min_points``
+    points up to it is a forecast origin. Errors are pooled per horizon over the targets. Horizons with no
+    movement to score are left out.
+    """
+    pooled: dict[int, list[float]] = {}
+    n = len(trajectory)
+    for target in range(max(min_points, n - origins), n):
+        for origin in range(min_points - 1, target):
+            horizon = trajectory.steps[target] - trajectory.steps[origin]
+            error, persistence = forecast_errors(trajectory, extrapolator, origin, target)
+            sums = pooled.setdefault(horizon, [0.0, 0.0])
+            sums[0] += error
+            sums[1] += persistence
+    scores = {h: skill(e, p) for h, (e, p) in sorted(pooled.items())}
+    return {h: s for h, s in scores.items() if not math.isnan(s)}
+
+
+def drift_to_noise(trajectory: Trajectory, window: int | None = None) -> float:
+    """``||mean increment||^2 / mean ||increment - mean increment||^2`` over the last ``window`` points, all modules.
+
+    Increments are between consecutive points (assumed evenly spaced). Large: a steady drift that
+    extrapolation can follow; small: step-to-step noise that it cannot. NaN with fewer than 3 points.
+    """
+    n = len(trajectory)
+    start = 0 if window is None else max(0, n - window)
+    count = n - 1 - start
+    if count < 2:
+        return math.nan
+    drift = spread = 0.0
+    for name in trajectory.modules:
+        gram = trajectory.gram(name)
+        mean = torch.zeros(n, dtype=torch.float64)
+        mean[start], mean[-1] = -1.0 / count, 1.0 / count
+        mean_sq = _quadratic(gram, mean)
+        squares = sum(
+            float(gram[k, k] - 2 * gram[k, k - 1] + gram[k - 1, k - 1]) for k in range(start + 1, n)
+        ) / count
+        drift += mean_sq
+        spread += max(squares - mean_sq, 0.0)
+    return drift / spread if spread > 0 else math.inf
+
+
+def lr_clock(lrs: Sequence[float]) -> Clock:
+    """``tau(t) = sum(lrs[:t])``: time measured in learning rate; ``lrs[s]`` is the rate of optimizer step ``s + 1``.
+
+    Steps past the end of ``lrs`` continue at its last rate.
+    """
+    if not lrs:
+        raise ValueError("lr_clock needs at least one learning rate")
+    cumulative = [0.0, *accumulate(float(lr) for lr in lrs)]
+    last = float(lrs[-1])
+
+    def clock(step: int) -> float:
+        if step < len(cumulative):
+            return cumulative[max(step, 0)]
+        return cumulative[-1] + last * (step - len(cumulative) + 1)
+
+    return clock
+
+
+def _quadratic(gram: torch.Tensor, x: torch.Tensor) -> float:
+    """``||sum_t x_t D_t||^2`` from the Gram matrix (clamped at 0 against round-off)."""
+    return max(float(x @ gram @ x), 0.0)
