@@ -695,6 +695,38 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         )  # fmt: skip
 
     lines += [
+        "## Regime map",
+        "",
+        "Per regime: drift/noise of the whole run (mean over seeds), the best true skill over all variants and "
+        "both axes at three horizons (origins from step 20, mean over seeds; the variant in brackets), and how "
+        "many (variant, axis, horizon) cells have skill > 0 in every seed.",
+        "",
+        "| regime | steps | drift/noise | best h=10 | best h=50 | best h=100 | cells > 0 (all origins) | cells > 0 (origins >= 100) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lr, c in data["regimes"]:
+        members = [
+            r
+            for r in runs
+            if (r["spec"]["learning_rate"], r["spec"]["prompts_per_step"] * r["spec"]["generations"]) == (lr, c)
+        ]
+        best = []
+        for h in (10, 50, 100):
+            here = [s for s in skill_rows if (s["learning_rate"], s["completions"], s["horizon"], s["origins"])
+                    == (lr, c, h, "all") and not math.isnan(s["mean"])]  # fmt: skip
+            top = max(here, key=lambda s: s["mean"]) if here else None
+            best.append(f"{top['mean']:.2f} ({top['variant']}, {top['axis']})" if top else "–")
+        counts = []
+        for origins in ("all", "late"):
+            cells = [s for s in skill_rows if (s["learning_rate"], s["completions"], s["origins"]) == (lr, c, origins)
+                     and len(s["per_seed"]) > 1]  # fmt: skip
+            counts.append(f"{sum(all(v > 0 for v in s['per_seed']) for s in cells)} / {len(cells)}")
+        lines.append(
+            f"| {_regime_name(lr, c)} | {max(r['steps'][-1] for r in members)} | "
+            f"{statistics.mean(r['drift_to_noise'] for r in members):.3g} | " + " | ".join(best + counts) + " |"
+        )
+    lines += [
+        "",
         "## True skill by regime (origins from step 20; cell: step axis / lr axis, mean ± half-range over seeds)",
         "",
     ]
@@ -771,27 +803,34 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
     lines += [
         "## The gate's calls (jump if backtest skill >= bar)",
         "",
-        "Pooled over the named variants, both axes, every origin and horizon. `good` = fraction of cases where "
-        "jumping was good (the base rate: a gate that never jumps is right 1 - good of the time); `precision` = "
-        "fraction of the gate's jumps that were good.",
+        "The gate reads the backtest at H at horizon h, or at the longest backtested horizon below it "
+        "(`headline`; the JSON also has the exact-horizon gate). Pooled over the named variants, both axes, every "
+        "origin and horizon (cases are correlated: same runs). `good` = fraction of cases where jumping was good, "
+        "the base rate: a gate that never jumps is right `1 - good` of the time. `precision` = fraction of the "
+        "gate's jumps that were good.",
         "",
-        "| bar | backtest used | truth | regime | cases | right | jumps | good | precision |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| regime | truth | cases | good | bar 0: right | jumps | precision | bar 0.2: right | jumps | precision |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for g in data["gates"]:
-        regime = (
-            "all" if g["regime"] is None else _regime_name(g["regime"]["learning_rate"], g["regime"]["completions"])
-        )
-        lines.append(
-            f"| {g['bar']:g} | {g['source'].replace('backtest_headline', 'headline').replace('backtest', 'exact h')} | "
-            f"{g['truth']} | {regime} | {g['cases']} | {g['right']:.2f} | {g['jump_rate']:.2f} | "
-            f"{g['good_jump_rate']:.2f} | {_fmt(g['precision'], 0.0)} |"
-        )
+    gates = {
+        (g["bar"], g["source"], g["truth"], None if g["regime"] is None else tuple(g["regime"].values())): g
+        for g in data["gates"]
+    }
+    for regime in [*map(tuple, data["regimes"]), None]:
+        for truth in ("weights", "weights+accuracy"):
+            at = [gates.get((bar, "backtest_headline", truth, regime)) for bar in GATE_BARS]
+            if not at[0]:
+                continue
+            name = "all" if regime is None else _regime_name(*regime)
+            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            lines.append(
+                f"| {name} | {truth} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot_skill(data: dict[str, Any], path: Path) -> None:
-    """True skill against horizon, one panel per regime; solid: step axis, dashed: lr axis. Clipped to [-1, 1]."""
+    """True skill against horizon, one panel per regime; solid: step axis, dashed: lr axis. Clipped to [-2, 1]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -815,11 +854,11 @@ def plot_skill(data: dict[str, Any], path: Path) -> None:
                 if rows:
                     ax.plot(
                         [s["horizon"] for s in rows],
-                        [max(-1.0, min(1.0, s["mean"])) for s in rows],
+                        [max(-2.0, min(1.0, s["mean"])) for s in rows],
                         style, color=color, marker="o", ms=3, label=variant if axis == "steps" else None,
                     )  # fmt: skip
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylim(-2.05, 1.05)
         ax.set_title(_regime_name(lr, c), fontsize=9)
         ax.set_xlabel("horizon (steps)")
         ax.set_ylabel("true skill")
