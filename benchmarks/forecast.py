@@ -582,6 +582,7 @@ def analyze(
     cache: Path = CACHE,
     rescore: bool = False,
     score_only: bool = False,
+    note: str = "",
 ) -> None:
     if not runs:
         raise SystemExit(f"no cached runs under {CACHE}: run `python benchmarks/forecast.py collect` first")
@@ -603,6 +604,7 @@ def analyze(
     data = {
         "machine": machine(),
         "quick": quick,
+        "note": note,
         "analysis_seconds": time.perf_counter() - start,
         "variants": {k: {"method": m, "config": c} for k, (m, c) in variants.items()},
         "runs": [run_summary(run) for run in runs],
@@ -641,6 +643,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         f"torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · commit {m['commit']} · "
         f"analysis {data['analysis_seconds'] / 60:.0f} min",
         "",
+        *([data["note"], ""] if data.get("note") else []),
         "**Not run yet:** the SmolLM2 parts of issue 12 item 5 (LoRA at two learning rates x two batch sizes, "
         "full-parameter training). `forecast.py` takes them as another entry of `MODELS` and `GRIDS`.",
         "",
@@ -882,6 +885,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--cache", type=Path, default=CACHE)
     a.add_argument("--quick", action="store_true", help="fewer variants and origins (a smoke test)")
     a.add_argument("--out", type=Path, default=RESULTS)
+    a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
     args = parser.parse_args(argv)
@@ -895,6 +899,7 @@ def main(argv: list[str] | None = None) -> None:
             cache=args.cache,
             rescore=args.rescore,
             score_only=args.score_only,
+            note=args.note,
         )
 
 
