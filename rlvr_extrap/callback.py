@@ -19,7 +19,8 @@ from .distributed import broadcast_from_main, check_distributed_support
 from .guard import JumpGuard, probe_rows
 from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
 from .offsets import STATE_FILE, CallbackState, load_state, save_state
-from .worker import JumpGate, JumpPlan, TrajectoryWorker
+from .skill import schedule_clock
+from .worker import JumpGate, JumpPlan, JumpSkipped, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -47,6 +48,8 @@ class ExtrapolationCallback(TrainerCallback):
         self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
         self.jumps: list[dict[str, Any]] = []
+        self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
+        self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
         self.snapshot_seconds = 0.0
 
@@ -63,11 +66,19 @@ class ExtrapolationCallback(TrainerCallback):
             return
         self.config.validate_for_training(args)
         check_distributed_support(self.config)
-        late = [j for j in self.config.extrap_jump_at if state.max_steps and j > state.max_steps]
+        late = [j for j in self.config.jump_steps if state.max_steps and j > state.max_steps]
         if late:
             logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
         if not self.config.extrap_jump_at:
             logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
+        clock = None
+        if self.config.extrap_time_axis == "lr":
+            clock = schedule_clock(kwargs.get("lr_scheduler"))
+            if clock is None:
+                logger.warning(
+                    "extrap_time_axis='lr': the trainer's scheduler is not a LambdaLR, so its future rates are "
+                    "unknown; fitting against steps instead"
+                )
         self.trainer = self.trainer or _find_calling_trainer(self)
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
         self.modules = find_lora_modules(model)
@@ -76,19 +87,24 @@ class ExtrapolationCallback(TrainerCallback):
         if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
             diagnostics_dir = os.path.join(args.output_dir, "extrap") if self.config.extrap_diagnostics else None
             cfg = self.config
-            gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio)
-            self.worker = TrajectoryWorker(cfg.build_extrapolator(), gate, diagnostics_dir)
+            gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio, cfg.extrap_min_skill)
+            self.worker = TrajectoryWorker(
+                cfg.build_extrapolator(), gate, diagnostics_dir, clock=clock, skill_origins=cfg.extrap_skill_origins
+            )
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
             return
-        step = state.global_step
-        pending = [j for j in self.config.extrap_jump_at if j >= step]
-        if pending and (step % self.config.extrap_snapshot_every == 0 or step == pending[0]):
+        cfg, step = self.config, state.global_step
+        pending = [j for j in cfg.jump_steps if j >= step]
+        snapshot_step = step % cfg.extrap_snapshot_every == 0
+        if (pending or cfg.auto_jumps) and (snapshot_step or (pending and step == pending[0])):
             self._snapshot(step)
-        if step in self.config.extrap_jump_at:
+        if snapshot_step:
+            self._log_skill(state)
+        if step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step)):
             self._jump(step, state, kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -98,6 +114,8 @@ class ExtrapolationCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is not None:
+            self.worker.state_now().result()  # the last snapshot's backtest, then log it
+            self._log_skill(state)
             self._save_state(args.output_dir)
             self.worker.close()
             self.worker = None
@@ -110,9 +128,26 @@ class ExtrapolationCallback(TrainerCallback):
         except ValueError as err:
             raise ExtrapolationConfigError(str(err)) from None
 
+    def _log_skill(self, state: TrainerState) -> None:
+        """Log the forecast-skill backtests the worker finished since the last call (never waits for it)."""
+        if self.worker is None:
+            return
+        records = self.worker.skill_records[self._skill_logged :]
+        self._skill_logged += len(records)
+        horizon = self.config.extrap_horizon
+        for record in records:
+            self.skill_history.append(record.to_dict())
+            metrics = record.to_metrics(None if horizon == "auto" else horizon)
+            self._log(state, {**metrics, "extrap/skill_step": record.step})
+
+    def _auto_jump_due(self, step: int) -> bool:
+        """'auto' jumps are tried at snapshot steps at least ``min_jump_gap()`` after the last jump (or the start)."""
+        last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
+        return step - last >= self.config.min_jump_gap()
+
     def _save_state(self, directory: str) -> None:
         offsets, steps, deltas = self.worker.state_now().result()
-        history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps}
+        history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps, "skill": self.skill_history}
         path = save_state(CallbackState(offsets, steps, deltas, history), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
@@ -133,6 +168,7 @@ class ExtrapolationCallback(TrainerCallback):
             return False
         add_to_bases(self.modules, offsets, self.model)
         self.snapshot_steps, self.jumps = history["snapshot_steps"], history["jumps"]
+        self.skill_history = history.get("skill", [])
         if self.worker is not None:
             self.worker.restore(saved.offsets, saved.steps, saved.deltas)
             logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
@@ -147,29 +183,44 @@ class ExtrapolationCallback(TrainerCallback):
         if self.worker is not None:
             self.worker.add_snapshot(step, deltas)
 
-    def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, float]:
-        """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome."""
-        plan, error, wait_start = None, None, time.perf_counter()
+    def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
+        """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.
+
+        Returns (plan, why there is none, whether the skill gate turned it down, seconds waited).
+        """
+        plan, error, gated, wait_start = None, None, False, time.perf_counter()
         if self.worker is not None:
             cfg = self.config
-            future = self.worker.plan_jump(step, step + cfg.extrap_horizon, cfg.extrap_alpha)
+            future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha)
             try:
                 plan = future.result(timeout=cfg.extrap_fit_timeout)
             except FutureTimeout:
                 error = f"the fit took longer than extrap_fit_timeout={cfg.extrap_fit_timeout}s"
+            except JumpSkipped as skip:
+                error, gated = str(skip), True
             except Exception as err:  # the fit must never stop training
                 error = f"{type(err).__name__}: {err}"
-        plan, error = broadcast_from_main((plan, error))
-        return plan, error, time.perf_counter() - wait_start
+        plan, error, gated = broadcast_from_main((plan, error, gated))
+        return plan, error, gated, time.perf_counter() - wait_start
 
     def _jump(self, step: int, state: TrainerState, optimizer: torch.optim.Optimizer | None) -> None:
         cfg = self.config
-        record: dict[str, Any] = {"step": step, "horizon": cfg.extrap_horizon, "target_step": step + cfg.extrap_horizon}
-        plan, error, wait = self._plan(step)
+        plan, error, gated, wait = self._plan(step)
+        horizon = cfg.extrap_horizon if plan is None else plan.target_step - step
+        target = step + horizon if isinstance(horizon, int) else None
+        record: dict[str, Any] = {"step": step, "horizon": horizon, "target_step": target}
         if plan is None:
-            logger.warning(f"extrapolation jump at step {step} skipped: {error}")
+            if gated and cfg.auto_jumps:  # tried at every snapshot: the backtest itself is in skill_history
+                logger.info(f"extrapolation: no jump at step {step}: {error}")
+                return
+            if gated:
+                logger.info(f"extrapolation jump at step {step} not taken: {error}")
+            else:
+                logger.warning(f"extrapolation jump at step {step} skipped: {error}")
             self.jumps.append({**record, "skipped": error})
+            self._log(state, {"extrap/jump_skipped": 1.0})
             return
+        record["skill"] = plan.skill
         if wait > 1.0:
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
         if self.guard is not None:
@@ -178,7 +229,9 @@ class ExtrapolationCallback(TrainerCallback):
             try:
                 decision = self.guard.decide(plan, scales, cfg.extrap_guard_tolerance)
             except Exception as err:  # scoring failed: the weights were restored; do not jump blind
-                logger.warning(f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}")
+                logger.warning(
+                    f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}"
+                )
                 self.jumps.append({**record, "skipped": f"guard: {type(err).__name__}: {err}"})
                 return
             record.update(decision.to_metrics())

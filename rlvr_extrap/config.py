@@ -19,6 +19,8 @@ __all__ = [
 ]
 
 OPTIMIZER_POLICIES = ("keep", "reset_momentum", "reset")
+TIME_AXES = ("lr", "steps")
+AUTO = "auto"
 
 
 class ExtrapolationConfigError(ValueError):
@@ -36,16 +38,23 @@ class ExtrapolationArguments:
     extrap_snapshot_every: int = field(
         default=10, metadata={"help": "Snapshot the LoRA weights every this many optimizer steps."}
     )
-    extrap_jump_at: list[int] = field(
+    # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
+    extrap_jump_at: list[str] | str = field(
         default_factory=list,
         metadata={
             "help": "Optimizer steps after which to jump (several = periodic re-grounding). "
             "Each must be on a generation-buffer boundary and at least extrap_snapshot_every steps "
-            "after the previous jump (or the start)."
+            "after the previous jump (or the start). 'auto': at any snapshot step where the forecast-skill "
+            "backtest clears extrap_min_skill, at least a fit window after the previous jump."
         },
     )
-    extrap_horizon: int = field(
-        default=100, metadata={"help": "How many training steps one jump skips: it predicts step t + horizon."}
+    extrap_horizon: int | str | None = field(
+        default=100,
+        metadata={
+            "help": "How many training steps one jump skips: it predicts step t + horizon. 'auto': the longest "
+            "horizon whose backtest skill clears extrap_min_skill (0 when unset): never beyond what the run's "
+            "own history verifies."
+        },
     )
     extrap_alpha: float = field(
         default=1.0,
@@ -60,6 +69,44 @@ class ExtrapolationArguments:
     )
     extrap_rank: int = field(
         default=1, metadata={"help": "relex only: number of singular directions of the time stack."}
+    )
+    extrap_through_origin: bool = field(
+        default=False,
+        metadata={
+            "help": "relex only: fit the coefficient line through the segment origin (the base) too; False is "
+            "the paper's fit over the observed snapshots."
+        },
+    )
+    extrap_keep_residual: bool = field(
+        default=False,
+        metadata={
+            "help": "relex only: continue from the current weights along the fitted direction instead of "
+            "rebuilding from the base (which drops the part of the weights off that direction)."
+        },
+    )
+    extrap_level_smoothing: float = field(
+        default=0.5, metadata={"help": "holt only: weight of the newest point in the smoothed level, in (0, 1]."}
+    )
+    extrap_trend_smoothing: float = field(
+        default=0.2, metadata={"help": "holt only: weight of the newest level change in the smoothed slope, in (0, 1]."}
+    )
+    extrap_time_axis: str = field(
+        default="lr",
+        metadata={
+            "help": "Time axis of the fits: 'lr' (cumulative learning rate, read from the trainer's schedule; "
+            "a decaying schedule moves the weights less per step) or 'steps'. With a constant rate they agree."
+        },
+    )
+    extrap_min_skill: float | None = field(
+        default=None,
+        metadata={
+            "help": "Skip a planned jump whose forecast-skill backtest at its horizon is below this (1 perfect, "
+            "0 no better than not moving); None: jump without checking. Needs relex, linear or holt."
+        },
+    )
+    extrap_skill_origins: int = field(
+        default=3,
+        metadata={"help": "Latest snapshots the forecast-skill backtest scores (its errors pooled per horizon)."},
     )
     extrap_min_energy: float | None = field(
         default=None,
@@ -141,6 +188,19 @@ class ExtrapolationArguments:
     def enabled(self) -> bool:
         return self.extrap_method is not None
 
+    @property
+    def auto_jumps(self) -> bool:
+        return self.extrap_jump_at == AUTO
+
+    @property
+    def jump_steps(self) -> list[int]:
+        """The fixed jump steps (none when jumps are 'auto')."""
+        return [] if self.auto_jumps else list(self.extrap_jump_at)
+
+    def min_jump_gap(self) -> int:
+        """Steps between two 'auto' jumps (and from the start): a fit window of snapshots, at least 3."""
+        return self.extrap_snapshot_every * max(self.extrap_fit_window or 0, 3)
+
     def validate_extrapolation(self) -> None:
         """Check every setting on its own; raises ExtrapolationConfigError naming the field and the fix."""
         if not self.enabled:
@@ -154,9 +214,39 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_snapshot_every={self.extrap_snapshot_every}: must be a positive number of steps"
             )
-        if self.extrap_horizon < 1:
+        self._normalise_horizon_and_jumps()
+        if self.extrap_horizon != AUTO and self.extrap_horizon < 1:
             raise ExtrapolationConfigError(
                 f"extrap_horizon={self.extrap_horizon}: a jump must skip at least 1 step; use a positive value"
+            )
+        if self.extrap_time_axis not in TIME_AXES:
+            raise ExtrapolationConfigError(
+                f"extrap_time_axis={self.extrap_time_axis!r}: choose one of {list(TIME_AXES)}"
+            )
+        if self.extrap_min_skill is not None and not (
+            math.isfinite(self.extrap_min_skill) and self.extrap_min_skill <= 1.0
+        ):
+            raise ExtrapolationConfigError(
+                f"extrap_min_skill={self.extrap_min_skill}: skill is at most 1 (0 = no better than not moving); "
+                "use e.g. 0.2, or None"
+            )
+        if self.extrap_skill_origins < 1:
+            raise ExtrapolationConfigError(
+                f"extrap_skill_origins={self.extrap_skill_origins}: the backtest needs at least 1 target (e.g. 3)"
+            )
+        needs_backtest = [
+            name
+            for name, used in (
+                ("extrap_min_skill", self.extrap_min_skill is not None),
+                ("extrap_horizon=auto", self.extrap_horizon == AUTO),
+                ("extrap_jump_at=auto", self.auto_jumps),
+            )
+            if used
+        ]
+        if needs_backtest and self.extrap_method == "next":
+            raise ExtrapolationConfigError(
+                f"{', '.join(needs_backtest)}: the forecast-skill backtest needs a method whose prediction combines "
+                "the observed points (relex, linear or holt), not next; change extrap_method or drop the setting"
             )
         if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
             raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")
@@ -199,7 +289,37 @@ class ExtrapolationArguments:
         except ValueError as err:
             raise ExtrapolationConfigError(str(err)) from None
 
+    def _normalise_horizon_and_jumps(self) -> None:
+        """CLI strings (and Python values) to an int or 'auto' horizon and a list of ints or 'auto' jump steps."""
+        horizon = self.extrap_horizon
+        if isinstance(horizon, str) and horizon.strip().lower() != AUTO:
+            try:
+                horizon = int(horizon)
+            except ValueError:
+                horizon = None
+        elif isinstance(horizon, str):
+            horizon = AUTO
+        if not (horizon == AUTO or (isinstance(horizon, int) and not isinstance(horizon, bool))):
+            raise ExtrapolationConfigError(
+                f"extrap_horizon={self.extrap_horizon!r}: give a number of steps (e.g. 100) or 'auto'"
+            )
+        self.extrap_horizon = horizon
+        jumps = self.extrap_jump_at
+        if isinstance(jumps, str):
+            jumps = [jumps]
+        if [str(j).strip().lower() for j in jumps] == [AUTO]:
+            self.extrap_jump_at = AUTO
+            return
+        try:
+            self.extrap_jump_at = [j if isinstance(j, int) else int(j) for j in jumps]
+        except (TypeError, ValueError):
+            raise ExtrapolationConfigError(
+                f"extrap_jump_at={self.extrap_jump_at!r}: give step numbers (e.g. 100 200) or 'auto'"
+            ) from None
+
     def _validate_jump_steps(self) -> None:
+        if self.auto_jumps:
+            return
         jumps = list(self.extrap_jump_at)
         if any(not isinstance(j, int) or j < 1 for j in jumps) or jumps != sorted(set(jumps)):
             raise ExtrapolationConfigError(
@@ -224,7 +344,13 @@ class ExtrapolationArguments:
     def validate_for_training(self, args: Any) -> None:
         """Checks that need the trainer's arguments: every jump on a generation-buffer boundary."""
         period = generation_period(args)
-        bad = [j for j in self.extrap_jump_at if j % period]
+        if self.auto_jumps and self.extrap_snapshot_every % period:
+            raise ExtrapolationConfigError(
+                f"extrap_jump_at=auto jumps at snapshot steps, but extrap_snapshot_every={self.extrap_snapshot_every} "
+                f"is not a multiple of the generation period ({period} optimizer steps between GRPO generations); "
+                f"use a multiple of {period}"
+            )
+        bad = [j for j in self.jump_steps if j % period]
         if bad:
             raise ExtrapolationConfigError(
                 f"extrap_jump_at={list(self.extrap_jump_at)}: step(s) {bad} are not on a generation-buffer "

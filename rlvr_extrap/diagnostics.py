@@ -39,6 +39,7 @@ __all__ = [
     "module_diagnostics",
     "plot_coefficients",
     "plot_layers",
+    "plot_skill",
     "write_json",
 ]
 
@@ -172,5 +173,22 @@ def plot_layers(diagnostics: Sequence[ModuleDiagnostics], path: str | Path) -> P
     bottom.legend(fontsize=8)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_skill(skill: dict[int, float], path: str | Path, title: str = "forecast skill") -> Path:
+    """Backtest skill against horizon (PNG), with the line of not moving (skill 0)."""
+    horizons = sorted(skill)
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    ax.plot(horizons, [skill[h] for h in horizons], "o-", ms=4)
+    ax.axhline(0.0, color="gray", lw=1, ls="--", label="not moving (skill 0)")
+    lowest = min([skill[h] for h in horizons] + [0.0])
+    ax.set_ylim(max(-2.0, lowest) - 0.05, 1.05)
+    ax.set_xlabel("horizon (steps)")
+    ax.set_ylabel("skill = 1 - error² / persistence² (floor -2)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -36,14 +36,22 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .checkpoints import CheckpointRun, write_safetensors
-from .diagnostics import ModuleDiagnostics, module_diagnostics, plot_coefficients, plot_layers, write_json
+from .diagnostics import (
+    ModuleDiagnostics,
+    module_diagnostics,
+    plot_coefficients,
+    plot_layers,
+    plot_skill,
+    write_json,
+)
 from .extrapolators import Extrapolator, ExtrapolatorConfig, get_extrapolator
 from .io import check_output_dir, make_output_dir
 from .lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
+from .skill import backtest_errors, skill
 
 __all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
 
-STREAMABLE_METHODS = ("linear", "relex")
+STREAMABLE_METHODS = ("linear", "relex", "holt")
 """Methods that fit each tensor on its own, so they can stream tensor by tensor (NExt shares one predictor
 across modules)."""
 
@@ -69,6 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     analyze_parser.add_argument(
         "--holdout", type=int, default=2, help="points held out for the held-out R^2 (default: 2)"
+    )
+    analyze_parser.add_argument(
+        "--method",
+        default="relex",
+        choices=STREAMABLE_METHODS,
+        help="extrapolator whose forecast skill is backtested (default: relex); the skill per horizon goes into "
+        "diagnostics.json ('skill') and skill.png",
     )
     analyze_parser.set_defaults(run=_run_analyze)
 
@@ -120,6 +135,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         target_step=args.target_step,
         fit_window=args.fit_window,
         holdout=args.holdout,
+        method=args.method,
     )
     return 0
 
@@ -148,9 +164,18 @@ def analyze(
     target_step: int | None = None,
     fit_window: int | None = None,
     holdout: int = 2,
+    method: str = "relex",
 ) -> list[ModuleDiagnostics]:
-    """Diagnose every module of the run, print a table, write diagnostics.json and the plots into ``out``."""
+    """Diagnose every module of the run, print a table, write diagnostics.json and the plots into ``out``.
+
+    Also backtests ``method`` at the last checkpoint (the skill per horizon, pooled over modules).
+    """
     _check_fit_window(fit_window)
+    if method not in STREAMABLE_METHODS:
+        raise ValueError(
+            f"--method {method}: the backtest streams module by module; use one of {list(STREAMABLE_METHODS)}"
+        )
+    extrapolator = get_extrapolator(method, fit_window=fit_window)
     if holdout < 0:
         raise ValueError(f"--holdout {holdout}: must be >= 0 (0 skips the held-out R^2)")
     out = run_dir / "extrap_analysis" if out is None else out
@@ -159,19 +184,28 @@ def analyze(
     run = CheckpointRun(run_dir, base, steps)
     target = 2 * run.steps[-1] if target_step is None else target_step
     _check_target(target, run)
+    diagnostics, pooled = [], {}
     with tqdm(run.modules, desc="analyze", unit="module") as modules:  # closed (a newline) before any error line
-        diagnostics = [
-            module_diagnostics(run.trajectory(name), name, target, fit_window=fit_window, holdout=holdout)
-            for name in modules
-        ]
+        for name in modules:
+            trajectory = run.trajectory(name)
+            diagnostics.append(module_diagnostics(trajectory, name, target, fit_window=fit_window, holdout=holdout))
+            for horizon, (error, persistence) in backtest_errors(trajectory, extrapolator).items():
+                before = pooled.get(horizon, (0.0, 0.0))
+                pooled[horizon] = (before[0] + error, before[1] + persistence)
+    scores = {h: skill(e, p) for h, (e, p) in sorted(pooled.items()) if p > 0}
     make_output_dir(out, out)
     settings = {"run_dir": str(run_dir), "base": str(base), "kind": run.kind, "steps": run.steps}
-    settings |= {"target_step": target, "fit_window": fit_window, "holdout": holdout}
-    write_json(out / "diagnostics.json", {**settings, "modules": {d.name: d.to_dict() for d in diagnostics}})
+    settings |= {"target_step": target, "fit_window": fit_window, "holdout": holdout, "method": method}
+    report = {**settings, "skill": {str(h): v for h, v in scores.items()}}
+    write_json(out / "diagnostics.json", {**report, "modules": {d.name: d.to_dict() for d in diagnostics}})
     plot_coefficients(diagnostics, out / "coefficients.png")
     plot_layers(diagnostics, out / "layers.png")
+    written = [out / "diagnostics.json", out / "coefficients.png", out / "layers.png"]
+    if scores:
+        written.append(plot_skill(scores, out / "skill.png", title=f"{method}: backtest at step {run.steps[-1]}"))
     print(format_table(diagnostics))
-    print(f"wrote {out / 'diagnostics.json'}, {out / 'coefficients.png'}, {out / 'layers.png'}")
+    print(format_skill(scores, method))
+    print(f"wrote {', '.join(map(str, written))}")
     return diagnostics
 
 
@@ -214,6 +248,13 @@ def format_table(diagnostics: Sequence[ModuleDiagnostics]) -> str:
             f"{d.name:<{width}}  {d.energy:7.3f}  {d.r2:7.3f}  {heldout:>7}  {d.update_norm:10.4g}  {d.delta_norm:10.4g}"
         )
     return "\n".join(rows)
+
+
+def format_skill(scores: dict[int, float], method: str) -> str:
+    """The backtest's skill per horizon on one line (1: perfect, 0: no better than not moving)."""
+    if not scores:
+        return f"forecast skill ({method}): not enough checkpoints to backtest (needs 3 points, the base counting)"
+    return f"forecast skill ({method}) by horizon in steps: " + ", ".join(f"{h}: {v:.3f}" for h, v in scores.items())
 
 
 def extrapolate(

@@ -51,7 +51,10 @@ def add_whole(weight: nn.Parameter, dense: torch.Tensor) -> None:
 
     if isinstance(weight, DTensor):  # FSDP2: add this process's shard of the update to its shard
         dense = distribute_tensor(
-            dense.to(device=weight.device, dtype=weight.dtype), weight.device_mesh, weight.placements, src_data_rank=None
+            dense.to(device=weight.device, dtype=weight.dtype),
+            weight.device_mesh,
+            weight.placements,
+            src_data_rank=None,
         )
         weight.add_(dense)
     else:

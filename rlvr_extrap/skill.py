@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 
 import torch
@@ -24,7 +25,17 @@ from .extrapolators import Extrapolator
 from .lowrank import inner
 from .trajectory import Clock, Trajectory
 
-__all__ = ["backtest_skill", "drift_to_noise", "forecast_errors", "lr_clock", "skill", "supports_backtest"]
+__all__ = [
+    "SkillRecord",
+    "backtest_errors",
+    "backtest_skill",
+    "schedule_clock",
+    "drift_to_noise",
+    "forecast_errors",
+    "lr_clock",
+    "skill",
+    "supports_backtest",
+]
 
 
 def skill(error: float, persistence: float) -> float:
@@ -37,7 +48,9 @@ def supports_backtest(extrapolator: Extrapolator) -> bool:
     return type(extrapolator).combination is not Extrapolator.combination
 
 
-def forecast_errors(trajectory: Trajectory, extrapolator: Extrapolator, origin: int, target: int) -> tuple[float, float]:
+def forecast_errors(
+    trajectory: Trajectory, extrapolator: Extrapolator, origin: int, target: int
+) -> tuple[float, float]:
     """``(error, persistence)`` of a forecast of point ``target`` fitted on points ``0..origin`` (indices).
 
     Fits a fresh copy of ``extrapolator`` (same config), so the caller's fitted state is left alone.
@@ -65,25 +78,30 @@ def forecast_errors(trajectory: Trajectory, extrapolator: Extrapolator, origin: 
     return error, persistence
 
 
-def backtest_skill(
+def backtest_errors(
     trajectory: Trajectory, extrapolator: Extrapolator, origins: int = 3, min_points: int = 2
-) -> dict[int, float]:
-    """Skill per horizon (in steps), from the trajectory's own past.
+) -> dict[int, tuple[float, float]]:
+    """Pooled ``(error, persistence)`` per horizon (in steps), from the trajectory's own past.
 
     Targets are the latest ``origins`` points; for each, every earlier point with at least ``min_points``
-    points up to it is a forecast origin. Errors are pooled per horizon over the targets. Horizons with no
-    movement to score are left out.
+    points up to it is a forecast origin.
     """
-    pooled: dict[int, list[float]] = {}
+    pooled: dict[int, tuple[float, float]] = {}
     n = len(trajectory)
     for target in range(max(min_points, n - origins), n):
         for origin in range(min_points - 1, target):
             horizon = trajectory.steps[target] - trajectory.steps[origin]
             error, persistence = forecast_errors(trajectory, extrapolator, origin, target)
-            sums = pooled.setdefault(horizon, [0.0, 0.0])
-            sums[0] += error
-            sums[1] += persistence
-    scores = {h: skill(e, p) for h, (e, p) in sorted(pooled.items())}
+            before = pooled.get(horizon, (0.0, 0.0))
+            pooled[horizon] = (before[0] + error, before[1] + persistence)
+    return dict(sorted(pooled.items()))
+
+
+def backtest_skill(
+    trajectory: Trajectory, extrapolator: Extrapolator, origins: int = 3, min_points: int = 2
+) -> dict[int, float]:
+    """Skill per horizon (in steps) from ``backtest_errors``; horizons with no movement to score are left out."""
+    scores = {h: skill(e, p) for h, (e, p) in backtest_errors(trajectory, extrapolator, origins, min_points).items()}
     return {h: s for h, s in scores.items() if not math.isnan(s)}
 
 
@@ -104,9 +122,7 @@ def drift_to_noise(trajectory: Trajectory, window: int | None = None) -> float:
         mean = torch.zeros(n, dtype=torch.float64)
         mean[start], mean[-1] = -1.0 / count, 1.0 / count
         mean_sq = _quadratic(gram, mean)
-        squares = sum(
-            float(gram[k, k] - 2 * gram[k, k - 1] + gram[k - 1, k - 1]) for k in range(start + 1, n)
-        ) / count
+        squares = sum(float(gram[k, k] - 2 * gram[k, k - 1] + gram[k - 1, k - 1]) for k in range(start + 1, n)) / count
         drift += mean_sq
         spread += max(squares - mean_sq, 0.0)
     return drift / spread if spread > 0 else math.inf
@@ -128,6 +144,65 @@ def lr_clock(lrs: Sequence[float]) -> Clock:
         return cumulative[-1] + last * (step - len(cumulative) + 1)
 
     return clock
+
+
+def schedule_clock(scheduler: object) -> Clock | None:
+    """Cumulative learning rate of a ``LambdaLR`` schedule (transformers' schedules are): its future is known.
+
+    Returns None for any other scheduler (the caller falls back to steps). The scale does not matter: line
+    fits are unchanged by an affine change of the time axis, so the multiplier alone is summed.
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the real one
+    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    multiplier = inner.lr_lambdas[0]
+    cumulative = [0.0]
+
+    def clock(step: int) -> float:
+        while len(cumulative) <= step:
+            cumulative.append(cumulative[-1] + float(multiplier(len(cumulative) - 1)))
+        return cumulative[max(step, 0)]
+
+    return clock
+
+
+@dataclass(frozen=True)
+class SkillRecord:
+    """The backtest at one snapshot: skill per horizon (steps) and the drift-to-noise ratio of the movement."""
+
+    step: int
+    skill: dict[int, float]
+    snr: float
+
+    def at(self, horizon: int) -> float | None:
+        return self.skill.get(horizon)
+
+    def longest_horizon(self, bar: float) -> int | None:
+        """The longest backtested horizon whose skill is at least ``bar``."""
+        passing = [h for h, s in self.skill.items() if s >= bar]
+        return max(passing) if passing else None
+
+    def headline(self, horizon: int | None) -> float | None:
+        """Skill at the longest backtested horizon up to ``horizon`` (any, when None)."""
+        verified = [h for h in self.skill if horizon is None or h <= horizon]
+        return self.skill[max(verified)] if verified else None
+
+    def to_metrics(self, horizon: int | None) -> dict[str, float | None]:
+        metrics = {"extrap/skill": self.headline(horizon), "extrap/snr": self.snr}
+        return metrics | {f"extrap/skill_h{h}": s for h, s in self.skill.items()}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"step": self.step, "skill": {str(h): s for h, s in self.skill.items()}, "snr": self.snr}
+
+
+def measure_skill(trajectory: Trajectory, extrapolator: Extrapolator, origins: int = 3) -> SkillRecord | None:
+    """The backtest at the trajectory's last point; None while too short (3 points) or for costly methods."""
+    if len(trajectory) < 3 or not supports_backtest(extrapolator):
+        return None
+    window = extrapolator.config.fit_window
+    return SkillRecord(
+        trajectory.steps[-1], backtest_skill(trajectory, extrapolator, origins), drift_to_noise(trajectory, window)
+    )
 
 
 def _quadratic(gram: torch.Tensor, x: torch.Tensor) -> float:

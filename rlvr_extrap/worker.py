@@ -7,13 +7,29 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .diagnostics import ModuleDiagnostics, combination_update_norm, module_diagnostics, plot_coefficients, plot_layers
+from transformers.utils import logging
+
+from .diagnostics import (
+    ModuleDiagnostics,
+    combination_update_norm,
+    module_diagnostics,
+    plot_coefficients,
+    plot_layers,
+    plot_skill,
+)
 from .extrapolators import Extrapolator
 from .io import write_json
 from .lowrank import LowRank
-from .trajectory import Trajectory
+from .skill import SkillRecord, measure_skill
+from .trajectory import Clock, Trajectory
 
-__all__ = ["JumpGate", "JumpPlan", "TrajectoryWorker"]
+__all__ = ["JumpGate", "JumpPlan", "JumpSkipped", "TrajectoryWorker"]
+
+logger = logging.get_logger(__name__)
+
+
+class JumpSkipped(Exception):
+    """A planned jump the gate turned down (not a failure: the reason is logged and training goes on)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,7 @@ class JumpGate:
     min_energy: float | None = None
     min_r2: float | None = None
     max_update_ratio: float | None = None
+    min_skill: float | None = None  # backtest skill a jump's horizon needs (None: jump unverified)
 
     def passes(self, diag: ModuleDiagnostics) -> bool:
         return (self.min_energy is None or diag.energy >= self.min_energy) and (
@@ -43,6 +60,7 @@ class JumpPlan:
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     fit_seconds: float = 0.0
     size_ratio: float | None = None  # update norm / distance the segment travelled (None: not checked)
+    skill: float | None = None  # backtest skill at this plan's horizon (None: not measured)
 
     @property
     def update_norm(self) -> float:
@@ -58,7 +76,7 @@ class JumpPlan:
         }
         updates = {name: u.scaled(factor) for name, u in self.updates.items()}
         ratio = None if self.size_ratio is None else self.size_ratio * abs(factor)
-        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds, ratio)
+        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds, ratio, self.skill)
 
 
 class TrajectoryWorker:
@@ -70,20 +88,33 @@ class TrajectoryWorker:
     """
 
     def __init__(
-        self, extrapolator: Extrapolator, gate: JumpGate | None = None, diagnostics_dir: str | Path | None = None
+        self,
+        extrapolator: Extrapolator,
+        gate: JumpGate | None = None,
+        diagnostics_dir: str | Path | None = None,
+        clock: Clock | None = None,
+        skill_origins: int = 3,
     ) -> None:
         self.extrapolator = extrapolator
         self.gate = gate or JumpGate()
         self.diagnostics_dir = diagnostics_dir
-        self.trajectory = Trajectory()
+        self.clock = clock
+        self.skill_origins = skill_origins
+        self.trajectory = Trajectory(clock)
         self.offsets: dict[str, LowRank] = {}
+        self.latest_skill: SkillRecord | None = None  # of the current segment's last point
+        self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
 
     def add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> Future[None]:
         return self._pool.submit(self._add_snapshot, step, lora_deltas)
 
-    def plan_jump(self, step: int, target_step: int, alpha: float) -> Future[JumpPlan]:
-        return self._pool.submit(self._plan_jump, step, target_step, alpha)
+    def plan_jump(self, step: int, horizon: int | str, alpha: float) -> Future[JumpPlan]:
+        """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
+
+        Raises ``JumpSkipped`` (through the future) when the gate's ``min_skill`` is not met.
+        """
+        return self._pool.submit(self._plan_jump, step, horizon, alpha)
 
     def commit_jump(self, plan: JumpPlan) -> Future[None]:
         """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
@@ -104,9 +135,10 @@ class TrajectoryWorker:
 
         def _restore() -> None:
             self.offsets = dict(offsets)
-            self.trajectory = Trajectory()
+            self.trajectory = Trajectory(self.clock)
             for i, step in enumerate(steps):
                 self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
+            self._measure_skill(keep=False)  # the saved history already holds this point's backtest
 
         return self._pool.submit(_restore)
 
@@ -116,10 +148,55 @@ class TrajectoryWorker:
     def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
         deltas = {n: self.offsets[n] + d if n in self.offsets else d for n, d in lora_deltas.items()}
         self.trajectory.append(step, deltas)
+        self._measure_skill()
 
-    def _plan_jump(self, step: int, target_step: int, alpha: float) -> JumpPlan:
+    def _measure_skill(self, keep: bool = True) -> None:
+        """Backtest the configured extrapolator on the points seen so far (never raises: it only informs)."""
+        try:
+            self.latest_skill = measure_skill(self.trajectory, self.extrapolator, self.skill_origins)
+            if keep and self.latest_skill is not None:
+                self.skill_records.append(self.latest_skill)
+        except Exception as err:  # a failed measurement must not stop the snapshots
+            logger.warning(f"extrapolation: forecast-skill backtest failed at step {self.trajectory.steps[-1]}: {err}")
+            self.latest_skill = None
+
+    def _gated_horizon(self, step: int, horizon: int | str) -> tuple[int, float | None]:
+        """The horizon to jump over and its backtest skill; raises ``JumpSkipped`` when the gate says no."""
+        bar = self.gate.min_skill
+        if horizon != "auto" and bar is None:
+            record = self.latest_skill
+            return int(horizon), None if record is None else record.at(int(horizon))
+        record = self.latest_skill
+        if record is None or record.step != step or not record.skill:
+            raise JumpSkipped(
+                f"no forecast-skill backtest at step {step} yet (it needs 3 trajectory points and a method "
+                "whose prediction combines the observed points: relex, linear or holt)"
+            )
+        if horizon == "auto":
+            best = record.longest_horizon(0.0 if bar is None else bar)
+            if best is None:
+                raise JumpSkipped(
+                    f"no backtested horizon reaches skill {0.0 if bar is None else bar} "
+                    f"(skill by horizon: {_rounded(record.skill)})"
+                )
+            return best, record.skill[best]
+        horizon = int(horizon)
+        score = record.at(horizon)
+        if score is None:
+            raise JumpSkipped(
+                f"extrap_horizon={horizon} is longer than the history can verify (backtested horizons: "
+                f"{sorted(record.skill)}); use extrap_horizon=auto or a backtested horizon, or set "
+                "extrap_min_skill=None to jump unverified"
+            )
+        if score < bar:
+            raise JumpSkipped(f"backtest skill {score:.3f} at horizon {horizon} is below extrap_min_skill={bar}")
+        return horizon, score
+
+    def _plan_jump(self, step: int, horizon: int | str, alpha: float) -> JumpPlan:
         if not self.trajectory.steps or self.trajectory.steps[-1] != step:
             raise RuntimeError(f"no snapshot at the jump step {step} (last: {self.trajectory.steps[-1:]})")
+        horizon, skill = self._gated_horizon(step, horizon)
+        target_step = step + horizon
         start = time.perf_counter()
         method_diagnostics = self.extrapolator.fit(self.trajectory)
         predicted = self.extrapolator.predict(target_step)
@@ -142,10 +219,10 @@ class TrajectoryWorker:
                 updates[name] = update
             report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
             diags.append(diag)
-        plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start)
+        plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start, skill=skill)
         self._check_size(plan)
         if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
-            self._pool.submit(self._write_diagnostics, plan, diags)
+            self._pool.submit(self._write_diagnostics, plan, diags, self.latest_skill)
         return plan
 
     def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
@@ -168,13 +245,15 @@ class TrajectoryWorker:
                 f"({travelled**0.5:.3g}), above extrap_max_update_ratio={limit}; jump refused"
             )
 
-    def _write_diagnostics(self, plan: JumpPlan, diags: list[ModuleDiagnostics]) -> None:
-        """``diagnostics.json``, ``coefficients.png`` and ``layers.png`` under ``<dir>/step-<N>/``."""
+    def _write_diagnostics(self, plan: JumpPlan, diags: list[ModuleDiagnostics], skill: SkillRecord | None) -> None:
+        """``diagnostics.json``, ``coefficients.png``, ``layers.png`` (and ``skill.png``) under ``<dir>/step-<N>/``."""
         out = Path(self.diagnostics_dir) / f"step-{plan.step}"
         out.mkdir(parents=True, exist_ok=True)
-        write_json(
-            out / "diagnostics.json", {"step": plan.step, "target_step": plan.target_step, "modules": plan.diagnostics}
-        )
+        report = {"step": plan.step, "target_step": plan.target_step, "modules": plan.diagnostics}
+        if skill is not None:
+            report |= {"skill": skill.to_dict()["skill"], "snr": skill.snr}
+            plot_skill(skill.skill, out / "skill.png", title=f"backtest at step {plan.step}")
+        write_json(out / "diagnostics.json", report)
         plot_coefficients(diags, out / "coefficients.png")
         plot_layers(diags, out / "layers.png")
 
@@ -187,5 +266,10 @@ class TrajectoryWorker:
                 continue
             self.offsets[name] = (self.offsets[name] + update if name in self.offsets else update).compact()
             origin[name] = (delta + update).compact()
-        self.trajectory = Trajectory()
+        self.trajectory = Trajectory(self.clock)
         self.trajectory.append(plan.step, origin)
+        self.latest_skill = None  # a new segment: nothing backtested yet
+
+
+def _rounded(scores: dict[int, float]) -> dict[int, float]:
+    return {h: round(v, 3) for h, v in scores.items()}

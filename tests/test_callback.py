@@ -22,6 +22,7 @@ from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
 from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.lowrank import LowRank
 from rlvr_extrap.offsets import STATE_FILE
+from rlvr_extrap.skill import schedule_clock
 from rlvr_extrap.trajectory import Trajectory
 
 
@@ -33,9 +34,11 @@ def run(tmp_path, **kwargs):
     return trainer, callback, before, after
 
 
-def expected_after_jump(before: WeightProbe, origin: dict, steps: list[int], method: str, target: int, alpha, window):
+def expected_after_jump(
+    before: WeightProbe, origin: dict, steps: list[int], method: str, target: int, alpha, window, clock=None
+):
     """Independent dense recomputation: fit on W_t - W0 at the snapshot steps, then W + alpha (W_hat - W)."""
-    traj = Trajectory()
+    traj = Trajectory(clock)
     traj.append(steps[0], {n: w - before.start[n] for n, w in origin.items()})
     for s in steps[1:]:
         traj.append(s, {n: w - before.start[n] for n, w in before.at[s].items()})
@@ -61,13 +64,14 @@ def test_jumps_land_on_the_prediction_and_training_continues(tmp_path, method):
     assert [j["step"] for j in callback.jumps] == [12, 20]
     assert all("skipped" not in j for j in callback.jumps)
 
-    # First jump: segment from step 0 (W0) through step 12.
-    expected = expected_after_jump(before, before.start, [0, 4, 8, 12], method, 22, 0.5, None)
+    # First jump: segment from step 0 (W0) through step 12, fitted against the cumulative learning rate.
+    clock = schedule_clock(trainer.lr_scheduler)
+    expected = expected_after_jump(before, before.start, [0, 4, 8, 12], method, 22, 0.5, None, clock)
     for name, w in after.at[12].items():
         torch.testing.assert_close(w, expected[name], rtol=1e-4, atol=1e-5)
         assert not torch.allclose(w, before.at[12][name])  # it moved
     # Second jump: new segment whose origin is the post-jump state at step 12 (global deltas from W0).
-    expected = expected_after_jump(before, after.at[12], [12, 16, 20], method, 30, 0.5, None)
+    expected = expected_after_jump(before, after.at[12], [12, 16, 20], method, 30, 0.5, None, clock)
     for name, w in after.at[20].items():
         torch.testing.assert_close(w, expected[name], rtol=1e-4, atol=1e-5)
 
@@ -295,6 +299,7 @@ def test_update_far_beyond_the_travelled_distance_is_refused(tmp_path):
         extrap_snapshot_every=2,
         extrap_horizon=100,
         extrap_max_update_ratio=5.0,
+        extrap_time_axis="steps",  # on the lr axis the decayed schedule barely moves past step 6
     )
     assert "above extrap_max_update_ratio=5.0" in callback.jumps[0]["skipped"]  # horizon 100 from 4 steps: ~25x
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])

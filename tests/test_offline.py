@@ -216,10 +216,14 @@ def test_analyze_writes_diagnostics_and_plots(runs, capsys, layout):
         assert d["delta_norm"] == pytest.approx(coefficient(STEPS[-1], 0.0) * norm, rel=1e-4)
         assert d["update_norm"] == pytest.approx(SLOPE * (TARGET - STEPS[-1]) * norm, rel=1e-4)
         assert d["slope"] * TARGET + d["intercept"] == pytest.approx(coefficient(TARGET, 0.0) * norm, rel=1e-4)
-    for png in ("coefficients.png", "layers.png"):
+    for png in ("coefficients.png", "layers.png", "skill.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
-    assert next(iter(run.directions)) in table and "energy" in table
+    assert next(iter(run.directions)) in table and "energy" in table and "forecast skill (relex)" in table
+    # every backtested horizon of the last 3 checkpoints, as string keys; a straight path is predicted exactly
+    horizons = {b - a for i, b in enumerate(data["steps"]) for a in data["steps"][1:i] if i >= len(data["steps"]) - 3}
+    assert set(data["skill"]) == {str(h) for h in horizons}
+    assert min(data["skill"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_analyze_detects_a_bent_trajectory(workdir, tmp_path):
@@ -230,8 +234,11 @@ def test_analyze_detects_a_bent_trajectory(workdir, tmp_path):
     save_file({"w": w0}, str(make_dirs(tmp_path / "base") / "model.safetensors"))
     for step, c in [(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0), (50, 4.2), (60, 4.3)]:
         save_file({"w": w0 + c * v}, str(make_dirs(run_dir / f"step_{step}") / "model.safetensors"))
-    (d,) = offline.analyze(run_dir, tmp_path / "base", tmp_path / "analysis", holdout=2)
+    (d,) = offline.analyze(run_dir, tmp_path / "base", tmp_path / "analysis", holdout=2, method="linear")
     assert d.energy == pytest.approx(1.0) and d.r2 > 0.9 and d.r2_heldout < 0.5
+    skill = json.loads((tmp_path / "analysis" / "diagnostics.json").read_text())["skill"]
+    # horizon 20, linear from the base, targets 40/50/60: predictions 4, 5, 6 against 4, 4.2, 4.3 (not moving: 2, 3, 4)
+    assert skill["20"] == pytest.approx(1 - (0.0 + 0.8**2 + 1.7**2) / (2.0**2 + 1.2**2 + 0.3**2), rel=1e-4)
 
 
 def test_module_diagnostics_of_a_factored_trajectory_with_a_given_update():
