@@ -912,6 +912,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--cache", type=Path, default=CACHE)
     a.add_argument("--quick", action="store_true", help="fewer variants and origins (a smoke test)")
     a.add_argument("--out", type=Path, default=RESULTS)
+    a.add_argument("--only", action="append", default=[], help="only runs whose id contains this (repeatable)")
     a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
@@ -919,8 +920,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "collect":
         collect(GRIDS[args.model](args.steps, args.large_prompts, args.large_steps), args.workers, args.cache)
     else:
+        runs = [r for r in load_cache(args.cache) if not args.only or any(o in r.spec.run_id for o in args.only)]
         analyze(
-            load_cache(args.cache),
+            runs,
             args.quick,
             args.out,
             cache=args.cache,
