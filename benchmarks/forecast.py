@@ -275,7 +275,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "relex rank 2": ("relex", {"rank": 2}),
     "holt": ("holt", {}),
 }
-PLOTTED = ["linear from origin", "drift, last 50 steps", "relex (paper)", "relex keep residual", "holt"]
+PLOTTED = ["linear from origin", "drift, last 10 steps", "drift, last 50 steps", "relex (paper)", "relex keep residual", "holt"]
 HORIZONS = (10, 20, 30, 50, 70, 100)
 TABLE_HORIZONS = (10, 20, 50, 100)
 ACCURACY_PAIRS = ((50, 50), (50, 100), (100, 50), (100, 100))
@@ -531,37 +531,46 @@ def summarise(runs: list[CachedRun], records: list[dict[str, Any]], variants: li
                                  "horizon": horizon, "origins": label, "per_seed": per_seed, "mean": mean,
                                  "spread": spread}
                             )  # fmt: skip
-    gates = []
     run_regime = {run.spec.run_id: regime_of(run.spec) for run in runs}
+    gates = []
     for bar in GATE_BARS:
         for source in ("backtest_headline", "backtest"):
             for truth in ("weights", "weights+accuracy"):
                 for group in [*regimes, None]:
-                    pool = [
-                        r for r in records
-                        if not math.isnan(r["skill"]) and (group is None or run_regime[r["run"]] == group)
-                        and (truth == "weights" or "accuracy_predicted" in r) and r["variant"] in VARIANTS
-                    ]  # fmt: skip
-                    if not pool:
-                        continue
-                    calls = [r[source] >= bar for r in pool]  # NaN (no backtest yet): no jump
-                    outcomes = [
-                        r["skill"] > 0 and (truth == "weights" or r["accuracy_predicted"] >= r["accuracy_origin"])
-                        for r in pool
-                    ]
-                    gates.append(
-                        {
-                            "bar": bar, "source": source, "truth": truth,
-                            "regime": None if group is None else {"learning_rate": group[0], "completions": group[1]},
-                            "cases": len(pool),
-                            "right": statistics.mean(c == o for c, o in zip(calls, outcomes, strict=True)),
-                            "jump_rate": statistics.mean(calls),
-                            "good_jump_rate": statistics.mean(outcomes),
-                            "precision": statistics.mean(o for c, o in zip(calls, outcomes, strict=True) if c)
-                            if any(calls) else math.nan,
-                        }
-                    )  # fmt: skip
+                    pool = [r for r in records if group is None or run_regime[r["run"]] == group]
+                    if entry := gate_calls(pool, bar, source, truth):
+                        regime = None if group is None else {"learning_rate": group[0], "completions": group[1]}
+                        gates.append({**entry, "regime": regime, "variant": None})
+                for variant in VARIANTS:
+                    if entry := gate_calls([r for r in records if r["variant"] == variant], bar, source, truth):
+                        gates.append({**entry, "regime": None, "variant": variant})
     return {"skill": skill_table, "gates": gates, "regimes": regimes}
+
+
+def gate_calls(records: list[dict[str, Any]], bar: float, source: str, truth: str) -> dict[str, Any] | None:
+    """How often ``backtest (source) >= bar`` agreed with the true outcome over ``records`` (named variants)."""
+    pool = [
+        r for r in records
+        if not math.isnan(r["skill"]) and (truth == "weights" or "accuracy_predicted" in r) and r["variant"] in VARIANTS
+    ]  # fmt: skip
+    if not pool:
+        return None
+    calls = [r[source] >= bar for r in pool]  # NaN (no backtest yet): no jump
+    outcomes = [
+        r["skill"] > 0 and (truth == "weights" or r["accuracy_predicted"] >= r["accuracy_origin"]) for r in pool
+    ]
+    agree = [c == o for c, o in zip(calls, outcomes, strict=True)]
+    good_calls = [o for c, o in zip(calls, outcomes, strict=True) if c]
+    return {
+        "bar": bar,
+        "source": source,
+        "truth": truth,
+        "cases": len(pool),
+        "right": statistics.mean(agree),
+        "jump_rate": statistics.mean(calls),
+        "good_jump_rate": statistics.mean(outcomes),
+        "precision": statistics.mean(good_calls) if good_calls else math.nan,
+    }
 
 
 def accuracy_summary(runs: list[CachedRun], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -795,7 +804,9 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
                 if here:
                     top = max(here, key=lambda s: s["mean"])
                     best[h] = f"h={h}: {top['mean']:.2f} ({top['variant']}, {top['axis']})"
-            lines.append(f"  - {_regime_name(lr, c)}, best mean skill: " + "; ".join(best.values()))
+            lines.append(
+                f"  - {_regime_name(lr, c)}, best mean skill: " + ("; ".join(best.values()) or "– (no origin)")
+            )
     lines.append("")
     if data["accuracy"]:
         lines += [
@@ -845,6 +856,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
     gates = {
         (g["bar"], g["source"], g["truth"], None if g["regime"] is None else tuple(g["regime"].values())): g
         for g in data["gates"]
+        if g.get("variant") is None
     }
     for regime in [*map(tuple, data["regimes"]), None]:
         for truth in ("weights", "weights+accuracy"):
@@ -855,6 +867,25 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
             cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
             lines.append(
                 f"| {name} | {truth} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
+            )
+    lines += [
+        "",
+        "Per variant (all regimes, truth = weights, headline backtest):",
+        "",
+        "| variant | cases | good | bar 0: right | jumps | precision | bar 0.2: right | jumps | precision |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_variant = {
+        (g["bar"], g["variant"]): g
+        for g in data["gates"]
+        if g.get("variant") and g["source"] == "backtest_headline" and g["truth"] == "weights"
+    }
+    for variant in VARIANTS:
+        at = [by_variant.get((bar, variant)) for bar in GATE_BARS]
+        if at[0]:
+            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            lines.append(
+                f"| {variant} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
             )
     return "\n".join(lines) + "\n"
 
