@@ -48,6 +48,7 @@ EXTRAP = {
     "extrap_jump_at": [4],
     "extrap_snapshot_every": 2,
     "extrap_horizon": 4,
+    "extrap_time_axis": "steps",  # the test recomputes the prediction from the snapshots alone
 }
 
 
