@@ -1,7 +1,17 @@
 """A regime map: when is a GRPO weight trajectory predictable? (issue 12, item 5; the toy part)
 
     python benchmarks/forecast.py collect --workers 2   # train the grid, caching every run (resumable)
-    python benchmarks/forecast.py analyze               # minutes, from the cache: forecast.{md,json,png}
+    python benchmarks/forecast.py analyze               # from the cache: forecast.{md,json,png}, forecast_records.json
+
+    # what this session ran (the machine was shared): large-batch runs at 256 completions x 100 steps
+    python benchmarks/forecast.py collect --workers 2 --large-prompts 32 --large-steps 100
+    python benchmarks/forecast.py analyze --note "..."  # --note: a paragraph for the md's top
+
+Scoring a run (every variant, both time axes, every origin and horizon, held-out accuracy of predictions
+at a few (H, h)) takes minutes per run on a loaded 2-core machine; the scores are cached next to the run
+(``scores_<key>.json``, keyed by the variants and the analysis grid), so a re-analysis only scores new runs.
+``--rescore`` after changing an extrapolator's code; ``--only ID_PART`` (repeatable) restricts to some runs,
+e.g. to score in two processes; ``--score-only`` writes no results.
 
 ``collect`` trains one GRPO run per ``RunSpec`` (learning rate x completions per step x seed) and saves,
 per run, the merged LoRA deltas ``s*B@A`` (factored) every ``snapshot_every`` steps including step 0,
@@ -275,7 +285,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "relex rank 2": ("relex", {"rank": 2}),
     "holt": ("holt", {}),
 }
-PLOTTED = ["linear from origin", "drift, last 10 steps", "drift, last 50 steps", "relex (paper)", "relex keep residual", "holt"]
+PLOTTED = [
+    "linear from origin",
+    "drift, last 10 steps",
+    "drift, last 50 steps",
+    "relex (paper)",
+    "relex keep residual",
+    "holt",
+]
 HORIZONS = (10, 20, 30, 50, 70, 100)
 TABLE_HORIZONS = (10, 20, 50, 100)
 ACCURACY_PAIRS = ((50, 50), (50, 100), (100, 50), (100, 100))
