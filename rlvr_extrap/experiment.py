@@ -45,6 +45,8 @@ class Run:
     seed: int = 0
     eval_every: int = 20
     progress: bool = True
+    lr_scheduler_type: str = "constant"
+    """Constant by default: a run stopped at step S equals a longer run read at step S. TRL's default is "linear"."""
 
 
 def run_experiment(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback])
         temperature=1.0,
         beta=0.0,
         learning_rate=run.learning_rate,
-        lr_scheduler_type="constant",  # a run stopped at step S equals a longer run read at step S
+        lr_scheduler_type=run.lr_scheduler_type,
         max_steps=run.grpo_steps,
         logging_steps=max(run.grpo_steps // 4, 1),
         save_strategy="no",

@@ -1,0 +1,987 @@
+"""A regime map: when is a GRPO weight trajectory predictable? (issue 12, item 5; the toy part)
+
+    python benchmarks/forecast.py collect --workers 2   # train the grid, caching every run (resumable)
+    python benchmarks/forecast.py analyze               # from the cache: forecast.{md,json,png}, forecast_records.json
+
+    # what this session ran (the machine was shared): large-batch runs at 256 completions x 100 steps
+    python benchmarks/forecast.py collect --workers 2 --large-prompts 32 --large-steps 100
+    python benchmarks/forecast.py analyze --note "..."  # --note: a paragraph for the md's top
+
+Scoring a run (every variant, both time axes, every origin and horizon, held-out accuracy of predictions
+at a few (H, h)) takes minutes per run on a loaded 2-core machine; the scores are cached next to the run
+(``scores_<key>.json``, keyed by the variants and the analysis grid), so a re-analysis only scores new runs.
+``--rescore`` after changing an extrapolator's code; ``--only ID_PART`` (repeatable) restricts to some runs,
+e.g. to score in two processes; ``--score-only`` writes no results.
+
+``collect`` trains one GRPO run per ``RunSpec`` (learning rate x completions per step x seed) and saves,
+per run, the merged LoRA deltas ``s*B@A`` (factored) every ``snapshot_every`` steps including step 0,
+the held-out greedy accuracy at every snapshot and the learning rate of every optimizer step, in
+``benchmarks/cache/forecast/<run id>/extrap_state.safetensors`` (``rlvr_extrap.offsets`` format; the
+settings, accuracies and learning rates are its metadata). The file is written once, atomically, when
+the run ends: a run in the cache is complete and is skipped on the next ``collect``; an interrupted
+run leaves nothing and restarts from step 0.
+
+Schedule: TRL's default linear decay to 0 at the last step (what users get), not constant. The fit
+then has two time axes: optimizer steps, and the cumulative learning rate tau(t) (``lr_clock``),
+along which the decay is undone. The cost: a run's trajectory depends on its length, so runs of
+different lengths are not prefixes of each other.
+
+Models: only ``toy`` (the embedded a+b model) is implemented. A SmolLM2 grid (LoRA at two learning
+rates and two batch sizes, and full-parameter training) is added by writing a collector and an
+evaluator for it in ``MODELS`` and a grid in ``GRIDS``; the analysis reads any cached run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, machine, write_results
+from transformers import TrainerCallback
+
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
+from rlvr_extrap.io import atomic_write_text
+from rlvr_extrap.lora import find_lora_modules, snapshot_deltas
+from rlvr_extrap.lowrank import Delta, LowRank, inner
+from rlvr_extrap.offsets import STATE_FILE, CallbackState, load_state, save_state
+from rlvr_extrap.skill import backtest_skill, drift_to_noise, forecast_errors, lr_clock, skill, supports_backtest
+from rlvr_extrap.trajectory import Trajectory
+
+CACHE = Path(__file__).parent / "cache" / "forecast"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cached training run of the grid."""
+
+    model: str
+    learning_rate: float
+    prompts_per_step: int
+    seed: int
+    steps: int = 200
+    generations: int = 8
+    snapshot_every: int = 10
+    lr_schedule: str = "linear"
+    lora_rank: int | None = 8
+    """None: full-parameter training (no collector implements it yet)."""
+
+    @property
+    def completions(self) -> int:
+        return self.prompts_per_step * self.generations
+
+    @property
+    def run_id(self) -> str:
+        adapter = f"r{self.lora_rank}" if self.lora_rank else "full"
+        return (
+            f"{self.model}_lr{self.learning_rate:g}_c{self.completions}_{adapter}_{self.lr_schedule}"
+            f"_s{self.steps}_seed{self.seed}"
+        )
+
+
+def toy_grid(steps: int = 200, large_prompts: int = 64, large_steps: int | None = None) -> list[RunSpec]:
+    """lr {1e-3, 2e-4, 5e-5} x completions {32, 8 x large_prompts} x seeds {0, 1}.
+
+    The fast 32-completion runs first, then the large-batch ones (``large_steps`` long, default ``steps``),
+    both seeds of a learning rate next to each other, lr 5e-5 and 1e-3 (the two ends) before 2e-4.
+    """
+    lrs = (5e-5, 1e-3, 2e-4)
+    small = [RunSpec("toy", lr, 4, seed, steps=steps) for lr in lrs for seed in (0, 1)]
+    large = [RunSpec("toy", lr, large_prompts, seed, steps=large_steps or steps) for lr in lrs for seed in (0, 1)]
+    return small + large
+
+
+GRIDS: dict[str, Callable[..., list[RunSpec]]] = {"toy": toy_grid}
+
+
+class SnapshotRecorder(TrainerCallback):
+    """Merged LoRA deltas at step 0 and every ``every`` optimizer steps, and the lr of every optimizer step.
+
+    ``lrs[s]`` is the learning rate optimizer step ``s + 1`` used (what ``lr_clock`` expects).
+    """
+
+    def __init__(self, every: int, label: str = "") -> None:
+        self.every = every
+        self.label = label
+        self.steps: list[int] = []
+        self.deltas: dict[str, list[LowRank]] = {}
+        self.lrs: list[float] = []
+        self.start = time.perf_counter()
+
+    def _snapshot(self, step: int, model: Any) -> None:
+        if self.steps and self.steps[-1] == step:
+            return
+        for name, delta in snapshot_deltas(find_lora_modules(model), model).items():
+            self.deltas.setdefault(name, []).append(delta)
+        self.steps.append(step)
+        print(f"  {self.label}: step {step} ({time.perf_counter() - self.start:.0f} s)", flush=True)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._snapshot(state.global_step, model)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        self.lrs.append(float(optimizer.param_groups[0]["lr"]))  # before the scheduler steps
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every == 0:
+            self._snapshot(state.global_step, model)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._snapshot(state.global_step, model)
+
+
+def collect_toy(spec: RunSpec, out: Path) -> None:
+    """Train one toy run and write its snapshots, accuracies and lrs to ``out/extrap_state.safetensors``."""
+    from rlvr_extrap.experiment import Run, run_experiment
+
+    if spec.lora_rank is None:
+        raise ValueError(f"{spec.run_id}: the toy collector runs LoRA; give a lora_rank")
+    recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
+    run = Run(
+        spec.run_id,
+        spec.steps,
+        learning_rate=spec.learning_rate,
+        lora_rank=spec.lora_rank,
+        seed=spec.seed,
+        eval_every=spec.snapshot_every,
+        progress=False,
+        prompts_per_step=spec.prompts_per_step,
+        num_generations=spec.generations,
+        lr_scheduler_type=spec.lr_schedule,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_experiment(run, tmp, callbacks=[recorder])
+    accuracy = dict(result["history"])
+    history = {
+        "spec": asdict(spec),
+        "lrs": recorder.lrs,
+        "accuracy": [accuracy[s] for s in recorder.steps],
+        "train_seconds": result["train_seconds"],
+    }
+    save_state(CallbackState({}, recorder.steps, recorder.deltas, history), out)
+
+
+class ToyEvaluator:
+    """Held-out greedy accuracy of the toy base model plus merged deltas (module name -> delta).
+
+    Loads the model once; each call restores the base weights, adds the deltas into them (LoRA B stays
+    zero, so the effective weight is base + delta, as in the trained model) and evaluates.
+    """
+
+    def __init__(self, lora_rank: int) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        from rlvr_extrap.toy.model import load_toy_model
+
+        model, self.tokenizer = load_toy_model()
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
+        self.model = get_peft_model(model, config)
+        self.modules = find_lora_modules(self.model)
+        self.base = {name: m.base_weight.detach().clone() for name, m in self.modules.items()}
+
+    def __call__(self, deltas: dict[str, LowRank]) -> float:
+        import torch
+
+        from rlvr_extrap.evaluation import evaluate_accuracy
+        from rlvr_extrap.lora import add_to_bases
+        from rlvr_extrap.tasks import TOY_TASK, get_task
+
+        with torch.no_grad():
+            for name, module in self.modules.items():
+                module.base_weight.copy_(self.base[name])
+        add_to_bases(self.modules, deltas)
+        task = get_task(TOY_TASK)
+        return evaluate_accuracy(
+            self.model, self.tokenizer, task.heldout_problems(), max_new_tokens=task.max_new_tokens, check=task.check
+        )
+
+
+@dataclass(frozen=True)
+class ModelSupport:
+    """What the benchmark needs per model: train-and-cache one run, and score predicted weights."""
+
+    collect: Callable[[RunSpec, Path], None]
+    evaluator: Callable[[int], Callable[[dict[str, LowRank]], float]]
+    """lora rank -> a function from merged deltas to held-out accuracy."""
+
+
+MODELS: dict[str, ModelSupport] = {"toy": ModelSupport(collect_toy, ToyEvaluator)}
+
+
+def run_dir(spec: RunSpec, cache: Path = CACHE) -> Path:
+    return cache / spec.run_id
+
+
+def is_cached(spec: RunSpec, cache: Path = CACHE) -> bool:
+    return (run_dir(spec, cache) / STATE_FILE).is_file()
+
+
+def _collect_one(job: tuple[RunSpec, Path]) -> tuple[str, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    spec, cache = job
+    start = time.perf_counter()
+    print(f"start {spec.run_id}", flush=True)
+    MODELS[spec.model].collect(spec, run_dir(spec, cache))
+    seconds = time.perf_counter() - start
+    print(f"done {spec.run_id} in {seconds:.0f} s", flush=True)
+    return spec.run_id, seconds
+
+
+def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
+    todo = [s for s in specs if not is_cached(s, cache)]
+    print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} cached, {len(todo)} to train on {workers} workers")
+    if not todo:
+        return
+    if "toy" in {s.model for s in todo}:
+        import rlvr_extrap.experiment  # noqa: F401 (imported before the workers fork: later edits do not leak in)
+        from rlvr_extrap.toy.model import load_toy_model
+
+        load_toy_model()  # build the warm-started toy once, before the workers race to
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        for run_id, seconds in pool.map(_collect_one, [(s, cache) for s in todo]):
+            print(f"[{time.perf_counter() - start:.0f} s] cached {run_id} ({seconds:.0f} s)", flush=True)
+
+
+@dataclass
+class CachedRun:
+    spec: RunSpec
+    steps: list[int]
+    deltas: dict[str, list[LowRank]]
+    accuracy: list[float]
+    lrs: list[float]
+    train_seconds: float
+
+
+def load_run(path: Path) -> CachedRun:
+    state = load_state(path)
+    h = state.history
+    return CachedRun(RunSpec(**h["spec"]), state.steps, state.deltas, h["accuracy"], h["lrs"], h["train_seconds"])
+
+
+def load_cache(cache: Path = CACHE) -> list[CachedRun]:
+    return [load_run(p) for p in sorted(cache.glob(f"*/{STATE_FILE}"))]
+
+
+# ---------------------------------------------------------------- analysis
+
+# Named configurations, by registry method; a method of EXTRAPOLATORS not named here runs with its defaults.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "linear from origin": ("linear", {}),
+    "drift, last 10 steps": ("linear", {"fit_window": 2}),
+    "drift, last 50 steps": ("linear", {"fit_window": 6}),
+    "relex (paper)": ("relex", {}),
+    "relex through origin": ("relex", {"through_origin": True}),
+    "relex window 6": ("relex", {"fit_window": 6}),
+    "relex keep residual": ("relex", {"keep_residual": True}),
+    "relex rank 2": ("relex", {"rank": 2}),
+}  # Holt's linear trend was in the first map (benchmarks/results/forecast.md) and removed: below 0 everywhere
+PLOTTED = [
+    "linear from origin",
+    "drift, last 10 steps",
+    "drift, last 50 steps",
+    "relex (paper)",
+    "relex keep residual",
+]
+HORIZONS = (10, 20, 30, 50, 70, 100)
+TABLE_HORIZONS = (10, 20, 50, 100)
+ACCURACY_PAIRS = ((50, 50), (50, 100), (100, 50), (100, 100))
+"""(origin H, horizon h) where the held-out accuracy of the predicted weights is measured."""
+MIN_ORIGIN = 20  # the paper's relex fit needs two observed snapshots after the origin
+GATE_BARS = (0.0, 0.2)
+AXES = ("steps", "lr")
+
+
+def all_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    named = {method for method, _ in VARIANTS.values()}
+    return VARIANTS | {method: (method, {}) for method in EXTRAPOLATORS if method not in named}
+
+
+def trajectory_of(run: CachedRun) -> Trajectory:
+    trajectory = Trajectory()
+    for i, step in enumerate(run.steps):
+        trajectory.append(step, {name: deltas[i] for name, deltas in run.deltas.items()})
+    return trajectory
+
+
+def on_axis(trajectory: Trajectory, axis: str, lrs: list[float]) -> Trajectory:
+    """The same points and Gram matrices, fitted against steps or against the cumulative learning rate."""
+    view = trajectory.prefix(len(trajectory))
+    view.clock = lr_clock(lrs) if axis == "lr" else None
+    return view
+
+
+def gate_inputs(backtest: dict[int, float], horizon: int) -> tuple[float, float]:
+    """Backtest skill at exactly ``horizon`` and at the longest backtested horizon up to it (NaN when none)."""
+    verified = [h for h in backtest if h <= horizon]
+    return backtest.get(horizon, math.nan), backtest[max(verified)] if verified else math.nan
+
+
+RECORD_COLUMNS = (
+    "run", "axis", "variant", "origin", "horizon", "error", "persistence", "skill", "backtest", "backtest_headline",
+    "accuracy_origin", "accuracy_target", "accuracy_predicted",
+)  # fmt: skip
+
+
+def error_matrix(
+    trajectory: Trajectory, extrapolator: Extrapolator, max_points: int
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """``forecast_errors`` for every origin index i >= 1 and target j with 0 < j - i <= max_points.
+
+    A forecast from i to j is the same whether the trajectory ends at j or later (the fit sees points
+    0..i only), so these pairs give both the true skill and every backtest. For speed the model is fitted
+    once per origin and all its targets are scored at once from the Gram matrices (``forecast_errors``
+    refits per pair); a few pairs are checked against ``forecast_errors``.
+    """
+    n = len(trajectory)
+    errors: dict[tuple[int, int], tuple[float, float]] = {}
+    for i in range(1, n - 1):
+        targets = list(range(i + 1, min(n, i + max_points + 1)))
+        model = type(extrapolator)(extrapolator.config)
+        model.fit(trajectory.prefix(i + 1))
+        error = torch.zeros(len(targets), dtype=torch.float64)
+        persistence = torch.zeros(len(targets), dtype=torch.float64)
+        rows = torch.arange(len(targets))
+        for name in trajectory.modules:
+            gram = trajectory.gram(name)
+            weights = torch.zeros(len(targets), n, dtype=torch.float64)
+            weights[:, : i + 1] = torch.tensor([model.combination(name, trajectory.steps[j]) for j in targets])
+            weights[rows, targets] -= 1.0
+            error += torch.einsum("tn,nm,tm->t", weights, gram, weights).clamp_min(0.0)
+            persist = torch.zeros(len(targets), n, dtype=torch.float64)
+            persist[:, i] = 1.0
+            persist[rows, targets] = -1.0
+            persistence += torch.einsum("tn,nm,tm->t", persist, gram, persist).clamp_min(0.0)
+        for k, j in enumerate(targets):
+            errors[i, j] = (float(error[k]), float(persistence[k]))
+    for i, j in list(errors)[:: max(1, len(errors) // 3)]:
+        expected = forecast_errors(trajectory, extrapolator, i, j)
+        if not all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-12) for a, b in zip(errors[i, j], expected, strict=True)
+        ):
+            raise AssertionError(f"error_matrix disagrees with forecast_errors at {(i, j)}: {errors[i, j]} {expected}")
+    return errors
+
+
+def backtest_from(
+    errors: dict[tuple[int, int], tuple[float, float]], steps: list[int], last: int, origins: int = 3
+) -> dict[int, float]:
+    """``backtest_skill(trajectory.prefix(last + 1), ..., origins)`` from precomputed pairs (checked against it)."""
+    pooled: dict[int, tuple[float, float]] = {}
+    for j in range(max(2, last + 1 - origins), last + 1):
+        for i in range(1, j):
+            if (i, j) in errors:
+                error, persistence = errors[i, j]
+                before = pooled.get(steps[j] - steps[i], (0.0, 0.0))
+                pooled[steps[j] - steps[i]] = (before[0] + error, before[1] + persistence)
+    scores = {h: skill(e, p) for h, (e, p) in sorted(pooled.items())}
+    return {h: v for h, v in scores.items() if not math.isnan(v)}
+
+
+def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], quick: bool) -> list[dict[str, Any]]:
+    """One record per (axis, variant, origin H, horizon h) with H + h observed."""
+    evaluate = MODELS[run.spec.model].evaluator(run.spec.lora_rank or 0)
+    base = trajectory_of(run)
+    steps = base.steps
+    index = {step: i for i, step in enumerate(steps)}
+    spacing = run.spec.snapshot_every
+    reevaluated: dict[int, float] = {}
+
+    def accuracy_at(step: int) -> float:  # through the same path as the predictions
+        if step not in reevaluated:
+            reevaluated[step] = evaluate({name: deltas[index[step]] for name, deltas in run.deltas.items()})
+        return reevaluated[step]
+
+    records = []
+    origins = [s for s in steps if s >= MIN_ORIGIN and (not quick or s % 50 == 0)]
+    for axis in AXES:
+        trajectory = on_axis(base, axis, run.lrs)
+        for variant, (method, config) in variants.items():
+            extrapolator = get_extrapolator(method, **config)
+            cheap = supports_backtest(extrapolator)
+            if not cheap and axis != "steps":
+                continue  # next counts snapshot intervals, whatever the clock: the lr axis changes nothing
+            errors = error_matrix(trajectory, extrapolator, max(HORIZONS) // spacing) if cheap else {}
+            if cheap and not CHECKED_BACKTEST.get(method):
+                last = len(steps) // 2
+                expected = backtest_skill(trajectory.prefix(last + 1), extrapolator)
+                got = backtest_from(errors, steps, last)
+                if expected.keys() != got.keys() or any(
+                    abs(expected[h] - got[h]) > 1e-4 * max(1.0, abs(expected[h])) for h in got
+                ):
+                    raise AssertionError(f"backtest_from disagrees with backtest_skill for {variant}: {got} {expected}")
+                CHECKED_BACKTEST[method] = True
+            for origin in origins:
+                i = index[origin]
+                backtest = backtest_from(errors, steps, i)
+                for horizon in HORIZONS:
+                    with_accuracy = (origin, horizon) in ACCURACY_PAIRS
+                    if origin + horizon not in index or not (cheap or with_accuracy):
+                        continue  # a method without a cheap backtest (next) is scored only where accuracy is
+                    j = index[origin + horizon]
+                    prediction = None
+                    if (i, j) not in errors:  # next, at an accuracy pair: fit once for the error and the accuracy
+                        try:
+                            model = type(extrapolator)(extrapolator.config)
+                            model.fit(trajectory.prefix(i + 1))
+                            prediction = model.predict(origin + horizon)
+                        except ValueError:  # too few points for this horizon
+                            continue
+                        errors[i, j] = prediction_errors(trajectory, prediction, i, j)
+                    error, persistence = errors[i, j]
+                    record = {
+                        "run": run.spec.run_id,
+                        "axis": axis,
+                        "variant": variant,
+                        "origin": origin,
+                        "horizon": horizon,
+                        "error": error,
+                        "persistence": persistence,
+                        "skill": skill(error, persistence),
+                        **dict(zip(("backtest", "backtest_headline"), gate_inputs(backtest, horizon), strict=True)),
+                    }
+                    if with_accuracy:
+                        if prediction is None:
+                            model = type(extrapolator)(extrapolator.config)
+                            model.fit(trajectory.prefix(i + 1))
+                            prediction = model.predict(origin + horizon)
+                        record["accuracy_origin"] = accuracy_at(origin)
+                        record["accuracy_target"] = accuracy_at(origin + horizon)
+                        record["accuracy_predicted"] = evaluate(prediction)
+                    records.append(record)
+    mismatch = [s for s, a in reevaluated.items() if abs(a - run.accuracy[index[s]]) > 1e-9]
+    if mismatch:
+        print(f"  note {run.spec.run_id}: re-evaluated accuracy differs from training's at steps {mismatch}")
+    return records
+
+
+CHECKED_BACKTEST: dict[str, bool] = {}
+
+
+def prediction_errors(
+    trajectory: Trajectory, prediction: dict[str, Delta], origin: int, target: int
+) -> tuple[float, float]:
+    """``(error, persistence)`` as ``forecast_errors`` returns them, for a prediction already made."""
+    error = persistence = 0.0
+    for name, predicted in prediction.items():
+        gram = trajectory.gram(name)
+        actual = trajectory.deltas[name][target]
+        error += max(inner(predicted, predicted) - 2 * inner(predicted, actual) + float(gram[target, target]), 0.0)
+        persistence += max(float(gram[origin, origin] - 2 * gram[origin, target] + gram[target, target]), 0.0)
+    return error, persistence
+
+
+def score_key(variants: dict[str, tuple[str, dict[str, Any]]], quick: bool) -> str:
+    """Names the cached scores of a run: the variants and the analysis grid (not the extrapolators' code)."""
+    settings = [sorted(variants.items()), HORIZONS, ACCURACY_PAIRS, MIN_ORIGIN, AXES, quick]
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cached_scores(
+    run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], quick: bool, cache: Path, rescore: bool
+) -> list[dict[str, Any]]:
+    """``score_run``, kept next to the run's snapshots so a re-analysis only scores new runs."""
+    path = run_dir(run.spec, cache) / f"scores_{score_key(variants, quick)}.json"
+    if path.is_file() and not rescore:
+        return json.loads(path.read_text())
+    records = score_run(run, variants, quick)
+    atomic_write_text(path, json.dumps(records))
+    return records
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (max(values) - min(values)) / 2
+
+
+def _fmt(mean: float, spread: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread > 0 else "")
+
+
+def pooled_skill(records: list[dict[str, Any]]) -> float:
+    """``1 - sum error / sum persistence`` over the records (origins pooled, as the backtest pools)."""
+    return skill(sum(r["error"] for r in records), sum(r["persistence"] for r in records))
+
+
+def regime_of(spec: RunSpec) -> tuple[float, int]:
+    return spec.learning_rate, spec.completions
+
+
+def summarise(runs: list[CachedRun], records: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """True skill per regime x variant x axis x horizon (pooled over origins per run, then mean ± spread over seeds)
+    and how often the backtest gate made the right call."""
+    by_key: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        by_key.setdefault((r["run"], r["axis"], r["variant"], r["horizon"]), []).append(r)
+    regimes = sorted({regime_of(run.spec) for run in runs}, key=lambda x: (x[1], -x[0]))
+    skill_table = []
+    for lr, completions in regimes:
+        members = [run for run in runs if regime_of(run.spec) == (lr, completions)]
+        for variant in variants:
+            for axis in AXES:
+                for horizon in HORIZONS:
+                    for label, lo in (("all", MIN_ORIGIN), ("late", 100)):
+                        per_seed = [
+                            pooled_skill(rs)
+                            for run in members
+                            if (rs := [r for r in by_key.get((run.spec.run_id, axis, variant, horizon), [])
+                                       if r["origin"] >= lo])
+                        ]  # fmt: skip
+                        if per_seed:
+                            mean, spread = _spread(per_seed)
+                            skill_table.append(
+                                {"learning_rate": lr, "completions": completions, "variant": variant, "axis": axis,
+                                 "horizon": horizon, "origins": label, "per_seed": per_seed, "mean": mean,
+                                 "spread": spread}
+                            )  # fmt: skip
+    run_regime = {run.spec.run_id: regime_of(run.spec) for run in runs}
+    gates = []
+    for bar in GATE_BARS:
+        for source in ("backtest_headline", "backtest"):
+            for truth in ("weights", "weights+accuracy"):
+                for group in [*regimes, None]:
+                    pool = [r for r in records if group is None or run_regime[r["run"]] == group]
+                    if entry := gate_calls(pool, bar, source, truth):
+                        regime = None if group is None else {"learning_rate": group[0], "completions": group[1]}
+                        gates.append({**entry, "regime": regime, "variant": None})
+                for variant in VARIANTS:
+                    if entry := gate_calls([r for r in records if r["variant"] == variant], bar, source, truth):
+                        gates.append({**entry, "regime": None, "variant": variant})
+    return {"skill": skill_table, "gates": gates, "regimes": regimes}
+
+
+def gate_calls(records: list[dict[str, Any]], bar: float, source: str, truth: str) -> dict[str, Any] | None:
+    """How often ``backtest (source) >= bar`` agreed with the true outcome over ``records`` (named variants)."""
+    pool = [
+        r for r in records
+        if not math.isnan(r["skill"]) and (truth == "weights" or "accuracy_predicted" in r) and r["variant"] in VARIANTS
+    ]  # fmt: skip
+    if not pool:
+        return None
+    calls = [r[source] >= bar for r in pool]  # NaN (no backtest yet): no jump
+    outcomes = [
+        r["skill"] > 0 and (truth == "weights" or r["accuracy_predicted"] >= r["accuracy_origin"]) for r in pool
+    ]
+    agree = [c == o for c, o in zip(calls, outcomes, strict=True)]
+    good_calls = [o for c, o in zip(calls, outcomes, strict=True) if c]
+    return {
+        "bar": bar,
+        "source": source,
+        "truth": truth,
+        "cases": len(pool),
+        "right": statistics.mean(agree),
+        "jump_rate": statistics.mean(calls),
+        "good_jump_rate": statistics.mean(outcomes),
+        "precision": statistics.mean(good_calls) if good_calls else math.nan,
+    }
+
+
+def accuracy_summary(runs: list[CachedRun], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held-out accuracy at H, at T and of the prediction, per regime x variant x axis x (H, h), mean over seeds."""
+    regime = {run.spec.run_id: regime_of(run.spec) for run in runs}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        if "accuracy_predicted" in r:
+            key = (*regime[r["run"]], r["variant"], r["axis"], r["origin"], r["horizon"])
+            groups.setdefault(key, []).append(r)
+    return [
+        {
+            "learning_rate": lr, "completions": c, "variant": variant, "axis": axis, "origin": origin,
+            "horizon": horizon, "seeds": len(rs),
+            "at_origin": statistics.mean(r["accuracy_origin"] for r in rs),
+            "at_target": statistics.mean(r["accuracy_target"] for r in rs),
+            "predicted": statistics.mean(r["accuracy_predicted"] for r in rs),
+            "predicted_per_seed": [r["accuracy_predicted"] for r in rs],
+        }
+        for (lr, c, variant, axis, origin, horizon), rs in groups.items()
+    ]  # fmt: skip
+
+
+def run_summary(run: CachedRun) -> dict[str, Any]:
+    trajectory = trajectory_of(run)
+    half = len(trajectory) // 2
+    return {
+        "run": run.spec.run_id,
+        "spec": asdict(run.spec),
+        "steps": run.steps,
+        "accuracy": run.accuracy,
+        "lr_first_last": [run.lrs[0], run.lrs[-1]],
+        "train_seconds": run.train_seconds,
+        "drift_to_noise": drift_to_noise(trajectory),
+        "drift_to_noise_first_half": drift_to_noise(trajectory.prefix(half + 1)),
+        "drift_to_noise_second_half": drift_to_noise(trajectory, window=len(trajectory) - half),
+    }
+
+
+def analyze(
+    runs: list[CachedRun],
+    quick: bool = False,
+    out: Path = RESULTS,
+    name: str = "forecast",
+    cache: Path = CACHE,
+    rescore: bool = False,
+    score_only: bool = False,
+    note: str = "",
+) -> None:
+    if not runs:
+        raise SystemExit(f"no cached runs under {CACHE}: run `python benchmarks/forecast.py collect` first")
+    import torch
+
+    torch.set_num_threads(1)  # small tensors: more threads only slow down on a shared machine
+    variants = all_variants()
+    if quick:
+        variants = {k: variants[k] for k in ("linear from origin", "relex (paper)", "relex keep residual")}
+    start = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    for run in runs:
+        t = time.perf_counter()
+        records += cached_scores(run, variants, quick, cache, rescore)
+        print(f"scored {run.spec.run_id} ({time.perf_counter() - t:.0f} s)", flush=True)
+    if score_only:
+        return
+    summary = summarise(runs, records, list(variants))
+    data = {
+        "machine": machine(),
+        "quick": quick,
+        "note": note,
+        "analysis_seconds": time.perf_counter() - start,
+        "variants": {k: {"method": m, "config": c} for k, (m, c) in variants.items()},
+        "runs": [run_summary(run) for run in runs],
+        **summary,
+        "accuracy": accuracy_summary(runs, records),
+        "records_file": f"{name}_records.json",
+    }
+    markdown = render_markdown(data, variants)
+    write_results(name, data, markdown, out)
+    rows = [[_round(r.get(c)) for c in RECORD_COLUMNS] for r in records]  # compact: one row per record
+    atomic_write_text(out / f"{name}_records.json", json.dumps({"columns": RECORD_COLUMNS, "rows": rows}) + "\n")
+    plot_skill(data, out / f"{name}.png")
+    print(markdown)
+
+
+def _round(x: Any) -> Any:
+    """6 significant digits; NaN and infinities as null (JSON has neither)."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    return x
+
+
+def _regime_name(lr: float, completions: int) -> str:
+    return f"lr {lr:g}, {completions} completions/step"
+
+
+def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[str, Any]]]) -> str:
+    m = data["machine"]
+    runs = data["runs"]
+    lines = [
+        "# Regime map: when is a GRPO weight trajectory predictable? (embedded toy)",
+        "",
+        "Commands: `python benchmarks/forecast.py collect --workers 2` (trains the grid into "
+        "`benchmarks/cache/forecast/`, resumable), then `python benchmarks/forecast.py analyze"
+        f"{' --quick' if data['quick'] else ''}` · machine: {m['processor']}, {m['cpu_count']} cores (shared), "
+        f"torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · commit {m['commit']} · "
+        f"analysis {data['analysis_seconds'] / 60:.0f} min",
+        "",
+        *([data["note"], ""] if data.get("note") else []),
+        "**Not run yet:** the SmolLM2 parts of issue 12 item 5 (LoRA at two learning rates x two batch sizes, "
+        "full-parameter training). `forecast.py` takes them as another entry of `MODELS` and `GRIDS`.",
+        "",
+        "## Setup",
+        "",
+        "Toy a+b model (0.6M params), LoRA r=8 on all linear layers, GRPO with 8 generations per prompt, "
+        "TRL's default linear learning-rate decay to 0 at the last step (what users get; the fit's time axis is "
+        "either the step or the cumulative learning rate tau, which undoes the decay). Merged deltas `s*B@A` "
+        "snapshotted every 10 steps from step 0; held-out greedy accuracy (80 problems never trained on) at "
+        "every snapshot.",
+        "",
+        "- **true skill** at origin H and horizon h: fit on the snapshots up to H, predict the delta at T = H + h, "
+        "`1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2` (1 perfect, 0 = no better than not moving, "
+        "< 0 worse). Pooled over origins H in the run (sum of errors / sum of persistence errors), then "
+        f"mean ± half-range over seeds. Origins: every snapshot from step {MIN_ORIGIN} with H + h observed "
+        '("all") or from step 100 ("late").',
+        "- **backtest skill** at H: what the run can know at H (`backtest_skill` on the snapshots up to H: "
+        "targets = the last 3 of them). The gate uses it at horizon h, or when h itself cannot be backtested yet "
+        'at the longest backtested horizon below h ("headline"); with no backtest at all it does not jump.',
+        "- **right call**: jump (backtest >= bar) when the jump was good, no jump when it was not. Good = true "
+        'skill > 0 ("weights"), and also held-out accuracy of the prediction >= accuracy at H '
+        '("weights+accuracy", only at the (H, h) pairs where accuracy was measured).',
+        "",
+        "## Runs collected",
+        "",
+        "| run | steps | train time | held-out accuracy at 0 / 50 / 100 / 150 / 200 | drift/noise all (1st half, 2nd half) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        acc = dict(zip(r["steps"], r["accuracy"], strict=True))
+        accs = " / ".join(f"{acc[s]:.2f}" if s in acc else "–" for s in (0, 50, 100, 150, 200))
+        lines.append(
+            f"| {r['run']} | {r['steps'][-1]} | {r['train_seconds'] / 60:.1f} min | {accs} | "
+            f"{r['drift_to_noise']:.3g} ({r['drift_to_noise_first_half']:.3g}, {r['drift_to_noise_second_half']:.3g}) |"
+        )
+    lines += [
+        "",
+        "drift/noise = `||mean increment||^2 / mean ||increment - mean increment||^2` over the 10-step increments "
+        "(`drift_to_noise`): below ~1 the step-to-step noise dominates the drift.",
+        "",
+    ]
+    skill_rows = data["skill"]
+
+    def cell(lr: float, c: int, variant: str, axis: str, h: int, origins: str = "all") -> dict[str, Any] | None:
+        return next(
+            (
+                s for s in skill_rows
+                if (s["learning_rate"], s["completions"], s["variant"], s["axis"], s["horizon"], s["origins"])
+                == (lr, c, variant, axis, h, origins)
+            ),
+            None,
+        )  # fmt: skip
+
+    lines += [
+        "## Regime map",
+        "",
+        "Per regime: drift/noise of the whole run (mean over seeds), the best true skill over all variants and "
+        "both axes at three horizons (origins from step 20, mean over seeds; the variant in brackets), and how "
+        "many (variant, axis, horizon) cells have skill > 0 in every seed.",
+        "",
+        "| regime | steps | drift/noise | best h=10 | best h=50 | best h=100 | cells > 0 (all origins) | cells > 0 (origins >= 100) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lr, c in data["regimes"]:
+        members = [
+            r
+            for r in runs
+            if (r["spec"]["learning_rate"], r["spec"]["prompts_per_step"] * r["spec"]["generations"]) == (lr, c)
+        ]
+        best = []
+        for h in (10, 50, 100):
+            here = [s for s in skill_rows if (s["learning_rate"], s["completions"], s["horizon"], s["origins"])
+                    == (lr, c, h, "all") and not math.isnan(s["mean"])]  # fmt: skip
+            top = max(here, key=lambda s: s["mean"]) if here else None
+            best.append(f"{top['mean']:.2f} ({top['variant']}, {top['axis']})" if top else "–")
+        counts = []
+        for origins in ("all", "late"):
+            cells = [s for s in skill_rows if (s["learning_rate"], s["completions"], s["origins"]) == (lr, c, origins)
+                     and len(s["per_seed"]) > 1]  # fmt: skip
+            counts.append(f"{sum(all(v > 0 for v in s['per_seed']) for s in cells)} / {len(cells)}")
+        lines.append(
+            f"| {_regime_name(lr, c)} | {max(r['steps'][-1] for r in members)} | "
+            f"{statistics.mean(r['drift_to_noise'] for r in members):.3g} | " + " | ".join(best + counts) + " |"
+        )
+    lines += [
+        "",
+        "## True skill by regime (origins from step 20; cell: step axis / lr axis, mean ± half-range over seeds)",
+        "",
+    ]
+    for lr, c in data["regimes"]:
+        lines += [
+            f"### {_regime_name(lr, c)}",
+            "",
+            "| variant | " + " | ".join(f"h={h}" for h in TABLE_HORIZONS) + " |",
+            "|---" * (len(TABLE_HORIZONS) + 1) + "|",
+        ]
+        for variant in variants:
+            cells = []
+            for h in TABLE_HORIZONS:
+                pair = [cell(lr, c, variant, axis, h) for axis in AXES]
+                cells.append(" / ".join(_fmt(p["mean"], p["spread"]) if p else "–" for p in pair))
+            if any(x != "– / –" for x in cells):
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Where skill is above zero", ""]
+    for origins in ("all", "late"):
+        positive = [
+            s for s in skill_rows
+            if s["origins"] == origins and s["variant"] in variants and len(s["per_seed"]) > 1
+            and all(v > 0 for v in s["per_seed"])
+        ]  # fmt: skip
+        total = sum(1 for s in skill_rows if s["origins"] == origins and len(s["per_seed"]) > 1)
+        lines.append(
+            f"- origins {origins} ({'from step 20' if origins == 'all' else 'from step 100'}): "
+            f"{len(positive)} of {total} (regime, variant, axis, horizon) cells have skill > 0 in every seed."
+        )
+        for lr, c in data["regimes"]:
+            best = {}
+            for h in HORIZONS:
+                here = [s for s in skill_rows if (s["learning_rate"], s["completions"], s["horizon"], s["origins"])
+                        == (lr, c, h, origins) and not math.isnan(s["mean"])]  # fmt: skip
+                if here:
+                    top = max(here, key=lambda s: s["mean"])
+                    best[h] = f"h={h}: {top['mean']:.2f} ({top['variant']}, {top['axis']})"
+            lines.append(
+                f"  - {_regime_name(lr, c)}, best mean skill: " + ("; ".join(best.values()) or "– (no origin)")
+            )
+    lines.append("")
+    if data["accuracy"]:
+        lines += [
+            "## Held-out accuracy of the predicted weights",
+            "",
+            "Mean over seeds. Rows `at H` (persistence: not moving) and `actual T` (the real later checkpoint) "
+            "come first; a prediction is useful when it beats `at H` and approaches `actual T`.",
+            "",
+        ]
+        for lr, c in data["regimes"]:
+            here = [a for a in data["accuracy"] if (a["learning_rate"], a["completions"]) == (lr, c)]
+            pairs = sorted({(a["origin"], a["horizon"]) for a in here})
+            if not pairs:
+                continue
+            lines += [
+                f"### {_regime_name(lr, c)}",
+                "",
+                "| | " + " | ".join(f"H={h0} → T={h0 + h}" for h0, h in pairs) + " |",
+                "|---" * (len(pairs) + 1) + "|",
+            ]
+            rows = {(a["variant"], a["axis"], a["origin"], a["horizon"]): a for a in here}
+            some = {(a["origin"], a["horizon"]): a for a in here}
+            lines.append("| at H | " + " | ".join(f"{some[p]['at_origin']:.3f}" for p in pairs) + " |")
+            lines.append("| actual T | " + " | ".join(f"{some[p]['at_target']:.3f}" for p in pairs) + " |")
+            for variant in variants:
+                for axis in AXES:
+                    cells = [rows.get((variant, axis, *p)) for p in pairs]
+                    if any(cells):
+                        lines.append(
+                            f"| {variant} ({axis}) | "
+                            + " | ".join(f"{x['predicted']:.3f}" if x else "–" for x in cells)
+                            + " |"
+                        )
+            lines.append("")
+    lines += [
+        "## The gate's calls (jump if backtest skill >= bar)",
+        "",
+        "The gate reads the backtest at H at horizon h, or at the longest backtested horizon below it "
+        "(`headline`; the JSON also has the exact-horizon gate). Pooled over the named variants, both axes, every "
+        "origin and horizon (cases are correlated: same runs). `good` = fraction of cases where jumping was good, "
+        "the base rate: a gate that never jumps is right `1 - good` of the time. `precision` = fraction of the "
+        "gate's jumps that were good.",
+        "",
+        "| regime | truth | cases | good | bar 0: right | jumps | precision | bar 0.2: right | jumps | precision |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    gates = {
+        (g["bar"], g["source"], g["truth"], None if g["regime"] is None else tuple(g["regime"].values())): g
+        for g in data["gates"]
+        if g.get("variant") is None
+    }
+    for regime in [*map(tuple, data["regimes"]), None]:
+        for truth in ("weights", "weights+accuracy"):
+            at = [gates.get((bar, "backtest_headline", truth, regime)) for bar in GATE_BARS]
+            if not at[0]:
+                continue
+            name = "all" if regime is None else _regime_name(*regime)
+            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            lines.append(
+                f"| {name} | {truth} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
+            )
+    lines += [
+        "",
+        "Per variant (all regimes, truth = weights, headline backtest):",
+        "",
+        "| variant | cases | good | bar 0: right | jumps | precision | bar 0.2: right | jumps | precision |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_variant = {
+        (g["bar"], g["variant"]): g
+        for g in data["gates"]
+        if g.get("variant") and g["source"] == "backtest_headline" and g["truth"] == "weights"
+    }
+    for variant in VARIANTS:
+        at = [by_variant.get((bar, variant)) for bar in GATE_BARS]
+        if at[0]:
+            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            lines.append(
+                f"| {variant} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_skill(data: dict[str, Any], path: Path) -> None:
+    """True skill against horizon, one panel per regime; solid: step axis, dashed: lr axis. Clipped to [-2, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlvr_extrap.io import save_figure
+
+    regimes = data["regimes"]
+    lrs = sorted({lr for lr, _ in regimes}, reverse=True)
+    sizes = sorted({c for _, c in regimes})
+    fig, axes = plt.subplots(len(sizes), len(lrs), figsize=(4.2 * len(lrs), 3.4 * len(sizes)), squeeze=False)
+    colors = dict(zip(PLOTTED, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for (lr, c), ax in ((r, axes[sizes.index(r[1])][lrs.index(r[0])]) for r in regimes):
+        for variant, color in colors.items():
+            for axis, style in zip(AXES, ("-", "--"), strict=True):
+                rows = sorted(
+                    (s for s in data["skill"] if (s["learning_rate"], s["completions"], s["variant"], s["axis"],
+                     s["origins"]) == (lr, c, variant, axis, "all")),
+                    key=lambda s: s["horizon"],
+                )  # fmt: skip
+                if rows:
+                    ax.plot(
+                        [s["horizon"] for s in rows],
+                        [max(-2.0, min(1.0, s["mean"])) for s in rows],
+                        style, color=color, marker="o", ms=3, label=variant if axis == "steps" else None,
+                    )  # fmt: skip
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylim(-2.05, 1.05)
+        ax.set_title(_regime_name(lr, c), fontsize=9)
+        ax.set_xlabel("horizon (steps)")
+        ax.set_ylabel("true skill")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, title="solid: steps, dashed: lr axis", title_fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="train the grid's missing runs into the cache")
+    c.add_argument("--model", choices=sorted(GRIDS), default="toy")
+    c.add_argument("--steps", type=int, default=200)
+    c.add_argument("--large-prompts", type=int, default=64, help="prompts per step of the large-batch runs (x 8)")
+    c.add_argument("--large-steps", type=int, default=None, help="length of the large-batch runs (default --steps)")
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--cache", type=Path, default=CACHE)
+    a = sub.add_parser("analyze", help="the regime map from the cache")
+    a.add_argument("--cache", type=Path, default=CACHE)
+    a.add_argument("--quick", action="store_true", help="fewer variants and origins (a smoke test)")
+    a.add_argument("--out", type=Path, default=RESULTS)
+    a.add_argument("--only", action="append", default=[], help="only runs whose id contains this (repeatable)")
+    a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
+    a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
+    a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        collect(GRIDS[args.model](args.steps, args.large_prompts, args.large_steps), args.workers, args.cache)
+    else:
+        runs = [r for r in load_cache(args.cache) if not args.only or any(o in r.spec.run_id for o in args.only)]
+        analyze(
+            runs,
+            args.quick,
+            args.out,
+            cache=args.cache,
+            rescore=args.rescore,
+            score_only=args.score_only,
+            note=args.note,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
