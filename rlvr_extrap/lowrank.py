@@ -79,8 +79,9 @@ class LowRank:
         """The same matrix with the smallest inner dimension (QR of both factors, SVD of the core)."""
         if self.rank == 0:
             return self
-        q_l, r_l = torch.linalg.qr(self.left)
-        q_r, r_r = torch.linalg.qr(self.right.T)
+        dtype = _common_dtype([self])  # half-precision snapshots are compacted in float32
+        q_l, r_l = torch.linalg.qr(self.left.to(dtype))
+        q_r, r_r = torch.linalg.qr(self.right.T.to(dtype))
         u, s, vh = torch.linalg.svd(r_l @ r_r.T, full_matrices=False)
         keep = s > (s[0] * rtol if s.numel() else 0)
         return LowRank(q_l @ (u[:, keep] * s[keep]), vh[keep] @ q_r.T)
@@ -157,7 +158,9 @@ class Combination(LowRank):
         return Combination.of(self, other)
 
     def __sub__(self, other: LowRank) -> Combination:
-        return self + other.scaled(-1.0)
+        if self.shape != other.shape:
+            raise ValueError(f"cannot subtract matrices of shape {self.shape} and {other.shape}")
+        return Combination.of(self, other, weights=[1.0, -1.0])
 
     def compact(self, rtol: float = 1e-7) -> LowRank:
         return self.factored().compact(rtol)
