@@ -12,7 +12,7 @@ from torch import nn
 from .lowrank import LowRank
 from .sharding import add_whole, full_weights, whole
 
-__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "find_lora_modules", "snapshot_deltas"]
+__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "add_update", "find_lora_modules", "snapshot_deltas"]
 
 
 class NoLoraAdapterError(ValueError):
@@ -51,19 +51,21 @@ class LoraModule:
         return LowRank((b.float() * self.scale).to("cpu", dtype), a.to("cpu", dtype, copy=True))
 
     def add_to_base(self, update: LowRank) -> None:
-        """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object).
-
-        The product of the factors is taken on the weight's device (one matmul per module on a GPU), in float32.
-        """
-        device = self.base_weight.device
-        dense = update.left.to(device, torch.float32) @ update.right.to(device, torch.float32)
-        add_whole(self.base_weight, dense.T if self.fan_in_fan_out else dense)
+        """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object)."""
+        add_update(self.base_weight, update, self.fan_in_fan_out)
 
     def effective_weight(self) -> torch.Tensor:
         """``W_base + scale * B @ A`` in float32 (for checks; materialises the matrix)."""
         w = whole(self.base_weight.detach()).float().cpu()
         delta = self.lora_delta().dense()
         return w + (delta.T if self.fan_in_fan_out else delta)
+
+
+def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> None:
+    """``weight += update`` (``update.T`` if ``transposed``): one float32 matmul of the factors on the weight's device."""
+    device = weight.device
+    dense = update.left.to(device, torch.float32) @ update.right.to(device, torch.float32)
+    add_whole(weight, dense.T if transposed else dense)
 
 
 def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
