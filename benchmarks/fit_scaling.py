@@ -57,7 +57,7 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def measure(method: str, layers: int, snapshots: int, dtype_name: str, commit: bool) -> dict:
+def measure(method: str, layers: int, snapshots: int, dtype_name: str, commit: bool, next_config: dict) -> dict:
     """One configuration, in this process (called in a subprocess by ``main``)."""
     import torch
 
@@ -71,7 +71,7 @@ def measure(method: str, layers: int, snapshots: int, dtype_name: str, commit: b
     dtype = SNAPSHOT_DTYPES[dtype_name]
     g = torch.Generator().manual_seed(0)
     names = [f"layers.{i}.{m}" for i in range(layers) for m in SHAPES]
-    config = {"epochs": 100} if method == "next" else {}
+    config = next_config if method == "next" else {}
     worker = TrajectoryWorker(get_extrapolator(method, **config))
     weights = {kind: torch.zeros(shape, dtype=torch.bfloat16) for kind, shape in SHAPES.items()}  # one layer's
     baseline = _rss_gib()
@@ -108,6 +108,8 @@ def measure(method: str, layers: int, snapshots: int, dtype_name: str, commit: b
         "skill_seconds": skill_seconds,
         "plan_seconds": plan_seconds,
         "fit_seconds": plan.fit_seconds,
+        "next_train_seconds": max((d.get("train_seconds", 0.0) for d in plan.diagnostics.values()), default=0.0),
+        "next_epochs_run": max((d.get("epochs_run", 0.0) for d in plan.diagnostics.values()), default=0.0),
         "edit_one_layer_seconds": edit_one_layer,
         "edit_seconds": edit_one_layer * layers,
         "stall_seconds": plan_seconds + edit_one_layer * layers,
@@ -140,10 +142,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "LAYERS", "SNAPSHOTS", "DTYPE"))
     parser.add_argument("--commit", action="store_true", help="with --one: also time the background commit")
+    parser.add_argument("--next-epochs", type=int, default=100, help="NExt's epochs (the paper: 1000)")
+    parser.add_argument("--next-patience", type=int, default=None, help="NExt's early-stop patience")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.one:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         method, layers, snaps, dtype = args.one
-        print(json.dumps(measure(method, int(layers), int(snaps), dtype, args.commit)))
+        next_config = {"epochs": args.next_epochs, "patience": args.next_patience}
+        print(json.dumps(measure(method, int(layers), int(snaps), dtype, args.commit, next_config)))
         return
     rows = []
     for method, layers, snaps, dtype, commit in QUICK if args.quick else FULL:
