@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .config import ExtrapolationArguments, ExtrapolationConfigError
+from .config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
 from .distributed import broadcast_from_main, check_distributed_support
 from .guard import JumpGuard, probe_rows
 from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
@@ -187,7 +187,7 @@ class ExtrapolationCallback(TrainerCallback):
         """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them."""
         self.snapshot_steps.append(step)
         start = time.perf_counter()
-        deltas = snapshot_deltas(self.modules, self.model)
+        deltas = snapshot_deltas(self.modules, self.model, SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype])
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
             self.worker.add_snapshot(step, deltas)

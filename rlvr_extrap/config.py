@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
 from trl import GRPOConfig
 
 from .extrapolators import EXTRAPOLATORS, Extrapolator
@@ -20,6 +21,7 @@ __all__ = [
 
 OPTIMIZER_POLICIES = ("keep", "reset_momentum", "reset")
 TIME_AXES = ("lr", "steps")
+SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO = "auto"
 
 
@@ -37,6 +39,13 @@ class ExtrapolationArguments:
     )
     extrap_snapshot_every: int = field(
         default=10, metadata={"help": "Snapshot the LoRA weights every this many optimizer steps."}
+    )
+    extrap_snapshot_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype the snapshots are kept in: 'float32', or 'bfloat16' / 'float16' (the training dtype) "
+            "for half the memory; inner products and the fit are computed in float32 either way."
+        },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
     extrap_jump_at: list[str] | str = field(
@@ -214,6 +223,10 @@ class ExtrapolationArguments:
         if self.extrap_horizon != AUTO and self.extrap_horizon < 1:
             raise ExtrapolationConfigError(
                 f"extrap_horizon={self.extrap_horizon}: a jump must skip at least 1 step; use a positive value"
+            )
+        if self.extrap_snapshot_dtype not in SNAPSHOT_DTYPES:
+            raise ExtrapolationConfigError(
+                f"extrap_snapshot_dtype={self.extrap_snapshot_dtype!r}: choose one of {list(SNAPSHOT_DTYPES)}"
             )
         if self.extrap_time_axis not in TIME_AXES:
             raise ExtrapolationConfigError(

@@ -12,7 +12,7 @@ from torch import nn
 from .lowrank import LowRank
 from .sharding import add_whole, full_weights, whole
 
-__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "find_lora_modules", "snapshot_deltas"]
+__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "add_update", "find_lora_modules", "snapshot_deltas"]
 
 
 class NoLoraAdapterError(ValueError):
@@ -42,24 +42,30 @@ class LoraModule:
     def lora_parameters(self) -> list[nn.Parameter]:
         return [self.layer.lora_A[self.adapter].weight, self.layer.lora_B[self.adapter].weight]
 
-    def lora_delta(self) -> LowRank:
-        """The live ``scale * B @ A`` as detached float32 CPU copies (in (out, in) orientation).
+    def lora_delta(self, dtype: torch.dtype = torch.float32) -> LowRank:
+        """The live ``scale * B @ A`` as detached CPU copies in ``dtype`` (in (out, in) orientation).
 
         Under ZeRO-3 / FSDP1, call it inside ``sharding.full_weights``.
         """
-        a, b = (whole(p.detach()).to("cpu", torch.float32, copy=True) for p in self.lora_parameters())
-        return LowRank(b * self.scale, a)
+        a, b = (whole(p.detach()) for p in self.lora_parameters())
+        return LowRank((b.float() * self.scale).to("cpu", dtype), a.to("cpu", dtype, copy=True))
 
     def add_to_base(self, update: LowRank) -> None:
         """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object)."""
-        dense = update.dense()
-        add_whole(self.base_weight, dense.T if self.fan_in_fan_out else dense)
+        add_update(self.base_weight, update, self.fan_in_fan_out)
 
     def effective_weight(self) -> torch.Tensor:
         """``W_base + scale * B @ A`` in float32 (for checks; materialises the matrix)."""
         w = whole(self.base_weight.detach()).float().cpu()
         delta = self.lora_delta().dense()
         return w + (delta.T if self.fan_in_fan_out else delta)
+
+
+def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> None:
+    """``weight += update`` (``update.T`` if ``transposed``): one float32 matmul of the factors on the weight's device."""
+    device = weight.device
+    dense = update.left.to(device, torch.float32) @ update.right.to(device, torch.float32)
+    add_whole(weight, dense.T if transposed else dense)
 
 
 def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
@@ -129,15 +135,17 @@ def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
     return None
 
 
-def snapshot_deltas(modules: dict[str, LoraModule], model: nn.Module | None = None) -> dict[str, LowRank]:
-    """Detached CPU copies of every module's ``scale * B @ A``: all the training thread pays per snapshot.
+def snapshot_deltas(
+    modules: dict[str, LoraModule], model: nn.Module | None = None, dtype: torch.dtype = torch.float32
+) -> dict[str, LowRank]:
+    """Detached CPU copies of every module's ``scale * B @ A`` in ``dtype``: all the training thread pays per snapshot.
 
     ``model`` is the module the trainer hands to callbacks (needed under FSDP1). Under ZeRO-3 and
     FSDP this is a collective: every process calls it.
     """
     params = [p for m in modules.values() for p in m.lora_parameters()]
     with full_weights(model, params):
-        return {name: module.lora_delta() for name, module in modules.items()}
+        return {name: module.lora_delta(dtype) for name, module in modules.items()}
 
 
 def add_to_bases(modules: dict[str, LoraModule], updates: dict[str, LowRank], model: nn.Module | None = None) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .lowrank import Delta, gram_row
+from .lowrank import Combination, Delta, LowRank, inner, lincomb, weighted_terms
 
 __all__ = ["Clock", "Trajectory"]
 
@@ -21,6 +21,12 @@ class Trajectory:
     point adds one row to every module's Gram matrix ``G[i, j] = <D_i, D_j>``, so the cost of the
     fit is paid snapshot by snapshot, not at the jump.
 
+    A point may be a ``Combination`` of factored *atoms* (e.g. ``offset + s B_t A_t`` after a jump, the
+    offset being one object shared by every point of the segment): each atom is stored once and its
+    inner products with the others are computed once, and the points' Gram matrix is ``E H E^T`` with
+    ``H`` the atoms' Gram matrix and ``E`` the points' weights over the atoms. ``combine`` turns weights
+    over points into a lazy combination of atoms, so a prediction copies no factors.
+
     ``clock`` sets the time axis the extrapolators fit and predict against (``time(step)``); without
     one it is the step number itself.
     """
@@ -30,6 +36,9 @@ class Trajectory:
         self.steps: list[int] = []
         self.deltas: dict[str, list[Delta]] = {}
         self._gram: dict[str, torch.Tensor] = {}
+        self._atoms: dict[str, list[Delta]] = {}  # distinct terms the points are made of, by identity
+        self._atom_gram: dict[str, torch.Tensor] = {}  # H[i, j] = <atom_i, atom_j>
+        self._weights: dict[str, torch.Tensor] = {}  # E[t, j]: point t = sum_j E[t, j] atom_j
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -52,17 +61,45 @@ class Trajectory:
             missing = sorted(set(self.deltas) ^ set(deltas))[:3]
             raise ValueError(f"snapshot at step {step} does not have the same modules as before (e.g. {missing})")
         for name, delta in deltas.items():
-            history = self.deltas.setdefault(name, [])
-            row = gram_row(delta, history)
-            t = len(history)
-            gram = torch.zeros(t + 1, t + 1, dtype=torch.float64)
-            if t:
-                gram[:t, :t] = self._gram[name]
-            gram[t, :] = row
-            gram[:, t] = row
-            self._gram[name] = gram
-            history.append(delta)
+            self._append_point(name, delta)
         self.steps.append(step)
+
+    def _append_point(self, name: str, delta: Delta) -> None:
+        """Add one point of module ``name``: Gram rows for its new atoms, then the points' Gram row."""
+        atoms = self._atoms.setdefault(name, [])
+        known = {id(a): j for j, a in enumerate(atoms)}
+        parts = weighted_terms(delta)
+        for _, term in parts:
+            if id(term) not in known:
+                known[id(term)] = len(atoms)
+                self._atom_gram[name] = _grown(
+                    self._atom_gram.get(name), [inner(term, a) for a in atoms] + [inner(term, term)]
+                )
+                atoms.append(term)
+        row = torch.zeros(len(atoms), dtype=torch.float64)
+        for w, term in parts:
+            row[known[id(term)]] += w
+        old = self._weights.get(name, torch.zeros(0, 0, dtype=torch.float64))
+        weights = torch.zeros(old.shape[0] + 1, len(atoms), dtype=torch.float64)
+        weights[:-1, : old.shape[1]] = old
+        weights[-1] = row
+        self._weights[name] = weights
+        products = weights @ (self._atom_gram[name] @ row)
+        self._gram[name] = _grown(self._gram.get(name), products.tolist())
+        self.deltas.setdefault(name, []).append(delta)
+
+    def atoms(self, name: str) -> list[Delta]:
+        """The distinct terms this module's points are made of (each stored once)."""
+        return self._atoms[name]
+
+    def combine(self, name: str, weights: torch.Tensor | list[float]) -> Delta:
+        """``sum_t weights[t] D_t`` over this module's points: lazy over the atoms when they are factored."""
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        over_atoms = (w @ self._weights[name][: len(w)]).tolist()
+        atoms = self._atoms[name]
+        if all(isinstance(a, LowRank) for a in atoms):
+            return Combination.of(*atoms, weights=over_atoms)
+        return lincomb(over_atoms, atoms)
 
     def prefix(self, n: int) -> Trajectory:
         """The first ``n`` points, sharing the deltas (no copy) and slicing the Gram matrices."""
@@ -72,6 +109,8 @@ class Trajectory:
         view.steps = self.steps[:n]
         view.deltas = {name: history[:n] for name, history in self.deltas.items()}
         view._gram = {name: gram[:n, :n] for name, gram in self._gram.items()}
+        view._atoms, view._atom_gram = self._atoms, self._atom_gram  # shared: the view only reads them
+        view._weights = {name: weights[:n] for name, weights in self._weights.items()}
         return view
 
     def gram(self, name: str) -> torch.Tensor:
@@ -80,3 +119,13 @@ class Trajectory:
 
     def last(self) -> dict[str, Delta]:
         return {name: history[-1] for name, history in self.deltas.items()}
+
+
+def _grown(gram: torch.Tensor | None, row: list[float]) -> torch.Tensor:
+    """``gram`` (k x k, or None for k = 0) bordered by ``row`` (k + 1 values, the last one diagonal)."""
+    k = 0 if gram is None else gram.shape[0]
+    out = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+    if k:
+        out[:k, :k] = gram
+    out[k, :] = out[:, k] = torch.tensor(row, dtype=torch.float64)
+    return out

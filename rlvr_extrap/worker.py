@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -21,7 +22,7 @@ from .diagnostics import (
 )
 from .extrapolators import Extrapolator
 from .io import write_json
-from .lowrank import LowRank
+from .lowrank import Combination, LowRank, weighted_terms
 from .skill import SkillRecord, measure_skill
 from .trajectory import Clock, Trajectory
 
@@ -86,6 +87,10 @@ class TrajectoryWorker:
 
     Deltas are kept as ``offset + s * B_t @ A_t``: the offset (a factored sum) is what earlier jumps
     added to the base weights, so the trajectory stays in the global merged-delta space across jumps.
+    Each point is a lazy ``Combination`` that references the one offset of its segment, so the offset is
+    stored (and its inner products computed) once per segment, not once per snapshot. A jump's update is
+    a ``Combination`` of the trajectory's points too: planning it copies no factors, and each module's
+    factors are concatenated only when that module is edited.
     Nothing here touches the live model, and no collective is ever called from this thread.
     """
 
@@ -104,6 +109,7 @@ class TrajectoryWorker:
         self.skill_origins = skill_origins
         self.trajectory = Trajectory(clock)
         self.offsets: dict[str, LowRank] = {}
+        self._lora: dict[str, LowRank] = {}  # the last snapshot's own s * B @ A, without the offset
         self.latest_skill: SkillRecord | None = None  # of the current segment's last point
         self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
@@ -137,7 +143,7 @@ class TrajectoryWorker:
         """Start from a saved state (resume): the offsets and the current segment's points."""
 
         def _restore() -> None:
-            self.offsets = dict(offsets)
+            self.offsets, self._lora = dict(offsets), {}
             self.trajectory = Trajectory(self.clock)
             for i, step in enumerate(steps):
                 self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
@@ -154,8 +160,9 @@ class TrajectoryWorker:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
-        deltas = {n: self.offsets[n] + d if n in self.offsets else d for n, d in lora_deltas.items()}
+        deltas = {n: Combination.of(self.offsets[n], d) if n in self.offsets else d for n, d in lora_deltas.items()}
         self.trajectory.append(step, deltas)
+        self._lora = lora_deltas
         self._measure_skill()
 
     def _measure_skill(self, keep: bool = True) -> None:
@@ -207,13 +214,14 @@ class TrajectoryWorker:
         target_step = step + horizon
         start = time.perf_counter()
         method_diagnostics = self.extrapolator.fit(self.trajectory)
-        predicted = self.extrapolator.predict(target_step)
         updates, report, diags = {}, {}, []
-        bad = [n for n, d in predicted.items() if not all(t.isfinite().all() for t in (d.left, d.right))]
+        current = self.trajectory.last()
+        predicted = {name: self.extrapolator.predict_module(name, target_step) for name in current}
+        bad = [n for n, d in predicted.items() if not self._finite(n, d)]
         if bad:
             raise ValueError(f"the prediction contains NaN or Inf (e.g. module {bad[0]}); jump refused")
-        for name, current in self.trajectory.last().items():
-            update = (predicted[name] - current).scaled(alpha)  # compacted at commit, off the training thread
+        for name, now in current.items():
+            update = (predicted[name] - now).scaled(alpha)  # lazy; compacted at commit, off the training thread
             diag = module_diagnostics(
                 self.trajectory,
                 name,
@@ -232,6 +240,13 @@ class TrajectoryWorker:
         if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
             self._pool.submit(self._write_diagnostics, plan, diags, self.latest_skill)
         return plan
+
+    def _finite(self, name: str, predicted: LowRank) -> bool:
+        """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""
+        held = {id(a) for a in self.trajectory.atoms(name)}
+        if not bool(self.trajectory.gram(name).isfinite().all()):
+            return False
+        return all(math.isfinite(w) and (id(t) in held or t.is_finite()) for w, t in weighted_terms(predicted))
 
     def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
         """``||alpha (D_hat - D_now)||`` from the Gram matrix when the prediction is a combination of points."""
@@ -266,6 +281,7 @@ class TrajectoryWorker:
         plot_layers(diags, out / "layers.png")
 
     def _commit_jump(self, plan: JumpPlan) -> None:
+        """The new segment starts at ``offset' + s B_T A_T`` with ``offset' = offset + update`` (compacted)."""
         origin = {}
         for name, delta in self.trajectory.last().items():
             update = plan.updates.get(name)
@@ -273,7 +289,8 @@ class TrajectoryWorker:
                 origin[name] = delta
                 continue
             self.offsets[name] = (self.offsets[name] + update if name in self.offsets else update).compact()
-            origin[name] = (delta + update).compact()
+            lora = self._lora.get(name)  # unknown right after a restore: the saved point holds its offset
+            origin[name] = (delta + update).compact() if lora is None else Combination.of(self.offsets[name], lora)
         self.trajectory = Trajectory(self.clock)
         self.trajectory.append(plan.step, origin)
         self.latest_skill = None  # a new segment: nothing backtested yet

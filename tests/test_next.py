@@ -195,3 +195,16 @@ def test_registered_and_validated():
     assert NextConfig().hidden == 256 and NextConfig().epochs == 1000 and NextConfig().lr == 2e-5
     with pytest.raises(ValueError, match="epochs=0"):
         NextConfig(epochs=0).validate()
+
+
+def test_patience_stops_training_early_on_a_held_out_slice():
+    traj, truth = synthetic(factored=True)
+    traj = traj.prefix(11)  # steps 0..100; predict 150
+    full = fitted(traj, epochs=400)
+    bounded = fitted(traj, epochs=400, patience=20, holdout_every=4)
+    errors = [total_error(ex, truth, 150) for ex in (full, bounded)]  # trains both
+    assert full.diagnostics["q"]["epochs_run"] == 400
+    assert bounded.diagnostics["q"]["epochs_run"] < 400
+    assert errors[1] < 2 * errors[0] + 0.1, errors
+    with pytest.raises(ValueError, match="patience"):
+        NextConfig(patience=0).validate()

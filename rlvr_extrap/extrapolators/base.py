@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..lowrank import Delta, lincomb
+from ..lowrank import Delta
 from ..trajectory import Trajectory
 
 __all__ = ["Extrapolator", "ExtrapolatorConfig"]
@@ -31,7 +31,8 @@ class Extrapolator(ABC):
 
     ``fit`` returns per-module diagnostics (plain floats); ``predict_module`` returns the predicted
     global delta ``D_hat`` of one module, in the same representation as the trajectory's deltas
-    (factored for LoRA, dense otherwise), without materialising factored ones.
+    (factored for LoRA, dense otherwise), without materialising factored ones: a combination of the
+    observed points is a lazy ``Combination`` that references them.
     """
 
     config_class: ClassVar[type[ExtrapolatorConfig]] = ExtrapolatorConfig
@@ -72,4 +73,4 @@ class Extrapolator(ABC):
         weights = self.combination(name, step)
         if weights is None:
             raise NotImplementedError(f"{type(self).__name__} must implement predict_module or combination")
-        return lincomb(weights, self.trajectory.deltas[name])
+        return self.trajectory.combine(name, weights)

@@ -15,6 +15,7 @@ deltas.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -53,11 +54,21 @@ class NextConfig(ExtrapolatorConfig):
     """Peak learning rate; cosine decay to 0.1x over the epochs."""
     seed: int = 0
     """Seed of the predictors' initialisation."""
+    patience: int | None = None
+    """Stop a predictor's training once its L1 loss on a held-out slice of the rows (every ``holdout_every``-th
+    row) has not improved for this many epochs, keeping the best weights; None trains all epochs (the paper).
+    Bounds the training time at scale, where one epoch over every module's vectors is costly."""
+    holdout_every: int = 10
+    """With ``patience``: every this-many-th training row is held out (none when there are fewer rows)."""
 
     def validate(self) -> None:
         super().validate()
         if self.hidden < 1 or self.epochs < 1 or not self.lr > 0:
             raise ValueError(f"next: hidden={self.hidden}, epochs={self.epochs}, lr={self.lr}: all must be positive")
+        if (self.patience is not None and self.patience < 1) or self.holdout_every < 2:
+            raise ValueError(
+                f"next: patience={self.patience} must be >= 1 (or None) and holdout_every={self.holdout_every} >= 2"
+            )
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -127,19 +138,37 @@ def _aligned_series(deltas: Sequence[Delta], references: Sequence[torch.Tensor] 
 
 def _train(
     x_g: torch.Tensor, x_l: torch.Tensor, y: torch.Tensor, config: NextConfig, generator: torch.Generator
-) -> tuple[NextPredictor, float]:
-    """Fit one predictor full-batch (L1 sum, AdamW, cosine to 0.1x); return it and its last loss per row."""
+) -> tuple[NextPredictor, float, int]:
+    """Fit one predictor full-batch (L1 sum, AdamW, cosine to 0.1x); return it, its last loss per row, its epochs.
+
+    With ``config.patience``, the held-out rows are scored after every epoch and the best weights are kept.
+    """
     model = NextPredictor(y.shape[1], config.hidden, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0.1 * config.lr)
+    held = torch.arange(y.shape[0]) % config.holdout_every == config.holdout_every - 1
+    early = config.patience is not None and bool(held.any())
+    rows = (x_g[~held], x_l[~held], y[~held]) if early else (x_g, x_l, y)
+    best, best_state, since, epochs = math.inf, None, 0, 0
     with torch.enable_grad():
         for _ in range(config.epochs):
+            epochs += 1
             optimizer.zero_grad(set_to_none=True)
-            loss = (model(x_g, x_l) - y).abs().sum()
+            loss = (model(*rows[:2]) - rows[2]).abs().sum()
             loss.backward()
             optimizer.step()
             schedule.step()
-    return model.eval(), float(loss.detach()) / y.shape[0]
+            if early:
+                with torch.no_grad():
+                    score = float((model(x_g[held], x_l[held]) - y[held]).abs().sum())
+                if score < best:
+                    best, since = score, 0
+                    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                elif (since := since + 1) >= config.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), float(loss.detach()) / rows[2].shape[0], epochs
 
 
 class NextExtrapolator(Extrapolator):
@@ -147,8 +176,9 @@ class NextExtrapolator(Extrapolator):
 
     ``fit`` computes and aligns the global and local triples (cheap); the predictors for a horizon
     ``h`` are trained on the first ``predict_module`` call that needs them and cached until the next
-    ``fit``. ``fit`` returns the live diagnostics: training adds ``train_seconds``, ``horizon_points``
-    and the predictors' final L1 loss per row (``loss_sigma``, ``loss_u``, ``loss_v``) to every moving
+    ``fit``. ``fit`` returns the live diagnostics: training adds ``train_seconds``, ``horizon_points``,
+    the predictors' final L1 loss per row (``loss_sigma``, ``loss_u``, ``loss_v``) and the most epochs any
+    predictor ran (``epochs_run``; fewer than ``epochs`` when ``patience`` stopped it) to every moving
     module's entry.
     """
 
@@ -241,10 +271,10 @@ class NextExtrapolator(Extrapolator):
         data = {key: tuple(torch.stack(column) for column in bucket) for key, bucket in rows.items()}
         scale = float(data[None][0].abs().mean()) or 1.0
         data[None] = tuple(column / scale for column in data[None])
-        models, losses = {}, {}
+        models, losses, epochs = {}, {}, {}
         for key in sorted(data, key=lambda k: -1 if k is None else k):
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + (key or 0))
-            models[key], losses[key] = _train(*data[key], self.config, generator)
+            models[key], losses[key], epochs[key] = _train(*data[key], self.config, generator)
 
         predicted = {}
         with torch.no_grad():
@@ -263,6 +293,7 @@ class NextExtrapolator(Extrapolator):
                 loss_sigma=losses[None],
                 loss_u=losses[glob[-1].u.numel()],
                 loss_v=losses[glob[-1].v.numel()],
+                epochs_run=float(max(epochs.values())),
             )
         return predicted
 
