@@ -255,7 +255,8 @@ class ExtrapolationArguments:
         if needs_backtest and self.extrap_method == "next":
             raise ExtrapolationConfigError(
                 f"{', '.join(needs_backtest)}: the forecast-skill backtest needs a method whose prediction combines "
-                "the observed points (relex or linear), not next; change extrap_method or drop the setting"
+                "the observed points (relex or linear), not next; change extrap_method, or for next set extrap_min_skill=None "
+                "with numeric extrap_horizon and extrap_jump_at"
             )
         if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
             raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")
