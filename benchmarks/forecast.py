@@ -54,9 +54,17 @@ from transformers import TrainerCallback
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
 from rlvr_extrap.io import atomic_write_text
 from rlvr_extrap.lora import find_lora_modules, snapshot_deltas
-from rlvr_extrap.lowrank import Delta, LowRank, inner
+from rlvr_extrap.lowrank import Delta, LowRank
 from rlvr_extrap.offsets import STATE_FILE, CallbackState, load_state, save_state
-from rlvr_extrap.skill import backtest_skill, drift_to_noise, forecast_errors, lr_clock, skill, supports_backtest
+from rlvr_extrap.skill import (
+    backtest_skill,
+    drift_to_noise,
+    forecast_errors,
+    lr_clock,
+    prediction_error,
+    skill,
+    supports_backtest,
+)
 from rlvr_extrap.trajectory import Trajectory
 
 CACHE = Path(__file__).parent / "cache" / "forecast"
@@ -478,8 +486,7 @@ def prediction_errors(
     error = persistence = 0.0
     for name, predicted in prediction.items():
         gram = trajectory.gram(name)
-        actual = trajectory.deltas[name][target]
-        error += max(inner(predicted, predicted) - 2 * inner(predicted, actual) + float(gram[target, target]), 0.0)
+        error += prediction_error(trajectory, name, predicted, target)
         persistence += max(float(gram[origin, origin] - 2 * gram[origin, target] + gram[target, target]), 0.0)
     return error, persistence
 

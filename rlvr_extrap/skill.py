@@ -22,7 +22,7 @@ from itertools import accumulate
 import torch
 
 from .extrapolators import Extrapolator
-from .lowrank import inner
+from .lowrank import Delta, inner
 from .trajectory import Clock, Trajectory
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "drift_to_noise",
     "forecast_errors",
     "lr_clock",
+    "prediction_error",
     "skill",
     "supports_backtest",
 ]
@@ -73,9 +74,14 @@ def forecast_errors(
             x[target] -= 1.0
             error += _quadratic(gram, x)
         else:  # a prediction that is not a combination: inner products on the factors
-            predicted, actual = model.predict_module(name, step), trajectory.deltas[name][target]
-            error += max(inner(predicted, predicted) - 2 * inner(predicted, actual) + float(gram[target, target]), 0.0)
+            error += prediction_error(trajectory, name, model.predict_module(name, step), target)
     return error, persistence
+
+
+def prediction_error(trajectory: Trajectory, name: str, predicted: Delta, target: int) -> float:
+    """``||predicted - D_target||^2`` of module ``name``, from inner products on the factors."""
+    actual, gram = trajectory.deltas[name][target], trajectory.gram(name)
+    return max(inner(predicted, predicted) - 2 * inner(predicted, actual) + float(gram[target, target]), 0.0)
 
 
 def backtest_errors(
