@@ -156,7 +156,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = TOY)
                 "name": jumped["name"],
                 "steps": [s for s, _ in jumped["history"]],
                 "mean": [a for _, a in jumped["history"]],
-                "jumps": [j["step"] for j in jumped["jumps"]],
+                "jumps": [j["step"] for j in jumped["jumps"] if "skipped" not in j],  # a refused jump is no jump
             },
         ],
         out / "accuracy.png",
