@@ -177,11 +177,9 @@ class TrajectoryWorker:
 
     def _gated_horizon(self, step: int, horizon: int | str) -> tuple[int, float | None]:
         """The horizon to jump over and its backtest skill; raises ``JumpSkipped`` when the gate says no."""
-        bar = self.gate.min_skill
-        if horizon != "auto" and bar is None:
-            record = self.latest_skill
+        bar, record = self.gate.min_skill, self.latest_skill
+        if horizon != "auto" and bar is None:  # ungated: the skill is only reported
             return int(horizon), None if record is None else record.at(int(horizon))
-        record = self.latest_skill
         if record is None or record.step != step or not record.skill:
             raise JumpSkipped(
                 f"no forecast-skill backtest at step {step} yet (it needs 3 trajectory points and a method "
