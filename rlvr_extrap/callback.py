@@ -110,14 +110,12 @@ class ExtrapolationCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
         if self.worker is not None:
-            self._save_state(_checkpoint_dir(args, state.global_step))
+            self._save_state(_checkpoint_dir(args, state.global_step), state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is not None:
             try:
-                self.worker.state_now().result()  # the last snapshot's backtest, then log it
-                self._log_skill(state)
-                self._save_state(args.output_dir)
+                self._save_state(args.output_dir, state)
             finally:  # a failed save still ends the thread
                 self.worker.close()
                 self.worker = None
@@ -147,8 +145,10 @@ class ExtrapolationCallback(TrainerCallback):
         last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
         return step - last >= self.config.min_jump_gap()
 
-    def _save_state(self, directory: str) -> None:
+    def _save_state(self, directory: str, state: TrainerState) -> None:
+        """Once the worker has caught up: log its finished backtests, then save offsets, trajectory and history."""
         offsets, steps, deltas = self.worker.state_now().result()
+        self._log_skill(state)  # every backtest up to here goes into the saved history
         history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps, "skill": self.skill_history}
         path = save_state(CallbackState(offsets, steps, deltas, history), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
