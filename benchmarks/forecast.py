@@ -60,6 +60,7 @@ from rlvr_extrap.skill import (
     backtest_skill,
     drift_to_noise,
     forecast_errors,
+    gram_distance,
     lr_clock,
     prediction_error,
     skill,
@@ -485,9 +486,8 @@ def prediction_errors(
     """``(error, persistence)`` as ``forecast_errors`` returns them, for a prediction already made."""
     error = persistence = 0.0
     for name, predicted in prediction.items():
-        gram = trajectory.gram(name)
         error += prediction_error(trajectory, name, predicted, target)
-        persistence += max(float(gram[origin, origin] - 2 * gram[origin, target] + gram[target, target]), 0.0)
+        persistence += gram_distance(trajectory.gram(name), origin, target)
     return error, persistence
 
 

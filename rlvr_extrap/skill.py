@@ -32,6 +32,7 @@ __all__ = [
     "schedule_clock",
     "drift_to_noise",
     "forecast_errors",
+    "gram_distance",
     "lr_clock",
     "prediction_error",
     "skill",
@@ -128,7 +129,7 @@ def drift_to_noise(trajectory: Trajectory, window: int | None = None) -> float:
         mean = torch.zeros(n, dtype=torch.float64)
         mean[start], mean[-1] = -1.0 / count, 1.0 / count
         mean_sq = _quadratic(gram, mean)
-        squares = sum(float(gram[k, k] - 2 * gram[k, k - 1] + gram[k - 1, k - 1]) for k in range(start + 1, n)) / count
+        squares = sum(gram_distance(gram, k, k - 1) for k in range(start + 1, n)) / count
         drift += mean_sq
         spread += max(squares - mean_sq, 0.0)
     return drift / spread if spread > 0 else math.inf
@@ -209,6 +210,11 @@ def measure_skill(trajectory: Trajectory, extrapolator: Extrapolator, origins: i
     return SkillRecord(
         trajectory.steps[-1], backtest_skill(trajectory, extrapolator, origins), drift_to_noise(trajectory, window)
     )
+
+
+def gram_distance(gram: torch.Tensor, i: int, j: int) -> float:
+    """``||D_i - D_j||^2`` from the Gram matrix of the points (clamped at 0 against round-off)."""
+    return max(float(gram[i, i] - 2 * gram[i, j] + gram[j, j]), 0.0)
 
 
 def _quadratic(gram: torch.Tensor, x: torch.Tensor) -> float:

@@ -23,7 +23,7 @@ from .diagnostics import (
 from .extrapolators import Extrapolator
 from .io import write_json
 from .lowrank import Combination, LowRank, weighted_terms
-from .skill import SkillRecord, measure_skill
+from .skill import SkillRecord, gram_distance, measure_skill
 from .trajectory import Clock, Trajectory
 
 __all__ = ["JumpGate", "JumpPlan", "JumpSkipped", "TrajectoryWorker"]
@@ -256,9 +256,7 @@ class TrajectoryWorker:
         limit = self.gate.max_update_ratio
         if limit is None:
             return
-        travelled = sum(
-            max(float(g[-1, -1] - 2 * g[0, -1] + g[0, 0]), 0.0) for g in map(self.trajectory.gram, plan.updates)
-        )
+        travelled = sum(gram_distance(g, 0, -1) for g in map(self.trajectory.gram, plan.updates))
         ratio = plan.size_ratio = plan.update_norm / max(travelled**0.5, 1e-30)
         if ratio > limit:
             raise ValueError(
