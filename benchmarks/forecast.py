@@ -66,6 +66,7 @@ from rlvr_extrap.skill import (
     skill,
     supports_backtest,
 )
+from rlvr_extrap.tasks import TOY_TASK
 from rlvr_extrap.trajectory import Trajectory
 
 CACHE = Path(__file__).parent / "cache" / "forecast"
@@ -85,6 +86,13 @@ class RunSpec:
     lr_schedule: str = "linear"
     lora_rank: int | None = 8
     """None: full-parameter training (no collector implements it yet)."""
+    task: str = ""
+    """A level of ``rlvr_extrap.tasks``; empty: the model's default."""
+    eval_every: int | None = None
+    """Held-out accuracy every this many steps (a multiple of ``snapshot_every``); None: at every snapshot."""
+    save_every: int | None = None
+    """Trainer checkpoints every this many steps, kept in ``<run>/trainer``: an interrupted run resumes from the
+    latest, and jump arms can branch from them (``steps_saved``); None: none (an interrupted run restarts)."""
 
     @property
     def completions(self) -> int:
@@ -93,8 +101,9 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         adapter = f"r{self.lora_rank}" if self.lora_rank else "full"
+        model = f"{self.model}-{self.task}" if self.task else self.model
         return (
-            f"{self.model}_lr{self.learning_rate:g}_c{self.completions}_{adapter}_{self.lr_schedule}"
+            f"{model}_lr{self.learning_rate:g}_c{self.completions}_{adapter}_{self.lr_schedule}"
             f"_s{self.steps}_seed{self.seed}"
         )
 
@@ -111,13 +120,32 @@ def toy_grid(steps: int = 200, large_prompts: int = 64, large_steps: int | None 
     return small + large
 
 
-GRIDS: dict[str, Callable[..., list[RunSpec]]] = {"toy": toy_grid}
+def smollm2_grid(steps: int = 100, large_prompts: int = 16, large_steps: int | None = None) -> list[RunSpec]:
+    """SmolLM2 LoRA on ``math-mul``, constant lr: {2e-4, 8e-4, 4e-4} x 32 completions, seed 0 first.
+
+    Then seeds 1 and 2, then ``large_prompts`` x 4 completions at 2e-4 and 8e-4. 100 steps is about half an
+    hour per run on 2 free cores, so the grid spans sessions: every run checkpoints and resumes.
+    """
+
+    def spec(lr: float, prompts: int, seed: int, length: int) -> RunSpec:
+        return RunSpec(
+            "smollm2", lr, prompts, seed, steps=length, generations=4, snapshot_every=5, lr_schedule="constant",
+            lora_rank=16, task="math-mul", eval_every=10, save_every=10,
+        )  # fmt: skip
+
+    lrs = (2e-4, 8e-4, 4e-4)
+    small = [spec(lr, 8, seed, steps) for seed in (0, 1, 2) for lr in lrs]
+    return small + [spec(lr, large_prompts, 0, large_steps or steps) for lr in (2e-4, 8e-4)]
+
+
+GRIDS: dict[str, Callable[..., list[RunSpec]]] = {"toy": toy_grid, "smollm2": smollm2_grid}
 
 
 class SnapshotRecorder(TrainerCallback):
     """Merged LoRA deltas at step 0 and every ``every`` optimizer steps, and the lr of every optimizer step.
 
-    ``lrs[s]`` is the learning rate optimizer step ``s + 1`` used (what ``lr_clock`` expects).
+    ``lrs[s]`` is the learning rate optimizer step ``s + 1`` used (what ``lr_clock`` expects). With trainer
+    checkpoints on, it saves itself into each checkpoint (``recorder/``), and ``restore`` picks that up.
     """
 
     def __init__(self, every: int, label: str = "") -> None:
@@ -127,6 +155,10 @@ class SnapshotRecorder(TrainerCallback):
         self.deltas: dict[str, list[LowRank]] = {}
         self.lrs: list[float] = []
         self.start = time.perf_counter()
+
+    def restore(self, checkpoint: Path) -> None:
+        state = load_state(checkpoint / RECORDER)
+        self.steps, self.deltas, self.lrs = state.steps, state.deltas, state.history["lrs"]
 
     def _snapshot(self, step: int, model: Any) -> None:
         if self.steps and self.steps[-1] == step:
@@ -146,86 +178,127 @@ class SnapshotRecorder(TrainerCallback):
         if state.global_step % self.every == 0:
             self._snapshot(state.global_step, model)
 
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        save_state(CallbackState({}, self.steps, self.deltas, {"lrs": self.lrs}), checkpoint / RECORDER)
+
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._snapshot(state.global_step, model)
 
 
-def collect_toy(spec: RunSpec, out: Path) -> None:
-    """Train one toy run and write its snapshots, accuracies and lrs to ``out/extrap_state.safetensors``."""
+RECORDER = "recorder"
+
+
+def latest_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest checkpoint the recorder finished saving into (a crash between the two leaves an older one)."""
+    done = [c for c in trainer_dir.glob("checkpoint-*") if (c / RECORDER / STATE_FILE).is_file()]
+    return max(done, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
+
+
+def collect_run(spec: RunSpec, out: Path) -> None:
+    """Train one run and write its snapshots, accuracies and lrs to ``out/extrap_state.safetensors``.
+
+    With ``spec.save_every``, trainer checkpoints go to ``out/trainer`` and an interrupted run resumes there.
+    """
     from rlvr_extrap.experiment import Run, run_experiment
 
     if spec.lora_rank is None:
-        raise ValueError(f"{spec.run_id}: the toy collector runs LoRA; give a lora_rank")
+        raise ValueError(f"{spec.run_id}: the collector runs LoRA; give a lora_rank")
+    support = MODELS[spec.model]
     recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
     run = Run(
         spec.run_id,
         spec.steps,
+        **(support.run | ({"task": spec.task} if spec.task else {})),
         learning_rate=spec.learning_rate,
         lora_rank=spec.lora_rank,
         seed=spec.seed,
-        eval_every=spec.snapshot_every,
+        eval_every=spec.eval_every or spec.snapshot_every,
         progress=False,
         prompts_per_step=spec.prompts_per_step,
         num_generations=spec.generations,
         lr_scheduler_type=spec.lr_schedule,
+        save_every=spec.save_every,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_experiment(run, tmp, callbacks=[recorder])
+        trainer_dir = out / "trainer" if spec.save_every else Path(tmp)
+        resume = latest_checkpoint(trainer_dir)
+        if resume is not None:
+            recorder.restore(resume)
+            print(f"  {spec.run_id}: resuming from {resume.name}", flush=True)
+        result = run_experiment(run, trainer_dir, callbacks=[recorder], resume_from=resume)
     accuracy = dict(result["history"])
     history = {
         "spec": asdict(spec),
         "lrs": recorder.lrs,
-        "accuracy": [accuracy[s] for s in recorder.steps],
+        "accuracy": [accuracy.get(s) for s in recorder.steps],  # None: not evaluated at that snapshot
         "train_seconds": result["train_seconds"],
     }
     save_state(CallbackState({}, recorder.steps, recorder.deltas, history), out)
 
 
-class ToyEvaluator:
-    """Held-out greedy accuracy of the toy base model plus merged deltas (module name -> delta).
+class HeldoutEvaluator:
+    """Held-out greedy accuracy of a base model plus merged deltas (module name -> delta).
 
     Loads the model once; each call restores the base weights, adds the deltas into them (LoRA B stays
     zero, so the effective weight is base + delta, as in the trained model) and evaluates.
     """
 
-    def __init__(self, lora_rank: int) -> None:
+    def __init__(self, spec: RunSpec) -> None:
         from peft import LoraConfig, get_peft_model
 
-        from rlvr_extrap.toy.model import load_toy_model
+        from rlvr_extrap.models import load_model
+        from rlvr_extrap.tasks import get_task
 
-        model, self.tokenizer = load_toy_model()
-        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
+        settings = MODELS[spec.model].run
+        model, self.tokenizer = load_model(settings.get("model", spec.model))
+        rank = spec.lora_rank or 0
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
         self.model = get_peft_model(model, config)
         self.modules = find_lora_modules(self.model)
         self.base = {name: m.base_weight.detach().clone() for name, m in self.modules.items()}
+        self.task = get_task(spec.task or settings.get("task", TOY_TASK))
+        self.batch_size = settings.get("eval_batch_size", 128)
 
     def __call__(self, deltas: dict[str, LowRank]) -> float:
-        import torch
-
         from rlvr_extrap.evaluation import evaluate_accuracy
         from rlvr_extrap.lora import add_to_bases
-        from rlvr_extrap.tasks import TOY_TASK, get_task
 
         with torch.no_grad():
             for name, module in self.modules.items():
                 module.base_weight.copy_(self.base[name])
         add_to_bases(self.modules, deltas)
-        task = get_task(TOY_TASK)
         return evaluate_accuracy(
-            self.model, self.tokenizer, task.heldout_problems(), max_new_tokens=task.max_new_tokens, check=task.check
+            self.model,
+            self.tokenizer,
+            self.task.heldout_problems(),
+            self.batch_size,
+            max_new_tokens=self.task.max_new_tokens,
+            check=self.task.check,
         )
 
 
 @dataclass(frozen=True)
 class ModelSupport:
-    """What the benchmark needs per model: train-and-cache one run, and score predicted weights."""
+    """What the benchmark needs per model: the ``Run`` settings its runs share (``experiment.Run`` fields)."""
 
-    collect: Callable[[RunSpec, Path], None]
-    evaluator: Callable[[int], Callable[[dict[str, LowRank]], float]]
-    """lora rank -> a function from merged deltas to held-out accuracy."""
+    run: dict[str, Any]
 
 
-MODELS: dict[str, ModelSupport] = {"toy": ModelSupport(collect_toy, ToyEvaluator)}
+# SmolLM2: the demo's settings (rlvr_extrap.demo), two torch threads on 2 cores
+MODELS: dict[str, ModelSupport] = {
+    "toy": ModelSupport({}),
+    "smollm2": ModelSupport(
+        {
+            "model": "smollm2",
+            "task": "math-mul",
+            "max_completion_length": 16,
+            "dataset_rows": 4000,
+            "eval_batch_size": 64,
+            "threads": 2,
+        }
+    ),
+}
 
 
 def run_dir(spec: RunSpec, cache: Path = CACHE) -> Path:
@@ -243,7 +316,7 @@ def _collect_one(job: tuple[RunSpec, Path]) -> tuple[str, float]:
     spec, cache = job
     start = time.perf_counter()
     print(f"start {spec.run_id}", flush=True)
-    MODELS[spec.model].collect(spec, run_dir(spec, cache))
+    collect_run(spec, run_dir(spec, cache))
     seconds = time.perf_counter() - start
     print(f"done {spec.run_id} in {seconds:.0f} s", flush=True)
     return spec.run_id, seconds
@@ -270,7 +343,7 @@ class CachedRun:
     spec: RunSpec
     steps: list[int]
     deltas: dict[str, list[LowRank]]
-    accuracy: list[float]
+    accuracy: list[float | None]
     lrs: list[float]
     train_seconds: float
 
@@ -402,7 +475,7 @@ def backtest_from(
 
 def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], quick: bool) -> list[dict[str, Any]]:
     """One record per (axis, variant, origin H, horizon h) with H + h observed."""
-    evaluate = MODELS[run.spec.model].evaluator(run.spec.lora_rank or 0)
+    evaluate = HeldoutEvaluator(run.spec)
     base = trajectory_of(run)
     steps = base.steps
     index = {step: i for i, step in enumerate(steps)}
@@ -471,7 +544,8 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                         record["accuracy_target"] = accuracy_at(origin + horizon)
                         record["accuracy_predicted"] = evaluate(prediction)
                     records.append(record)
-    mismatch = [s for s, a in reevaluated.items() if abs(a - run.accuracy[index[s]]) > 1e-9]
+    logged = {s: run.accuracy[index[s]] for s in reevaluated if run.accuracy[index[s]] is not None}
+    mismatch = [s for s, a in logged.items() if abs(a - reevaluated[s]) > 1e-9]
     if mismatch:
         print(f"  note {run.spec.run_id}: re-evaluated accuracy differs from training's at steps {mismatch}")
     return records
@@ -736,7 +810,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         "|---|---|---|---|---|",
     ]
     for r in runs:
-        acc = dict(zip(r["steps"], r["accuracy"], strict=True))
+        acc = {s: a for s, a in zip(r["steps"], r["accuracy"], strict=True) if a is not None}
         accs = " / ".join(f"{acc[s]:.2f}" if s in acc else "–" for s in (0, 50, 100, 150, 200))
         lines.append(
             f"| {r['run']} | {r['steps'][-1]} | {r['train_seconds'] / 60:.1f} min | {accs} | "
@@ -961,8 +1035,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="train the grid's missing runs into the cache")
     c.add_argument("--model", choices=sorted(GRIDS), default="toy")
-    c.add_argument("--steps", type=int, default=200)
-    c.add_argument("--large-prompts", type=int, default=64, help="prompts per step of the large-batch runs (x 8)")
+    c.add_argument("--steps", type=int, default=None, help="run length (default: the grid's, 200 toy, 100 smollm2)")
+    c.add_argument("--large-prompts", type=int, default=None, help="prompts per step of the large-batch runs")
     c.add_argument("--large-steps", type=int, default=None, help="length of the large-batch runs (default --steps)")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--cache", type=Path, default=CACHE)
@@ -976,7 +1050,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
     args = parser.parse_args(argv)
     if args.command == "collect":
-        collect(GRIDS[args.model](args.steps, args.large_prompts, args.large_steps), args.workers, args.cache)
+        lengths = {"steps": args.steps, "large_prompts": args.large_prompts, "large_steps": args.large_steps}
+        grid = GRIDS[args.model](**{k: v for k, v in lengths.items() if v is not None})
+        collect(grid, args.workers, args.cache)
     else:
         runs = [r for r in load_cache(args.cache) if not args.only or any(o in r.spec.run_id for o in args.only)]
         analyze(

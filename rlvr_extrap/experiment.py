@@ -47,12 +47,20 @@ class Run:
     progress: bool = True
     lr_scheduler_type: str = "constant"
     """Constant by default: a run stopped at step S equals a longer run read at step S. TRL's default is "linear"."""
+    save_every: int | None = None
+    """Save a trainer checkpoint (adapter, optimizer, scheduler, RNG) every this many steps; None: none."""
 
 
-def run_experiment(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+def run_experiment(
+    run: Run,
+    output_dir: str | Path,
+    callbacks: Sequence[TrainerCallback] = (),
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
     """Train, evaluate held-out greedy accuracy along the way, and return a report row.
 
-    ``callbacks`` are added after the extrapolation and accuracy callbacks (e.g. a timer).
+    ``callbacks`` are added after the extrapolation and accuracy callbacks (e.g. a timer). ``resume_from``:
+    a checkpoint folder of this run (``save_every``) to continue from.
 
     The toy runs torch on one thread: for a model this small, two threads are slower, and collapse
     when another process shares the cores.
@@ -61,12 +69,14 @@ def run_experiment(run: Run, output_dir: str | Path, callbacks: Sequence[Trainer
     if run.threads is not None:
         torch.set_num_threads(run.threads)
     try:
-        return _run(run, output_dir, callbacks)
+        return _run(run, output_dir, callbacks, resume_from)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
+def _run(
+    run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback], resume_from: str | Path | None
+) -> dict[str, Any]:
     model, tokenizer = load_model(run.model)
     task = get_task(run.task)
     args = ExtrapGRPOConfig(
@@ -83,7 +93,8 @@ def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback])
         lr_scheduler_type=run.lr_scheduler_type,
         max_steps=run.grpo_steps,
         logging_steps=max(run.grpo_steps // 4, 1),
-        save_strategy="no",
+        save_strategy="steps" if run.save_every else "no",
+        save_steps=run.save_every or 500,
         report_to=[],
         seed=run.seed,
         data_seed=run.seed,
@@ -111,7 +122,7 @@ def _run(run: Run, output_dir: str | Path, callbacks: Sequence[TrainerCallback])
         callbacks=[extrapolation, accuracy, *callbacks],  # extrapolation first: a jump step is evaluated after the jump
     )
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     jumps = [j for j in extrapolation.jumps if "skipped" not in j]
     return {
         "name": run.name,
