@@ -145,7 +145,8 @@ class SnapshotRecorder(TrainerCallback):
     """Merged LoRA deltas at step 0 and every ``every`` optimizer steps, and the lr of every optimizer step.
 
     ``lrs[s]`` is the learning rate optimizer step ``s + 1`` used (what ``lr_clock`` expects). With trainer
-    checkpoints on, it saves itself into each checkpoint (``recorder/``), and ``restore`` picks that up.
+    checkpoints on, it saves itself into each checkpoint in the extrapolation callback's resume format (no
+    offsets, no jumps), so ``restore`` continues an interrupted run and a jump arm can branch from any checkpoint.
     """
 
     def __init__(self, every: int, label: str = "") -> None:
@@ -157,7 +158,7 @@ class SnapshotRecorder(TrainerCallback):
         self.start = time.perf_counter()
 
     def restore(self, checkpoint: Path) -> None:
-        state = load_state(checkpoint / RECORDER)
+        state = load_state(checkpoint)
         self.steps, self.deltas, self.lrs = state.steps, state.deltas, state.history["lrs"]
 
     def _snapshot(self, step: int, model: Any) -> None:
@@ -180,18 +181,16 @@ class SnapshotRecorder(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        save_state(CallbackState({}, self.steps, self.deltas, {"lrs": self.lrs}), checkpoint / RECORDER)
+        history = {"snapshot_steps": self.steps, "jumps": [], "skill": [], "lrs": self.lrs}
+        save_state(CallbackState({}, self.steps, self.deltas, history), checkpoint)
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self._snapshot(state.global_step, model)
 
 
-RECORDER = "recorder"
-
-
 def latest_checkpoint(trainer_dir: Path) -> Path | None:
     """The newest checkpoint the recorder finished saving into (a crash between the two leaves an older one)."""
-    done = [c for c in trainer_dir.glob("checkpoint-*") if (c / RECORDER / STATE_FILE).is_file()]
+    done = [c for c in trainer_dir.glob("checkpoint-*") if (c / STATE_FILE).is_file()]
     return max(done, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
 
 

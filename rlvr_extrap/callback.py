@@ -93,14 +93,17 @@ class ExtrapolationCallback(TrainerCallback):
             )
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)
+        elif self._jump_due_at_resume(state.global_step):  # a branch from a run that had no jump here
+            if self.snapshot_steps[-1] != state.global_step:
+                self._snapshot(state.global_step)
+            self._jump(state.global_step, state, kwargs.get("optimizer"))
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
             return
         cfg, step = self.config, state.global_step
-        pending = [j for j in cfg.jump_steps if j >= step]
         snapshot_step = step % cfg.extrap_snapshot_every == 0
-        if (pending or cfg.auto_jumps) and (snapshot_step or (pending and step == pending[0])):
+        if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
             self._snapshot(step)
         if snapshot_step:
             self._log_skill(state)
@@ -153,9 +156,17 @@ class ExtrapolationCallback(TrainerCallback):
         path = save_state(CallbackState(offsets, steps, deltas, history), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
+    def _jump_due_at_resume(self, step: int) -> bool:
+        """Whether ``extrap_jump_at`` names the resume step and the checkpoint's run made no jump there.
+
+        So a jump arm can branch from another run's checkpoint at its jump step (saved after that step's
+        update, before any jump), and resuming a run that did jump there does not jump twice.
+        """
+        return step in self.config.jump_steps and all(j["step"] != step for j in self.jumps)
+
     def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
         """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
-        directory = _checkpoint_dir(args, state.global_step)
+        directory = _resume_dir(args, state.global_step)
         saved, error = None, None
         if self.worker is not None:
             try:
@@ -306,6 +317,13 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.n
 
 def _checkpoint_dir(args: TrainingArguments, step: int) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
+def _resume_dir(args: TrainingArguments, step: int) -> str:
+    """The checkpoint resumed from: ``args.resume_from_checkpoint`` when it names a folder (another run's
+    checkpoint: a branch), else this run's ``checkpoint-<step>``."""
+    named = args.resume_from_checkpoint
+    return named if isinstance(named, str) and os.path.isdir(named) else _checkpoint_dir(args, step)
 
 
 def _find_calling_trainer(callback: TrainerCallback) -> Trainer | None:

@@ -116,8 +116,13 @@ class HeldoutAccuracyCallback(TrainerCallback):
             print(f"step {step}: held-out accuracy {accuracy:.3f} ({len(self.problems)} problems)", flush=True)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Evaluate before the first optimizer step (on a resume, keep the evaluations the checkpoint logged)."""
-        self.history = [(e["step"], e["heldout_accuracy"]) for e in state.log_history if "heldout_accuracy" in e]
+        """Evaluate before the first optimizer step.
+
+        On a resume, the evaluations the checkpoint logged before its step are kept, and its step is evaluated
+        again: a branch may have changed the weights there (e.g. a jump at the resume step).
+        """
+        logged = [e for e in state.log_history if "heldout_accuracy" in e and e["step"] < state.global_step]
+        self.history = [(e["step"], e["heldout_accuracy"]) for e in logged]
         self._evaluate(state, kwargs["model"], kwargs["processing_class"])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -98,6 +98,7 @@ def _run(
         report_to=[],
         seed=run.seed,
         data_seed=run.seed,
+        resume_from_checkpoint=str(resume_from) if resume_from else None,
         disable_tqdm=not run.progress,
         **run.extrap,
     )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlvr_extrap.offsets import STATE_FILE
@@ -41,7 +42,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
     history_full = json.loads((full / "history.json").read_text())
     history_resumed = json.loads((broken / "history.json").read_text())
-    assert history_full == history_resumed == {"jumps": [4, 10], "snapshots": [0, 2, 4, 6, 8, 10]}
+    assert history_full == history_resumed == {"jumps": [4, 10], "snapshots": [0, 2, 4, 6, 8, 10, 12]}
     expected, got = torch.load(full / "final.pt"), torch.load(broken / "final.pt")
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
@@ -68,3 +69,33 @@ def test_a_kill_while_the_state_is_written_leaves_no_half_file_and_resume_names_
     assert refused.returncode != 0 and not (tmp_path / "final.pt").exists(), refused.stderr[-3000:]
     for text in (f"{checkpoint / STATE_FILE}: unreadable", "corrupt or truncated", "earlier checkpoint-N/"):
         assert text in line, f"{text!r} not in {line!r}"
+
+
+def test_a_jump_arm_branched_from_a_vanilla_checkpoint_equals_the_unbranched_jump_run(tmp_path):
+    """Vanilla with the callback observing (snapshots, no jump) saves checkpoint-4; an arm resumed from it with
+    ``extrap_jump_at=[4]`` jumps at its first step and ends where a run that jumped at 4 from the start ends."""
+    from grpo_utils import WeightProbe, make_trainer
+
+    from rlvr_extrap import ExtrapolationCallback
+
+    common = {"max_steps": 6, "extrap_method": "linear", "extrap_snapshot_every": 2, "extrap_horizon": 2}
+
+    def train(name: str, jump_at: list[int], **kwargs) -> tuple[ExtrapolationCallback, WeightProbe]:
+        callback, probe = ExtrapolationCallback(), WeightProbe()
+        trainer = make_trainer(tmp_path / name, [callback, probe], extrap_jump_at=jump_at, **common, **kwargs)
+        trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        return callback, probe
+
+    observer, _ = train("vanilla", [], save_strategy="steps", save_steps=4)
+    assert observer.jumps == [] and observer.snapshot_steps == [0, 2, 4, 6]  # observing: every snapshot, no jump
+    checkpoint = tmp_path / "vanilla" / "out" / "checkpoint-4"
+    assert (checkpoint / STATE_FILE).is_file()
+
+    straight, straight_probe = train("straight", [4])
+    branch, branch_probe = train("branch", [4], resume_from_checkpoint=str(checkpoint))
+    assert [j["step"] for j in straight.jumps] == [j["step"] for j in branch.jumps] == [4]
+    assert "skipped" not in branch.jumps[0]
+    assert branch.jumps[0]["update_norm"] == pytest.approx(straight.jumps[0]["update_norm"], rel=1e-5)
+    for step in (5, 6):
+        for name, weight in straight_probe.at[step].items():
+            torch.testing.assert_close(branch_probe.at[step][name], weight, rtol=1e-5, atol=1e-6)
