@@ -118,14 +118,21 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = TOY)
     eval_every = math.gcd(steps, horizon, demo.eval_cap)  # the vanilla run must be evaluated at exactly `steps`
     load_model(model)  # build or convert the cached model once, before timing anything
 
-    print(f"[1/2] vanilla GRPO, {steps + horizon} steps (read at {steps} and at {steps + horizon})")
+    (jump,) = extrap["extrap_jump_at"]  # one jump: the arm branches from the vanilla run's state there
+    observe = {**extrap, "extrap_jump_at": []}  # snapshots and forecast skill, no jump: vanilla GRPO's weights
+    print(f"[1/2] vanilla GRPO, {steps + horizon} steps (read at {steps} and at {steps + horizon}; skill measured)")
     vanilla = run_experiment(
-        Run("vanilla", steps + horizon, seed=seed, eval_every=eval_every, **demo.run), out / "vanilla"
+        Run("vanilla", steps + horizon, observe, seed=seed, eval_every=eval_every, save_every=jump, **demo.run),
+        out / "vanilla",
     )
-    print(f"[2/2] GRPO + {extrap['extrap_method']} extrapolation, {steps} steps, jump at {extrap['extrap_jump_at']}")
+    print(
+        f"[2/2] GRPO + {extrap['extrap_method']} extrapolation: the vanilla run's state at step {jump}, the jump, "
+        f"then steps {jump + 1}-{steps}"
+    )
     jumped = run_experiment(
-        Run(f"extrap-{extrap['extrap_method']}", steps, extrap=extrap, seed=seed, eval_every=eval_every, **demo.run),
+        Run(f"extrap-{extrap['extrap_method']}", steps, extrap, seed=seed, eval_every=eval_every, **demo.run),
         out / "extrap",
+        resume_from=out / "vanilla" / f"checkpoint-{jump}",
     )
 
     at_steps = dict(vanilla["history"])[steps]

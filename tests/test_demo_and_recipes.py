@@ -32,6 +32,8 @@ def test_demo_writes_report_and_plot(toy_model_path, tmp_path, monkeypatch, caps
     assert runs["vanilla"]["grpo_steps"] == runs["extrap-linear"]["grpo_steps"] == 20
     assert runs["vanilla-long"]["grpo_steps"] == 30
     assert [(j["step"], j["horizon"]) for j in runs["extrap-linear"]["jumps"]] == [(10, 10)]
+    before_jump = [h for h in runs["vanilla"]["history"] if h[0] < 10]  # the arm branched from vanilla's state
+    assert runs["extrap-linear"]["history"][: len(before_jump)] == before_jump and before_jump[0][0] == 0
     jump = runs["extrap-linear"]["jumps"][0]
     assert "guard_score_pre" in jump  # the guard is on by default
     assert runs["extrap-linear"]["effective_steps"] == 20 + (10 if jump["guard_scale"] else 0)
