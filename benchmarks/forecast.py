@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,21 +194,17 @@ def latest_checkpoint(trainer_dir: Path) -> Path | None:
     return max(done, key=lambda c: int(c.name.rsplit("-", 1)[1]), default=None)
 
 
-def collect_run(spec: RunSpec, out: Path) -> None:
-    """Train one run and write its snapshots, accuracies and lrs to ``out/extrap_state.safetensors``.
-
-    With ``spec.save_every``, trainer checkpoints go to ``out/trainer`` and an interrupted run resumes there.
-    """
-    from rlvr_extrap.experiment import Run, run_experiment
+def run_of(spec: RunSpec, **changes: Any) -> Any:
+    """The ``experiment.Run`` that trains ``spec`` (``changes``: fields to override, e.g. for a branch of it)."""
+    from rlvr_extrap.experiment import Run
 
     if spec.lora_rank is None:
         raise ValueError(f"{spec.run_id}: the collector runs LoRA; give a lora_rank")
-    support = MODELS[spec.model]
-    recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
+    settings = MODELS[spec.model].run | ({"task": spec.task} if spec.task else {})
     run = Run(
         spec.run_id,
         spec.steps,
-        **(support.run | ({"task": spec.task} if spec.task else {})),
+        **settings,
         learning_rate=spec.learning_rate,
         lora_rank=spec.lora_rank,
         seed=spec.seed,
@@ -219,6 +215,18 @@ def collect_run(spec: RunSpec, out: Path) -> None:
         lr_scheduler_type=spec.lr_schedule,
         save_every=spec.save_every,
     )
+    return replace(run, **changes)
+
+
+def collect_run(spec: RunSpec, out: Path) -> None:
+    """Train one run and write its snapshots, accuracies and lrs to ``out/extrap_state.safetensors``.
+
+    With ``spec.save_every``, trainer checkpoints go to ``out/trainer`` and an interrupted run resumes there.
+    """
+    from rlvr_extrap.experiment import run_experiment
+
+    recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
+    run = run_of(spec)
     with tempfile.TemporaryDirectory() as tmp:
         trainer_dir = out / "trainer" if spec.save_every else Path(tmp)
         resume = latest_checkpoint(trainer_dir)
@@ -232,6 +240,7 @@ def collect_run(spec: RunSpec, out: Path) -> None:
         "lrs": recorder.lrs,
         "accuracy": [accuracy.get(s) for s in recorder.steps],  # None: not evaluated at that snapshot
         "train_seconds": result["train_seconds"],
+        "resumed_at": int(resume.name.rsplit("-", 1)[1]) if resume else 0,  # train_seconds covers the steps after
     }
     save_state(CallbackState({}, recorder.steps, recorder.deltas, history), out)
 
@@ -282,6 +291,8 @@ class ModelSupport:
     """What the benchmark needs per model: the ``Run`` settings its runs share (``experiment.Run`` fields)."""
 
     run: dict[str, Any]
+    accuracy_variants: tuple[str, ...] | None = None
+    """Variants whose predictions get a held-out evaluation (None: all); each costs an evaluation per (H, h)."""
 
 
 # SmolLM2: the demo's settings (rlvr_extrap.demo), two torch threads on 2 cores
@@ -295,7 +306,8 @@ MODELS: dict[str, ModelSupport] = {
             "dataset_rows": 4000,
             "eval_batch_size": 64,
             "threads": 2,
-        }
+        },
+        accuracy_variants=("drift, last 10 steps", "relex keep residual", "linear from origin"),
     ),
 }
 
@@ -488,7 +500,8 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
 
     records = []
     origins = [s for s in steps if s >= MIN_ORIGIN and (not quick or s % 50 == 0)]
-    for axis in AXES:
+    evaluated = MODELS[run.spec.model].accuracy_variants
+    for axis in AXES if run.spec.lr_schedule != "constant" else ("steps",):  # constant: the lr axis is the same
         trajectory = on_axis(base, axis, run.lrs)
         for variant, (method, config) in variants.items():
             extrapolator = get_extrapolator(method, **config)
@@ -509,7 +522,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                 i = index[origin]
                 backtest = backtest_from(errors, steps, i)
                 for horizon in HORIZONS:
-                    with_accuracy = (origin, horizon) in ACCURACY_PAIRS
+                    with_accuracy = (origin, horizon) in ACCURACY_PAIRS and (evaluated is None or variant in evaluated)
                     if origin + horizon not in index or not (cheap or with_accuracy):
                         continue  # a method without a cheap backtest (next) is scored only where accuracy is
                     j = index[origin + horizon]

@@ -1,0 +1,413 @@
+"""Steps saved on a real model, against vanilla GRPO at its best learning rate (issue 13).
+
+    python benchmarks/steps_saved_smollm2.py run              # train what is missing (resumable), then analyze
+    python benchmarks/steps_saved_smollm2.py run --seeds 0    # one seed first
+    python benchmarks/steps_saved_smollm2.py analyze          # from the cache: steps_saved_smollm2.{md,json,png}
+    python benchmarks/steps_saved_smollm2.py run --device cuda --prompts 32 --steps 200   # a GPU, larger
+
+SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, the ``math-mul`` level (a * b, a two-digit, b 3-9;
+256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
+
+Vanilla: ``forecast.py``'s SmolLM2 runs (one per learning rate x seed; 1x, 2x and 4x the recipe's 2e-4),
+which save a trainer checkpoint every 10 steps with their snapshots. Every jump arm **branches** from the
+vanilla run's checkpoint at its jump step (same weights, optimizer, data position and RNG as vanilla
+there), jumps, and trains ``--after`` more steps: the shared prefix is never retrained. Every arm therefore
+sees the same prompts in the same order as vanilla, and is scored on the same held-out problems.
+
+For an arm ending at ``S`` actual GRPO steps with held-out accuracy ``a``: vanilla at rate L needs
+``n_L(a)`` steps to first reach ``a`` (linear interpolation between its evaluations, every 10 steps);
+``steps ratio vs best = min_L n_L(a) / S`` (the best rate for that accuracy) and ``vs own rate =
+n_own(a) / S``. Above 1: the jump saved steps. When vanilla never reaches ``a`` in its budget the ratio is a
+lower bound (``>``). Per arm: mean over seeds, spread, and a 95% t-interval.
+
+Output-space extrapolation (``rlvr_extrap.generation``) is scored at evaluation time: greedy decoding on
+``z_b + alpha (z_b - z_a)`` between vanilla checkpoints ``a`` and ``b``, against checkpoint ``b`` alone.
+
+Cost: a branch's wall time is compared with vanilla's own time for the same steps, both measured in this
+run (ratios; the machine is shared); the jump's own cost (fit wait, guard, edit) is in its record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import forecast
+import torch
+from common import RESULTS, machine, write_results
+
+from rlvr_extrap.io import write_json
+
+CACHE = Path(__file__).parent / "cache" / "steps_saved_smollm2"
+NAME = "steps_saved_smollm2"
+LR_MULTIPLES = (1, 2, 4)
+BASE_LR = 2e-4  # recipes/smollm2_math.yaml
+
+GATED = {"extrap_min_skill": 0.2, "extrap_horizon": "auto"}  # the package's defaults for the gate, auto horizon
+SNAPSHOTS = {"extrap_snapshot_every": 5}  # as the vanilla runs recorded them
+# arm -> extrap_* settings; "{J}" in a jump list is the jump step
+ARMS: dict[str, dict[str, Any]] = {
+    "gated relex keep-residual, auto horizon": {
+        **SNAPSHOTS, **GATED, "extrap_method": "relex", "extrap_keep_residual": True, "extrap_jump_at": ["J"],
+    },
+    "gated drift (last 10 steps), auto horizon": {
+        **SNAPSHOTS, **GATED, "extrap_method": "linear", "extrap_fit_window": 2, "extrap_jump_at": ["J"],
+    },
+    "auto jumps (re-grounding), gated": {
+        **SNAPSHOTS, **GATED, "extrap_method": "relex", "extrap_keep_residual": True, "extrap_jump_at": "auto",
+    },
+    "relex keep-residual, horizon J, ungated": {
+        **SNAPSHOTS, "extrap_method": "relex", "extrap_keep_residual": True, "extrap_jump_at": ["J"],
+        "extrap_horizon": "J", "extrap_min_skill": None, "extrap_guard": False,
+    },
+}  # fmt: skip
+QUICK_ARMS = ("gated relex keep-residual, auto horizon", "relex keep-residual, horizon J, ungated")
+LOGIT_PAIRS = ((20, 40), (30, 40))  # (checkpoint a, checkpoint b); extrapolation alpha below
+LOGIT_ALPHAS = (0.5, 1.0)
+
+
+def vanilla_specs(seeds: list[int], steps: int, prompts: int) -> dict[tuple[float, int], forecast.RunSpec]:
+    """(learning rate, seed) -> the forecast run that is vanilla there."""
+    template = forecast.smollm2_grid(steps=steps)[0]
+    return {
+        (BASE_LR * k, seed): replace(template, learning_rate=BASE_LR * k, seed=seed, prompts_per_step=prompts)
+        for k in LR_MULTIPLES
+        for seed in seeds
+    }
+
+
+def arm_settings(arm: str, jump: int) -> dict[str, Any]:
+    def fill(v: Any) -> Any:
+        if v == "J":
+            return jump
+        return [fill(x) for x in v] if isinstance(v, list) else v
+
+    return {k: fill(v) for k, v in ARMS[arm].items()}
+
+
+def arm_id(arm: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in arm.lower()).strip("-")
+
+
+def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool) -> dict[str, Any] | None:
+    """Resume ``spec``'s vanilla checkpoint at ``jump`` with ``arm``'s settings, train ``after`` steps (cached).
+
+    None when it is not cached and ``train`` is off.
+    """
+    from rlvr_extrap.experiment import run_experiment
+
+    out = CACHE / spec.run_id / f"{arm_id(arm)}_j{jump}_a{after}"
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if not train:
+        return None
+    checkpoint = forecast.run_dir(spec) / "trainer" / f"checkpoint-{jump}"
+    if not (checkpoint / forecast.STATE_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint}: no vanilla checkpoint to branch from; run forecast.py collect first")
+    run = forecast.run_of(spec, name=arm, grpo_steps=jump + after, extrap=arm_settings(arm, jump), save_every=None)
+    start = time.perf_counter()
+    result = run_experiment(run, out / "trainer", resume_from=checkpoint)
+    result["wall_seconds"] = time.perf_counter() - start
+    write_json(done, result)
+    return result
+
+
+def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: bool) -> float | None:
+    """Greedy held-out accuracy decoding on extrapolated logits of vanilla checkpoints ``a`` and ``b`` (cached).
+
+    None when it is not cached and ``train`` is off.
+    """
+    import torch
+    from peft import PeftModel
+
+    from rlvr_extrap.evaluation import encode_prompts
+    from rlvr_extrap.generation import extrapolated_generate
+    from rlvr_extrap.models import load_model
+    from rlvr_extrap.tasks import get_task
+
+    out = CACHE / spec.run_id / f"logit_{a}_{b}_alpha{alpha:g}.json"
+    if out.is_file():
+        return json.loads(out.read_text())["accuracy"]
+    if not train:
+        return None
+    trainer = forecast.run_dir(spec) / "trainer"
+    models = []
+    for step in (a, b):
+        base, tokenizer = load_model("smollm2")
+        models.append(PeftModel.from_pretrained(base, str(trainer / f"checkpoint-{step}")).eval())
+    task = get_task(spec.task)
+    problems = task.heldout_problems()
+    correct = 0
+    for start in range(0, len(problems), 64):
+        prompts, answers = zip(*problems[start : start + 64], strict=True)
+        ids = encode_prompts(tokenizer, prompts)
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+        with torch.no_grad():
+            generated = extrapolated_generate(
+                models[0], models[1], input_ids, mask, alpha=alpha, max_new_tokens=task.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        correct += sum(task.check(texts, list(answers)))
+    accuracy = correct / len(problems)
+    write_json(out, {"accuracy": accuracy, "a": a, "b": b, "alpha": alpha})
+    return accuracy
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """First step at which ``curve`` reaches ``target``, interpolated between evaluations; None if never."""
+    for (s0, a0), (s1, a1) in zip(curve, curve[1:], strict=False):
+        if a0 >= target:
+            return float(s0)
+        if a1 >= target:
+            return s0 + (s1 - s0) * (target - a0) / (a1 - a0)
+    return float(curve[-1][0]) if curve and curve[-1][1] >= target else None
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample standard deviation and the half-width of a 95% t-interval (nan where n < 2)."""
+    t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 8: 2.36, 10: 2.26}
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    sd = statistics.stdev(values)
+    return mean, sd, t95.get(n, 2.0) * sd / math.sqrt(n)
+
+
+def vanilla_curves(specs: dict[tuple[float, int], forecast.RunSpec]) -> dict[tuple[float, int], list]:
+    curves = {}
+    for key, spec in specs.items():
+        if forecast.is_cached(spec):
+            run = forecast.load_run(forecast.run_dir(spec))
+            curves[key] = [(s, a) for s, a in zip(run.steps, run.accuracy, strict=True) if a is not None]
+    return curves
+
+
+def ratio_of(curves: dict[float, list], accuracy: float, steps: int) -> tuple[float, bool, float | None]:
+    """(steps ratio, whether it is a lower bound, the rate that reached ``accuracy`` first) over ``curves``."""
+    reached = {lr: steps_to_reach(c, accuracy) for lr, c in curves.items()}
+    hits = {lr: n for lr, n in reached.items() if n is not None}
+    if not hits:
+        return max(c[-1][0] for c in curves.values()) / steps, True, None
+    best = min(hits, key=hits.get)
+    return hits[best] / steps, False, best
+
+
+def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, Any]], meta: dict) -> dict[str, Any]:
+    rows = []
+    by_arm: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        by_arm.setdefault((r["arm"], r["learning_rate"]), []).append(r)
+    for (arm, lr), rs in sorted(by_arm.items()):
+        best_ratios, own_ratios, lower, accs, rates = [], [], False, [], []
+        for r in rs:
+            seed_curves = {k[0]: c for k, c in curves.items() if k[1] == r["seed"]}
+            ratio, bound, rate = ratio_of(seed_curves, r["accuracy"], r["steps"])
+            own, own_bound, _ = ratio_of({lr: seed_curves[lr]}, r["accuracy"], r["steps"])
+            best_ratios.append(ratio)
+            own_ratios.append(own)
+            lower |= bound or own_bound
+            accs.append(r["accuracy"])
+            rates.append(rate)
+        rows.append(
+            {
+                "arm": arm, "learning_rate": lr, "seeds": len(rs), "accuracy": mean_interval(accs),
+                "vanilla_same_steps": mean_interval([r["vanilla_same_steps"] for r in rs]),
+                "ratio_vs_best": mean_interval(best_ratios), "ratio_vs_own": mean_interval(own_ratios),
+                "lower_bound": lower, "best_rates": rates,
+                "jumps": [[(j["step"], j.get("horizon"), j.get("skipped", "applied")) for j in r["jumps"]] for r in rs],
+                "wall_ratio": mean_interval([r["wall_ratio"] for r in rs if r.get("wall_ratio")] or [math.nan]),
+            }
+        )  # fmt: skip
+    vanilla = {f"{k[0]:g}/seed{k[1]}": c for k, c in curves.items()}
+    return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["meta"]
+    lines = [
+        "# Steps saved on SmolLM2-135M-Instruct (math-mul), against vanilla GRPO at its best learning rate",
+        "",
+        f"Command: `{m['machine']['command']}` · commit {m['machine']['commit']} · {m['machine']['platform']}, "
+        f"{m['machine']['cpu_count']} CPUs, torch {m['machine']['torch']}, device {m['device']}",
+        "",
+        f"Vanilla: learning rates {', '.join(f'{BASE_LR * k:g}' for k in LR_MULTIPLES)} (1x, 2x, 4x the recipe's), "
+        f"seeds {m['seeds']}, {m['steps']} steps, evaluated every 10 steps on 256 held-out problems. Arms branch "
+        f"from vanilla's checkpoint at step {m['jump']} and train {m['after']} more steps "
+        f"({m['jump'] + m['after']} actual GRPO steps).",
+        "",
+        "## Vanilla",
+        "",
+        "| learning rate | seed | held-out accuracy at 0 / 20 / 40 / 60 / 80 / 100 |",
+        "|---|---|---|",
+    ]
+    for key, curve in data["vanilla"].items():
+        acc = dict(curve)
+        cells = " / ".join(f"{acc[s]:.3f}" if s in acc else "–" for s in (0, 20, 40, 60, 80, 100))
+        lr, seed = key.split("/")
+        lines.append(f"| {lr} | {seed.removeprefix('seed')} | {cells} |")
+    lines += [
+        "",
+        "## Arms",
+        "",
+        "Mean ± sd (95% interval half-width) over seeds. Steps ratio: vanilla steps to reach the arm's accuracy "
+        "/ the arm's actual steps (> 1: steps saved); `vs best`: the learning rate that got there first.",
+        "",
+        "| arm | lr | seeds | accuracy | vanilla, same lr, same steps | steps ratio vs best | vs own lr | jumps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x: list[float]) -> str:
+        mean, sd, half = x
+        return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f} ({half:.3f})"
+
+    for r in data["rows"]:
+        bound = ">" if r["lower_bound"] else ""
+        jumps = "; ".join(", ".join(f"{s}+{h}: {w}" for s, h, w in js) or "none" for js in r["jumps"])
+        lines.append(
+            f"| {r['arm']} | {r['learning_rate']:g} | {r['seeds']} | {f(r['accuracy'])} | "
+            f"{f(r['vanilla_same_steps'])} | {bound}{f(r['ratio_vs_best'])} | {bound}{f(r['ratio_vs_own'])} | {jumps} |"
+        )
+    if data["logits"]:
+        lines += [
+            "",
+            "## Output-space (logit) extrapolation between vanilla checkpoints",
+            "",
+            "| lr | seed | a -> b | alpha | accuracy of b alone | extrapolated |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in data["logits"]:
+            lines.append(
+                f"| {row['learning_rate']:g} | {row['seed']} | {row['a']} -> {row['b']} | {row['alpha']:g} | "
+                f"{row['at_b']:.3f} | {row['accuracy']:.3f} |"
+            )
+    lines += ["", m.get("note", "")]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    from rlvr_extrap.plots import plot_accuracy_curves
+
+    series = []
+    by_lr: dict[str, list[list]] = {}
+    for key, curve in data["vanilla"].items():
+        by_lr.setdefault(key.split("/")[0], []).append(curve)
+    for lr, curves in by_lr.items():
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
+        series.append({"name": f"vanilla lr {lr}", "steps": steps, "mean": means})
+    for r in data["results"]:
+        series.append({"name": f"{r['arm']} (lr {r['learning_rate']:g}, seed {r['seed']})",
+                       "steps": [s for s, _ in r["history"]], "mean": [a for _, a in r["history"]],
+                       "jumps": [j["step"] for j in r["jumps"] if "skipped" not in j]})  # fmt: skip
+    plot_accuracy_curves(series, path, title="SmolLM2 math-mul: held-out accuracy against actual GRPO steps")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "analyze"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100, help="vanilla run length")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step (x 4 completions)")
+    parser.add_argument("--jump", type=int, default=40, help="the jump step (a multiple of 10: a vanilla checkpoint)")
+    parser.add_argument("--after", type=int, default=20, help="GRPO steps after the jump")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="arms' rates (default: 1x and the best)")
+    parser.add_argument("--quick", action="store_true", help="two arms only")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here; drop the flag to run on the CPU")
+    specs = vanilla_specs(args.seeds, args.steps, args.prompts)
+    train = args.command == "run"
+    if train:
+        forecast.collect(list(specs.values()), workers=1)
+    curves = vanilla_curves(specs)
+    lrs = args.lrs or sorted({BASE_LR, best_rate(curves, args.jump + args.after)})
+    arms = QUICK_ARMS if args.quick else tuple(ARMS)
+    results, logits = [], []
+    for (lr, seed), spec in specs.items():
+        if lr in lrs and (lr, seed) in curves:
+            results += arm_results(spec, curves[lr, seed], arms, args, train)
+            if lr == BASE_LR:
+                logits += logit_results(spec, curves[lr, seed], train)
+    meta = {
+        "machine": machine(), "device": args.device, "seeds": args.seeds, "steps": args.steps, "jump": args.jump,
+        "after": args.after, "arms_lrs": lrs, "note": args.note,
+    }  # fmt: skip
+    data = analyze(results, curves, logits, meta)
+    data["results"] = results
+    write_results(NAME, data, render(data), args.out)
+    plot(data, args.out / f"{NAME}.png")
+    print(render(data))
+
+
+def arm_results(
+    spec: forecast.RunSpec, vanilla: list, arms: tuple[str, ...], args: argparse.Namespace, train: bool
+) -> list[dict[str, Any]]:
+    """One row per arm branched from this vanilla run (trained first when ``train``)."""
+    rows = []
+    total = args.jump + args.after
+    step_seconds = vanilla_step_seconds(spec)
+    for arm in arms:
+        r = branch(spec, arm, args.jump, args.after, train)
+        if r is None:
+            continue
+        rows.append(
+            {
+                "arm": arm, "learning_rate": spec.learning_rate, "seed": spec.seed, "steps": total,
+                "accuracy": r["heldout_accuracy"], "history": r["history"], "jumps": r["jumps"],
+                "vanilla_same_steps": dict(vanilla).get(total, math.nan), "wall_seconds": r["wall_seconds"],
+                "wall_ratio": r["wall_seconds"] / (args.after * step_seconds),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def vanilla_step_seconds(spec: forecast.RunSpec) -> float:
+    """Vanilla's wall seconds per step (evaluations included, as in a branch), over the steps its last process ran."""
+    state = forecast.load_state(forecast.run_dir(spec))
+    return state.history["train_seconds"] / (spec.steps - state.history.get("resumed_at", 0))
+
+
+def logit_results(spec: forecast.RunSpec, vanilla: list, train: bool) -> list[dict[str, Any]]:
+    rows = []
+    for a, b in LOGIT_PAIRS:
+        for alpha in LOGIT_ALPHAS:
+            accuracy = logit_accuracy(spec, a, b, alpha, train)
+            if accuracy is not None:
+                rows.append(
+                    {"learning_rate": spec.learning_rate, "seed": spec.seed, "a": a, "b": b, "alpha": alpha,
+                     "at_b": dict(vanilla).get(b, math.nan), "accuracy": accuracy}
+                )  # fmt: skip
+    return rows
+
+
+def best_rate(curves: dict[tuple[float, int], list], step: int) -> float:
+    """The vanilla rate with the highest mean held-out accuracy at ``step`` over the seeds it has."""
+    means = {}
+    for lr in {k[0] for k in curves}:
+        values = [dict(c).get(step) for k, c in curves.items() if k[0] == lr]
+        values = [v for v in values if v is not None]
+        if values:
+            means[lr] = statistics.fmean(values)
+    return max(means, key=means.get) if means else BASE_LR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
