@@ -293,6 +293,8 @@ class ModelSupport:
     run: dict[str, Any]
     accuracy_variants: tuple[str, ...] | None = None
     """Variants whose predictions get a held-out evaluation (None: all); each costs an evaluation per (H, h)."""
+    accuracy_pairs: tuple[tuple[int, int], ...] = ((50, 50), (50, 100), (100, 50), (100, 100))
+    """(origin H, horizon h) where the held-out accuracy of the predicted weights is measured."""
 
 
 # SmolLM2: the demo's settings (rlvr_extrap.demo), two torch threads on 2 cores
@@ -308,6 +310,7 @@ MODELS: dict[str, ModelSupport] = {
             "threads": 2,
         },
         accuracy_variants=("drift, last 10 steps", "relex keep residual", "linear from origin"),
+        accuracy_pairs=((30, 30), (40, 20), (50, 50)),  # 100-step runs, evaluated every 10 steps
     ),
 }
 
@@ -391,8 +394,6 @@ PLOTTED = [
 ]
 HORIZONS = (10, 20, 30, 50, 70, 100)
 TABLE_HORIZONS = (10, 20, 50, 100)
-ACCURACY_PAIRS = ((50, 50), (50, 100), (100, 50), (100, 100))
-"""(origin H, horizon h) where the held-out accuracy of the predicted weights is measured."""
 MIN_ORIGIN = 20  # the paper's relex fit needs two observed snapshots after the origin
 GATE_BARS = (0.0, 0.2)
 AXES = ("steps", "lr")
@@ -500,7 +501,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
 
     records = []
     origins = [s for s in steps if s >= MIN_ORIGIN and (not quick or s % 50 == 0)]
-    evaluated = MODELS[run.spec.model].accuracy_variants
+    evaluated, pairs = MODELS[run.spec.model].accuracy_variants, MODELS[run.spec.model].accuracy_pairs
     for axis in AXES if run.spec.lr_schedule != "constant" else ("steps",):  # constant: the lr axis is the same
         trajectory = on_axis(base, axis, run.lrs)
         for variant, (method, config) in variants.items():
@@ -522,7 +523,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                 i = index[origin]
                 backtest = backtest_from(errors, steps, i)
                 for horizon in HORIZONS:
-                    with_accuracy = (origin, horizon) in ACCURACY_PAIRS and (evaluated is None or variant in evaluated)
+                    with_accuracy = (origin, horizon) in pairs and (evaluated is None or variant in evaluated)
                     if origin + horizon not in index or not (cheap or with_accuracy):
                         continue  # a method without a cheap backtest (next) is scored only where accuracy is
                     j = index[origin + horizon]
@@ -577,9 +578,11 @@ def prediction_errors(
     return error, persistence
 
 
-def score_key(variants: dict[str, tuple[str, dict[str, Any]]], quick: bool) -> str:
+def score_key(variants: dict[str, tuple[str, dict[str, Any]]], quick: bool, model: ModelSupport) -> str:
     """Names the cached scores of a run: the variants and the analysis grid (not the extrapolators' code)."""
-    settings = [sorted(variants.items()), HORIZONS, ACCURACY_PAIRS, MIN_ORIGIN, AXES, quick]
+    settings = [sorted(variants.items()), HORIZONS, model.accuracy_pairs, MIN_ORIGIN, AXES, quick]
+    if model.accuracy_variants is not None:
+        settings.append(model.accuracy_variants)
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -587,7 +590,7 @@ def cached_scores(
     run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], quick: bool, cache: Path, rescore: bool
 ) -> list[dict[str, Any]]:
     """``score_run``, kept next to the run's snapshots so a re-analysis only scores new runs."""
-    path = run_dir(run.spec, cache) / f"scores_{score_key(variants, quick)}.json"
+    path = run_dir(run.spec, cache) / f"scores_{score_key(variants, quick, MODELS[run.spec.model])}.json"
     if path.is_file() and not rescore:
         return json.loads(path.read_text())
     records = score_run(run, variants, quick)
