@@ -70,7 +70,10 @@ class ExtrapolationCallback(TrainerCallback):
         if late:
             logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
         if not self.config.extrap_jump_at:
-            logger.warning("extrap_method is set but extrap_jump_at is empty: snapshots only, no jump")
+            logger.warning(
+                "extrap_method is set but extrap_jump_at is empty: observing only (snapshots and forecast skill, "
+                "no jump); give extrap_jump_at steps or auto to jump"
+            )
         clock = None
         if self.config.extrap_time_axis == "lr":
             clock = schedule_clock(kwargs.get("lr_scheduler"))

@@ -41,6 +41,7 @@ class Run:
     max_completion_length: int = 6
     dataset_rows: int = 16000  # fixed, so every run (any length) sees the same prompts in the same order
     eval_batch_size: int = 128
+    heldout_size: int | None = None  # evaluate on the first this many held-out problems (None: all of them)
     threads: int | None = 1  # torch threads during the run (None: leave as is)
     seed: int = 0
     eval_every: int = 20
@@ -104,7 +105,7 @@ def _run(
     )
     extrapolation = ExtrapolationCallback()
     accuracy = HeldoutAccuracyCallback(
-        task.heldout_problems(),
+        task.heldout_problems()[: run.heldout_size],
         every=run.eval_every,
         batch_size=run.eval_batch_size,
         max_new_tokens=task.max_new_tokens,
