@@ -1,0 +1,155 @@
+"""Orthonormal bases of a module's concatenated factors, extended as snapshots arrive and never formed.
+
+For the factored atoms ``L_1 R_1, ..., L_J R_J`` of one module let ``[L] = [L_1 .. L_J]`` (m x N) and
+``[R] = [R_1; ..; R_J]`` (N x n). Each side keeps ``P`` (k x N, block upper triangular) with ``[L] = Q P`` for an
+orthonormal ``Q`` (m x k) that exists only implicitly, ``Q = [L] X``: adding an atom costs its cross products with
+the atoms already held (``L_i^T L_new``, which the trajectory's Gram row needs anyway) and ``r x r`` work. Any
+combination ``sum_j w_j L_j R_j`` is then ``Q_L K Q_R^T`` with the small core ``K = P_L diag(w) P_R^T``
+(k x k'), whose rank and singular values are the combination's own: its true rank, its best rank-p
+approximation and that approximation's error come from the core, and only the final factors touch the
+m- and n-sized matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .lowrank import LowRank
+
+__all__ = ["FactorBasis", "ModuleBasis", "Reduced"]
+
+RANK_RTOL = 1e-6
+"""A new direction is kept when its squared norm outside the basis is above this fraction of the factor's
+(largest column's): a residual below 1e-3 of the factor's norm is within the float32 round-off of the cross
+products' cancellation, not a direction. What this leaves out is counted in ``Reduced.error_sq``."""
+
+
+class FactorBasis:
+    """One side's implicit orthonormal basis ``Q = [L] X`` of the concatenated factors, block by block."""
+
+    def __init__(self) -> None:
+        self.rank = 0  # k: columns of Q
+        self._coords: list[torch.Tensor] = []  # block j: (k after block j, r_j) coordinates of factor j in Q
+        self._pinv: list[torch.Tensor] = []  # block j: (r_j, k_new_j), Q_new_j = (F_j - Q_<j C_j) pinv_j
+        self._start: list[int] = []  # first column of Q that block j added
+
+    @property
+    def columns(self) -> int:
+        """N: the factors' total inner dimension."""
+        return sum(c.shape[1] for c in self._coords)
+
+    def extend(self, cross: torch.Tensor, own: torch.Tensor) -> None:
+        """Add factor ``F`` given ``cross = [F_1 .. F_J]^T F`` (N x r) and ``own = F^T F`` (r x r)."""
+        cross, own = cross.to(torch.float64), own.to(torch.float64)
+        c = self._project(cross)  # Q^T F (k x r)
+        schur = own - c.T @ c
+        evals, evecs = torch.linalg.eigh((schur + schur.T) / 2)
+        keep = evals > RANK_RTOL * max(float(own.diagonal().max()) if own.numel() else 0.0, 1e-300)
+        evals, evecs = evals[keep], evecs[:, keep]
+        self._start.append(self.rank)
+        self._coords.append(torch.cat([c, evals.sqrt()[:, None] * evecs.T], 0).to(torch.float32))
+        self._pinv.append((evecs / evals.sqrt()).to(torch.float32))
+        self.rank += int(keep.sum())
+
+    def _project(self, cross: torch.Tensor) -> torch.Tensor:
+        """``Q^T F`` from ``[F_1 .. F_J]^T F`` (forward substitution over the blocks)."""
+        out = torch.zeros(self.rank, cross.shape[1], dtype=torch.float64)
+        row = 0
+        for coords, pinv, start in zip(self._coords, self._pinv, self._start, strict=True):
+            r = coords.shape[1]
+            c = coords[:start].to(torch.float64)
+            out[start : start + pinv.shape[1]] = pinv.to(torch.float64).T @ (cross[row : row + r] - c.T @ out[:start])
+            row += r
+        return out
+
+    def matrix(self) -> torch.Tensor:
+        """``P`` (k x N, float32): factor columns in the basis, ``[F_1 .. F_J] = Q P``."""
+        out = torch.zeros(self.rank, self.columns, dtype=torch.float32)
+        col = 0
+        for coords in self._coords:
+            out[: coords.shape[0], col : col + coords.shape[1]] = coords
+            col += coords.shape[1]
+        return out
+
+    def lift(self, y: torch.Tensor) -> torch.Tensor:
+        """``X`` (N x p) with ``Q y = [F_1 .. F_J] X`` for ``y`` (k x p) (backward substitution over the blocks)."""
+        y = y.to(torch.float64).clone()
+        blocks = []
+        for coords, pinv, start in reversed(list(zip(self._coords, self._pinv, self._start, strict=True))):
+            x = pinv.to(torch.float64) @ y[start : start + pinv.shape[1]]
+            y[:start] -= coords[:start].to(torch.float64) @ x
+            blocks.append(x)
+        return torch.cat(blocks[::-1], 0)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A combination as factors of reduced rank, with its squared Frobenius norm and the squared error dropped."""
+
+    factors: LowRank
+    norm_sq: float
+    error_sq: float
+
+
+class ModuleBasis:
+    """The left and right bases of one module's factored atoms (the columns of ``[L]`` and rows of ``[R]``)."""
+
+    def __init__(self) -> None:
+        self.left, self.right = FactorBasis(), FactorBasis()
+        self.ranks: list[int] = []  # inner dimension of each atom
+
+    def add(self, left_cross: torch.Tensor, left_own: torch.Tensor, right_cross: torch.Tensor, right_own: torch.Tensor):
+        """Extend both sides by one atom ``L R`` (cross products with the atoms held, in their order)."""
+        self.left.extend(left_cross, left_own)
+        self.right.extend(right_cross, right_own)
+        self.ranks.append(left_own.shape[0])
+
+    def core(self, weights: Sequence[float]) -> torch.Tensor:
+        """``K = P_L diag(w) P_R^T`` (k x k'): the combination ``sum_j w_j atom_j`` is ``Q_L K Q_R^T``."""
+        scale = torch.repeat_interleave(torch.tensor(weights, dtype=torch.float32), torch.tensor(self.ranks))
+        return (self.left.matrix() * scale) @ self.right.matrix().T
+
+    def reduce(
+        self, atoms: Sequence[LowRank], weights: Sequence[float], norm_sq: float, rank: int | None = None
+    ) -> Reduced:
+        """``sum_j weights[j] atoms[j]`` as factors of rank ``min(k, k')``, or its best rank-``rank`` part.
+
+        ``norm_sq`` is the combination's squared norm from the exact Gram matrix of the atoms. The applied factors
+        are ``Q_L K Q_R^T`` (or ``Q_L U_p S_p V_p^T Q_R^T`` from a randomized SVD of the core ``K``), an orthogonal
+        projection of the combination, so the squared error is ``norm_sq`` minus the kept ``||K||^2`` (or
+        ``sum(S_p^2)``): the truncation and whatever the bases left out as round-off, up to float32 round-off.
+        """
+        core = self.core(weights)
+        if rank is None or rank >= min(core.shape):
+            if core.shape[0] <= core.shape[1]:
+                left_y, right_y = torch.eye(core.shape[0]), core.T
+            else:
+                left_y, right_y = core, torch.eye(core.shape[1])
+            kept = float(core.double().square().sum())
+        else:
+            u, s, v = torch.svd_lowrank(core, q=min(rank + 10, min(core.shape)), niter=2)
+            left_y, right_y = u[:, :rank] * s[:rank], v[:, :rank]
+            kept = float(s[:rank].double().square().sum())
+        left = _gather(self.left.lift(left_y), [a.left for a in atoms], self.ranks, transpose=False)
+        right = _gather(self.right.lift(right_y), [a.right for a in atoms], self.ranks, transpose=True)
+        return Reduced(LowRank(left, right), norm_sq, max(norm_sq - kept, 0.0))
+
+
+def _gather(x: torch.Tensor, factors: Sequence[torch.Tensor], ranks: Sequence[int], transpose: bool) -> torch.Tensor:
+    """``[F_1 .. F_J] X`` (left factors, m x p) or ``X^T [F_1; ..; F_J]`` (right factors, p x n), block by block."""
+    x = x.to(torch.float32)
+    out, row = None, 0
+    for factor, r in zip(factors, ranks, strict=True):
+        block = x[row : row + r]
+        row += r
+        if not r or not bool(block.any()):
+            continue
+        part = block.T @ factor.to(torch.float32) if transpose else factor.to(torch.float32) @ block
+        out = part if out is None else out.add_(part)
+    if out is None:
+        shape = (x.shape[1], factors[0].shape[1]) if transpose else (factors[0].shape[0], x.shape[1])
+        out = torch.zeros(shape)
+    return out
