@@ -21,10 +21,10 @@ from .lowrank import LowRank
 
 __all__ = ["FactorBasis", "ModuleBasis", "Reduced"]
 
-RANK_RTOL = 1e-6
+RANK_RTOL = 1e-10
 """A new direction is kept when its squared norm outside the basis is above this fraction of the factor's
-(largest column's): a residual below 1e-3 of the factor's norm is within the float32 round-off of the cross
-products' cancellation, not a direction. What this leaves out is counted in ``Reduced.error_sq``."""
+(largest column's). The cross products are float64, so only what is in the span up to round-off (a zero factor, a
+repeated or a linearly dependent one) adds no column, and a reduction without truncation is exact."""
 
 
 class FactorBasis:
@@ -32,8 +32,8 @@ class FactorBasis:
 
     def __init__(self) -> None:
         self.rank = 0  # k: columns of Q
-        self._coords: list[torch.Tensor] = []  # block j: (k after block j, r_j) coordinates of factor j in Q
-        self._pinv: list[torch.Tensor] = []  # block j: (r_j, k_new_j), Q_new_j = (F_j - Q_<j C_j) pinv_j
+        self._coords: list[torch.Tensor] = []  # block j (float64): (k after block j, r_j), factor j's coordinates in Q
+        self._pinv: list[torch.Tensor] = []  # block j (float64): (r_j, k_new_j), Q_new_j = (F_j - Q_<j C_j) pinv_j
         self._start: list[int] = []  # first column of Q that block j added
 
     @property
@@ -50,8 +50,8 @@ class FactorBasis:
         keep = evals > RANK_RTOL * max(float(own.diagonal().max()) if own.numel() else 0.0, 1e-300)
         evals, evecs = evals[keep], evecs[:, keep]
         self._start.append(self.rank)
-        self._coords.append(torch.cat([c, evals.sqrt()[:, None] * evecs.T], 0).to(torch.float32))
-        self._pinv.append((evecs / evals.sqrt()).to(torch.float32))
+        self._coords.append(torch.cat([c, evals.sqrt()[:, None] * evecs.T], 0))
+        self._pinv.append(evecs / evals.sqrt())
         self.rank += int(keep.sum())
 
     def _project(self, cross: torch.Tensor) -> torch.Tensor:
@@ -60,14 +60,13 @@ class FactorBasis:
         row = 0
         for coords, pinv, start in zip(self._coords, self._pinv, self._start, strict=True):
             r = coords.shape[1]
-            c = coords[:start].to(torch.float64)
-            out[start : start + pinv.shape[1]] = pinv.to(torch.float64).T @ (cross[row : row + r] - c.T @ out[:start])
+            out[start : start + pinv.shape[1]] = pinv.T @ (cross[row : row + r] - coords[:start].T @ out[:start])
             row += r
         return out
 
     def matrix(self) -> torch.Tensor:
-        """``P`` (k x N, float32): factor columns in the basis, ``[F_1 .. F_J] = Q P``."""
-        out = torch.zeros(self.rank, self.columns, dtype=torch.float32)
+        """``P`` (k x N): factor columns in the basis, ``[F_1 .. F_J] = Q P``."""
+        out = torch.zeros(self.rank, self.columns, dtype=torch.float64)
         col = 0
         for coords in self._coords:
             out[: coords.shape[0], col : col + coords.shape[1]] = coords
@@ -79,8 +78,8 @@ class FactorBasis:
         y = y.to(torch.float64).clone()
         blocks = []
         for coords, pinv, start in reversed(list(zip(self._coords, self._pinv, self._start, strict=True))):
-            x = pinv.to(torch.float64) @ y[start : start + pinv.shape[1]]
-            y[:start] -= coords[:start].to(torch.float64) @ x
+            x = pinv @ y[start : start + pinv.shape[1]]
+            y[:start] -= coords[:start] @ x
             blocks.append(x)
         return torch.cat(blocks[::-1], 0)
 
@@ -109,33 +108,58 @@ class ModuleBasis:
 
     def core(self, weights: Sequence[float]) -> torch.Tensor:
         """``K = P_L diag(w) P_R^T`` (k x k'): the combination ``sum_j w_j atom_j`` is ``Q_L K Q_R^T``."""
-        scale = torch.repeat_interleave(torch.tensor(weights, dtype=torch.float32), torch.tensor(self.ranks))
-        return (self.left.matrix() * scale) @ self.right.matrix().T
+        return (self.left.matrix() * self._scale(weights)) @ self.right.matrix().T
+
+    def _scale(self, weights: Sequence[float]) -> torch.Tensor:
+        """The atoms' weights, one per factor column."""
+        return torch.repeat_interleave(torch.tensor(weights, dtype=torch.float64), torch.tensor(self.ranks))
 
     def reduce(
         self, atoms: Sequence[LowRank], weights: Sequence[float], norm_sq: float, rank: int | None = None
     ) -> Reduced:
         """``sum_j weights[j] atoms[j]`` as factors of rank ``min(k, k')``, or its best rank-``rank`` part.
 
-        ``norm_sq`` is the combination's squared norm from the exact Gram matrix of the atoms. The applied factors
-        are ``Q_L K Q_R^T`` (or ``Q_L U_p S_p V_p^T Q_R^T`` from a randomized SVD of the core ``K``), an orthogonal
-        projection of the combination, so the squared error is ``norm_sq`` minus the kept ``||K||^2`` (or
-        ``sum(S_p^2)``): the truncation and whatever the bases left out as round-off, up to float32 round-off.
+        ``norm_sq`` is the combination's squared norm from the exact Gram matrix of the atoms. The truncated
+        factors are ``Q_L U_p S_p`` and ``V_p^T Q_R^T`` from a randomized SVD of the core ``K`` (applied as
+        ``P_L (w * (P_R^T x))``, never formed), an orthogonal projection of the combination, so the squared error
+        is ``norm_sq - sum(S_p^2)``, exact up to round-off.
         """
-        core = self.core(weights)
-        if rank is None or rank >= min(core.shape):
-            if core.shape[0] <= core.shape[1]:
-                left_y, right_y = torch.eye(core.shape[0]), core.T
+        k_left, k_right = self.left.rank, self.right.rank
+        if rank is None or rank >= min(k_left, k_right):
+            core = self.core(weights)
+            if k_left <= k_right:
+                left_y, right_y = torch.eye(k_left, dtype=torch.float64), core.T
             else:
-                left_y, right_y = core, torch.eye(core.shape[1])
-            kept = float(core.double().square().sum())
+                left_y, right_y = core, torch.eye(k_right, dtype=torch.float64)
+            kept = float(core.square().sum())
         else:
-            u, s, v = torch.svd_lowrank(core, q=min(rank + 10, min(core.shape)), niter=2)
-            left_y, right_y = u[:, :rank] * s[:rank], v[:, :rank]
-            kept = float(s[:rank].double().square().sum())
+            u, s, v = _top_singular(self.left.matrix(), self._scale(weights), self.right.matrix(), rank)
+            left_y, right_y = u * s, v
+            kept = float(s.square().sum())
         left = _gather(self.left.lift(left_y), [a.left for a in atoms], self.ranks, transpose=False)
         right = _gather(self.right.lift(right_y), [a.right for a in atoms], self.ranks, transpose=True)
         return Reduced(LowRank(left, right), norm_sq, max(norm_sq - kept, 0.0))
+
+
+def _top_singular(
+    p_left: torch.Tensor, scale: torch.Tensor, p_right: torch.Tensor, rank: int, niter: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``rank`` singular triplets of ``K = p_left diag(scale) p_right^T`` (randomized, Halko et al., seeded)."""
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return p_left @ (scale[:, None] * (p_right.T @ x))
+
+    def apply_t(y: torch.Tensor) -> torch.Tensor:
+        return p_right @ (scale[:, None] * (p_left.T @ y))
+
+    width = min(rank + 10, p_left.shape[0], p_right.shape[0])
+    g = torch.Generator().manual_seed(0)
+    y = apply(torch.randn(p_right.shape[0], width, generator=g, dtype=torch.float64))
+    for _ in range(niter):
+        y = apply(apply_t(torch.linalg.qr(y).Q))
+    q = torch.linalg.qr(y).Q
+    u, s, vh = torch.linalg.svd(apply_t(q).T, full_matrices=False)  # Q^T K = U S V^T
+    return (q @ u)[:, :rank], s[:rank], vh[:rank].T
 
 
 def _gather(x: torch.Tensor, factors: Sequence[torch.Tensor], ranks: Sequence[int], transpose: bool) -> torch.Tensor:

@@ -293,6 +293,7 @@ class ExtrapolationCallback(TrainerCallback):
                 "fit_seconds": plan.fit_seconds,
                 "edit_rank": plan.edit_rank,
                 "edit_error": plan.edit_error,
+                "reduce_seconds": plan.reduce_seconds,
                 "wait_seconds": wait,
                 "apply_seconds": time.perf_counter() - apply_start,
                 "modules_jumped": len(plan.updates),

@@ -98,14 +98,13 @@ class Trajectory:
         if basis is None or not isinstance(term, LowRank) or not all(isinstance(a, LowRank) for a in atoms):
             self._bases[name] = None
             return [inner(term, a) for a in atoms] + [inner(term, term)]
-        dtype = torch.float64 if any(t.left.dtype == torch.float64 for t in (*atoms, term)) else torch.float32
-        left, right = term.left.to(dtype), term.right.to(dtype)
-        lefts = [a.left.to(dtype).T @ left for a in atoms]  # L_i^T L (r_i x r)
-        rights = [a.right.to(dtype) @ right.T for a in atoms]  # R_i R^T
+        left, right = term.left.double(), term.right.double()  # float64: the bases' rank test needs the precision
+        lefts = [a.left.double().T @ left for a in atoms]  # L_i^T L (r_i x r)
+        rights = [a.right.double() @ right.T for a in atoms]  # R_i R^T
         own_l, own_r = left.T @ left, right @ right.T
         basis.add(_stacked(lefts, left.shape[1]), own_l, _stacked(rights, left.shape[1]), own_r)
         pairs = [*zip(lefts, rights, strict=True), (own_l, own_r)]
-        return [float(torch.sum(a.double() * b.double())) for a, b in pairs]
+        return [float(torch.sum(a * b)) for a, b in pairs]
 
     def atoms(self, name: str) -> list[Delta]:
         """The distinct terms this module's points are made of (each stored once)."""
@@ -164,7 +163,7 @@ class Trajectory:
 
 def _stacked(blocks: list[torch.Tensor], width: int) -> torch.Tensor:
     """Row blocks stacked (an empty ``0 x width`` block when there are none)."""
-    return torch.cat(blocks, 0) if blocks else torch.zeros(0, width)
+    return torch.cat(blocks, 0) if blocks else torch.zeros(0, width, dtype=torch.float64)
 
 
 def _grown(gram: torch.Tensor | None, row: list[float]) -> torch.Tensor:

@@ -67,6 +67,7 @@ class JumpPlan:
     skill: float | None = None  # backtest skill at this plan's horizon (None: not measured)
     edit_rank: int | None = None  # largest inner dimension of the updates as applied
     edit_error: float | None = None  # ||applied - planned|| / ||planned|| over all modules (None: not reduced)
+    reduce_seconds: float = 0.0  # of fit_seconds: bringing the updates to their true (or the truncated) rank
 
     @property
     def update_norm(self) -> float:
@@ -92,6 +93,7 @@ class JumpPlan:
             self.skill,
             self.edit_rank,
             self.edit_error,
+            self.reduce_seconds,
         )
 
 
@@ -263,7 +265,9 @@ class TrajectoryWorker:
             report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
             diags.append(diag)
         plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start, skill=skill)
+        reduce_start = time.perf_counter()
         self._reduce(plan)
+        plan.reduce_seconds = time.perf_counter() - reduce_start
         plan.fit_seconds = time.perf_counter() - start
         self._check_size(plan)
         if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
@@ -271,8 +275,9 @@ class TrajectoryWorker:
         return plan
 
     def _reduce(self, plan: JumpPlan) -> None:
-        """Each update at its true rank when the module's bases show it is lower than its terms', truncated to
-        ``edit_rank`` when set; the plan records the largest applied rank and the relative error of the truncation."""
+        """Each update at its true rank when the module's bases show it is lower than its terms' (exact up to
+        float32 round-off), truncated to ``edit_rank`` when set; the plan records the largest applied rank and the
+        relative error of the truncation."""
         error_sq = norm_sq = 0.0
         reduced_any = False
         for name, update in plan.updates.items():
@@ -286,7 +291,7 @@ class TrajectoryWorker:
             error_sq, norm_sq = error_sq + reduced.error_sq, norm_sq + reduced.norm_sq
             plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
         plan.edit_rank = max((u.rank for u in plan.updates.values()), default=0)
-        if reduced_any:
+        if reduced_any and self.edit_rank is not None:  # without truncation the difference is round-off
             plan.edit_error = (error_sq / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
 
     def _finite(self, name: str, predicted: LowRank) -> bool:

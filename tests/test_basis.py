@@ -14,12 +14,13 @@ from rlvr_extrap.worker import TrajectoryWorker
 
 
 def structured(points: int = 6, m: int = 40, n: int = 30, r: int = 3, noise: float = 0.0) -> list[LowRank]:
-    """``B_t A_t`` with ``B_t = t B`` (one left span) and ``A_t = A_0`` for t < 3, then ``A_0 + 0.1 t E_t``."""
+    """``B_t A_t``: ``B_0 = 0``, ``B_t = 2^t B`` (one left span, scaled exactly in floating point), ``A_t = A_0``
+    for t < 3, then ``A_0 + 0.1 t E_t``; ``noise`` adds a random part to every ``B_t``."""
     g = torch.Generator().manual_seed(0)
     b, a0 = torch.randn(m, r, generator=g), torch.randn(r, n, generator=g)
     out = []
     for t in range(points):
-        left = b * t + noise * torch.randn(m, r, generator=g)
+        left = (b * 2.0**t if t else torch.zeros(m, r)) + noise * torch.randn(m, r, generator=g)
         right = a0 if t < 3 else a0 + 0.1 * t * torch.randn(r, n, generator=g)
         out.append(LowRank(left, right.clone()))
     return out
@@ -31,7 +32,7 @@ def test_bases_grow_by_the_new_directions_only_and_give_the_exact_gram():
     for t, d in enumerate(points):
         traj.append(10 * t, {"m": d})
     basis = traj._bases["m"]
-    # left: B_0 = 0 adds nothing, B_1 spans 3, B_t = t B adds nothing; right: A_0 spans 3, then 3 per new A_t
+    # left: B_0 = 0 adds nothing, B_1 spans 3, B_t = 2^t B adds nothing; right: A_0 spans 3, then 3 per new A_t
     assert (basis.left.rank, basis.right.rank) == (3, 3 + 3 * 3)
     assert traj.basis_rank("m") == 3
     stack = torch.stack([d.dense().flatten() for d in points]).double()
