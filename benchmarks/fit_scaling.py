@@ -83,20 +83,19 @@ def _timed(fn):
 
 
 def measure(
-    method: str,
+    variants: list[tuple[str, int | None]],
     layers: int,
     snapshots: int,
     dtype_name: str,
     commit: bool,
     next_config: dict,
-    edit_rank: int | None = None,
     memory: str | None = None,
-) -> dict:
-    """One configuration, in this process (called in a subprocess by ``main``)."""
+) -> list[dict]:
+    """One trajectory (ingested with the first variant's method), then a jump planned with each (method, edit rank)
+    variant on it and its edit timed on one layer; in this process (called in a subprocess by ``main``)."""
     import torch
 
     from rlvr_extrap.config import SNAPSHOT_DTYPES
-    from rlvr_extrap.extrapolators import get_extrapolator
     from rlvr_extrap.lora import add_update
     from rlvr_extrap.lowrank import LowRank
     from rlvr_extrap.skill import measure_skill
@@ -106,11 +105,11 @@ def measure(
     dtype = SNAPSHOT_DTYPES[dtype_name]
     g = torch.Generator().manual_seed(0)
     names = [f"layers.{i}.{m}" for i in range(layers) for m in SHAPES]
-    config = next_config if method == "next" else {}
+    method = variants[0][0]
     budget = parse_memory(memory)
     spill_dir = tempfile.mkdtemp(prefix="fit_scaling_spill_", dir=Path(__file__).parent)  # on disk, not tmpfs
     spill = None if budget is None else SnapshotSpill(spill_dir, budget)
-    worker = TrajectoryWorker(get_extrapolator(method, **config), edit_rank=edit_rank, spill=spill)
+    worker = TrajectoryWorker(_extrapolator(method, next_config), spill=spill)
     weights = {kind: torch.zeros(shape, dtype=torch.bfloat16) for kind, shape in SHAPES.items()}  # one layer's
     baseline, baseline_anon = _rss_gib(), _rss_gib("RssAnon")
     anon = _AnonPeak()
@@ -125,12 +124,18 @@ def measure(
         worker.add_snapshot(10 * t, deltas).result()
         ingest.append(time.perf_counter() - start)
     step = 10 * (snapshots - 1)
-    _, skill_seconds = _timed(lambda: measure_skill(worker.trajectory, worker.extrapolator))
-    horizon = 20 if method == "next" else 100
-    plan, plan_seconds = _timed(lambda: worker.plan_jump(step, horizon, 1.0).result())
     first_layer = [n for n in names if n.startswith("layers.0.")]
-    _, edit_one_layer = _timed(lambda: [add_update(weights[n.rsplit(".", 1)[1]], plan.updates[n]) for n in first_layer])
-    commit_seconds = _timed(lambda: worker.commit_jump(plan).result())[1] if commit else None
+    plans = []
+    for variant, edit_rank in variants:
+        worker.extrapolator, worker.edit_rank = _extrapolator(variant, next_config), edit_rank
+        _, skill_seconds = _timed(lambda: measure_skill(worker.trajectory, worker.extrapolator))
+        horizon = 20 if variant == "next" else 100
+        plan, plan_seconds = _timed(lambda h=horizon: worker.plan_jump(step, h, 1.0).result())
+        _, edit_one_layer = _timed(
+            lambda p=plan: [add_update(weights[n.rsplit(".", 1)[1]], p.updates[n]) for n in first_layer]
+        )
+        plans.append((variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer))
+    commit_seconds = _timed(lambda: worker.commit_jump(plans[-1][2]).result())[1] if commit else None
     spilled = 0 if spill is None else spill.spilled
     worker.close()
     Path(spill_dir).rmdir()
@@ -138,55 +143,62 @@ def measure(
     trainable = sum(RANK * sum(SHAPES[n.rsplit(".", 1)[1]]) for n in names)
     snapshot_gib = snapshots * trainable * torch.finfo(dtype).bits / 8 / 2**30
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {
-        "method": method,
-        "layers": layers,
-        "snapshots": snapshots,
-        "dtype": dtype_name,
-        "edit_rank": edit_rank,
-        "memory": memory,
-        "snapshots_spilled": spilled,
-        "trainable": trainable,
-        "ingest_mean_seconds": sum(ingest) / len(ingest),
-        "ingest_last_seconds": ingest[-1],
-        "ingest_seconds": sum(ingest),
-        "skill_seconds": skill_seconds,
-        "plan_seconds": plan_seconds,
-        "fit_seconds": plan.fit_seconds,
-        "reduce_seconds": plan.reduce_seconds,
-        "applied_rank": plan.edit_rank,
-        "edit_error": plan.edit_error,
-        "next_train_seconds": max((d.get("train_seconds", 0.0) for d in plan.diagnostics.values()), default=0.0),
-        "next_epochs_run": max((d.get("epochs_run", 0.0) for d in plan.diagnostics.values()), default=0.0),
-        "edit_one_layer_seconds": edit_one_layer,
-        "edit_seconds": edit_one_layer * layers,
-        "stall_seconds": plan_seconds + edit_one_layer * layers,
-        "commit_seconds": commit_seconds,
-        "snapshot_gib": snapshot_gib,
-        "baseline_rss_gib": baseline,
-        "peak_rss_gib": peak,
-        "peak_over_snapshots": (peak - baseline) / snapshot_gib,
-        "anon_peak_over_snapshots": (anon_peak - baseline_anon) / snapshot_gib,
-    }
+    return [
+        {
+            "method": variant,
+            "ingested_with": method,
+            "layers": layers,
+            "snapshots": snapshots,
+            "dtype": dtype_name,
+            "edit_rank": edit_rank,
+            "memory": memory,
+            "snapshots_spilled": spilled,
+            "trainable": trainable,
+            "ingest_mean_seconds": sum(ingest) / len(ingest),
+            "ingest_last_seconds": ingest[-1],
+            "ingest_seconds": sum(ingest),
+            "skill_seconds": skill_seconds,
+            "plan_seconds": plan_seconds,
+            "fit_seconds": plan.fit_seconds,
+            "reduce_seconds": plan.reduce_seconds,
+            "applied_rank": plan.edit_rank,
+            "edit_error": plan.edit_error,
+            "next_train_seconds": max((d.get("train_seconds", 0.0) for d in plan.diagnostics.values()), default=0.0),
+            "next_epochs_run": max((d.get("epochs_run", 0.0) for d in plan.diagnostics.values()), default=0.0),
+            "edit_one_layer_seconds": edit_one_layer,
+            "edit_seconds": edit_one_layer * layers,
+            "stall_seconds": plan_seconds + edit_one_layer * layers,
+            "commit_seconds": commit_seconds if i == len(plans) - 1 else None,
+            "snapshot_gib": snapshot_gib,
+            "baseline_rss_gib": baseline,
+            "peak_rss_gib": peak,
+            "peak_over_snapshots": (peak - baseline) / snapshot_gib,
+            "anon_peak_over_snapshots": (anon_peak - baseline_anon) / snapshot_gib,
+        }
+        for i, (variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer) in enumerate(plans)
+    ]
 
 
-# (method, layers, snapshots, snapshot dtype, time the commit, extrap_edit_rank, extrap_snapshot_memory); the
-# commit's compaction holds float32 offsets as large as the snapshots, so it is timed only where that fits here
-Config = tuple[str, int, int, str, bool, int | None, str | None]
+def _extrapolator(method: str, next_config: dict):
+    from rlvr_extrap.extrapolators import get_extrapolator
+
+    return get_extrapolator(method, **(next_config if method == "next" else {}))
+
+
+# (plans: "method" or "method:edit_rank", the first one's method ingests; layers, snapshots, snapshot dtype, time
+# the commit after the last plan, extrap_snapshot_memory). The 32-layer trajectory is ingested once (about 20
+# minutes on this shared machine) and every plan is made on it. The commit's compaction holds float32 offsets as
+# large as the snapshots, so it is timed only where that fits here.
+Config = tuple[list[str], int, int, str, bool, str | None]
 FULL: list[Config] = [
-    ("relex", 1, 15, "float32", True, None, None),
-    ("relex", 1, 15, "float32", True, 32, None),
-    ("linear", 1, 15, "float32", True, None, None),
-    ("relex", 32, 15, "bfloat16", False, None, None),
-    ("relex", 32, 15, "bfloat16", False, 32, None),
-    ("relex", 32, 15, "bfloat16", False, 8, None),
-    ("linear", 32, 15, "bfloat16", False, None, None),
-    ("relex", 32, 15, "bfloat16", False, 32, "1GiB"),
+    (["relex", "relex:32"], 1, 15, "float32", True, None),
+    (["linear"], 1, 15, "float32", True, None),
+    (["relex", "relex:8"], 8, 15, "bfloat16", False, "256MiB"),
+    (["relex", "relex:32", "relex:8", "linear"], 32, 15, "bfloat16", False, None),
 ]
 QUICK: list[Config] = [
-    ("relex", 1, 10, "float32", True, None, None),
-    ("relex", 1, 10, "bfloat16", True, 16, "100MiB"),
-    ("linear", 2, 10, "bfloat16", True, None, None),
+    (["relex", "relex:16", "linear"], 1, 10, "float32", True, None),
+    (["relex:16"], 2, 10, "bfloat16", True, "100MiB"),
 ]
 PREVIOUS = Path(__file__).parent / "results" / "fit_scaling_previous.md"
 
@@ -194,9 +206,9 @@ PREVIOUS = Path(__file__).parent / "results" / "fit_scaling_previous.md"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--one", nargs=4, metavar=("METHOD", "LAYERS", "SNAPSHOTS", "DTYPE"))
+    parser.add_argument("--one", nargs=3, metavar=("LAYERS", "SNAPSHOTS", "DTYPE"))
+    parser.add_argument("--plans", nargs="+", default=["relex"], help="with --one: method or method:edit_rank each")
     parser.add_argument("--commit", action="store_true", help="with --one: also time the background commit")
-    parser.add_argument("--edit-rank", type=int, default=None, help="with --one: extrap_edit_rank")
     parser.add_argument("--memory", default=None, help="with --one: extrap_snapshot_memory (e.g. 1GiB)")
     parser.add_argument("--next-epochs", type=int, default=100, help="NExt's epochs (the paper: 1000)")
     parser.add_argument("--next-patience", type=int, default=None, help="NExt's early-stop patience")
@@ -207,20 +219,19 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        method, layers, snaps, dtype = args.one
+        layers, snaps, dtype = args.one
+        variants = [(p.split(":")[0], int(p.split(":")[1]) if ":" in p else None) for p in args.plans]
         next_config = {"epochs": args.next_epochs, "patience": args.next_patience}
-        row = measure(method, int(layers), int(snaps), dtype, args.commit, next_config, args.edit_rank, args.memory)
-        print(json.dumps(row))
+        print(json.dumps(measure(variants, int(layers), int(snaps), dtype, args.commit, next_config, args.memory)))
         return
     rows = []
-    for method, layers, snaps, dtype, commit, edit_rank, memory in QUICK if args.quick else FULL:
-        command = [sys.executable, __file__, "--one", method, str(layers), str(snaps), dtype]
+    for plans, layers, snaps, dtype, commit, memory in QUICK if args.quick else FULL:
+        command = [sys.executable, __file__, "--one", str(layers), str(snaps), dtype, "--plans", *plans]
         command += ["--commit"] if commit else []
-        command += [] if edit_rank is None else ["--edit-rank", str(edit_rank)]
         command += [] if memory is None else ["--memory", memory]
         load_before = _load()
         done = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"load": (load_before, _load())})
+        rows += [r | {"load": (load_before, _load())} for r in json.loads(done.stdout.strip().splitlines()[-1])]
         print(rows[-1], flush=True)
     m = machine()
     lines = [

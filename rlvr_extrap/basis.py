@@ -146,6 +146,8 @@ def _top_singular(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top ``rank`` singular triplets of ``K = p_left diag(scale) p_right^T`` (randomized, Halko et al., seeded)."""
 
+    p_left, scale, p_right = p_left.float(), scale.float(), p_right.float()  # float32: the range needs no more
+
     def apply(x: torch.Tensor) -> torch.Tensor:
         return p_left @ (scale[:, None] * (p_right.T @ x))
 
@@ -154,12 +156,12 @@ def _top_singular(
 
     width = min(rank + 10, p_left.shape[0], p_right.shape[0])
     g = torch.Generator().manual_seed(0)
-    y = apply(torch.randn(p_right.shape[0], width, generator=g, dtype=torch.float64))
+    y = apply(torch.randn(p_right.shape[0], width, generator=g))
     for _ in range(niter):
         y = apply(apply_t(torch.linalg.qr(y).Q))
     q = torch.linalg.qr(y).Q
     u, s, vh = torch.linalg.svd(apply_t(q).T, full_matrices=False)  # Q^T K = U S V^T
-    return (q @ u)[:, :rank], s[:rank], vh[:rank].T
+    return (q @ u)[:, :rank].double(), s[:rank].double(), vh[:rank].T.double()
 
 
 def _gather(x: torch.Tensor, factors: Sequence[torch.Tensor], ranks: Sequence[int], transpose: bool) -> torch.Tensor:
