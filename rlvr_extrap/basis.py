@@ -144,24 +144,26 @@ class ModuleBasis:
 def _top_singular(
     p_left: torch.Tensor, scale: torch.Tensor, p_right: torch.Tensor, rank: int, niter: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``rank`` singular triplets of ``K = p_left diag(scale) p_right^T`` (randomized, Halko et al., seeded)."""
+    """Top ``rank`` singular triplets of ``K = p_left diag(scale) p_right^T`` (randomized, Halko et al., seeded).
 
-    p_left, scale, p_right = p_left.float(), scale.float(), p_right.float()  # float32: the range needs no more
+    The range is found in float32; the final projection ``Q^T K`` and its SVD are float64, so the kept energy (and
+    the error the caller derives from it) is not limited by float32 round-off.
+    """
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return p_left @ (scale[:, None] * (p_right.T @ x))
+    def apply(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return p_left.to(dtype) @ (scale.to(dtype)[:, None] * (p_right.to(dtype).T @ x))
 
-    def apply_t(y: torch.Tensor) -> torch.Tensor:
-        return p_right @ (scale[:, None] * (p_left.T @ y))
+    def apply_t(y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return p_right.to(dtype) @ (scale.to(dtype)[:, None] * (p_left.to(dtype).T @ y))
 
     width = min(rank + 10, p_left.shape[0], p_right.shape[0])
     g = torch.Generator().manual_seed(0)
     y = apply(torch.randn(p_right.shape[0], width, generator=g))
     for _ in range(niter):
         y = apply(apply_t(torch.linalg.qr(y).Q))
-    q = torch.linalg.qr(y).Q
-    u, s, vh = torch.linalg.svd(apply_t(q).T, full_matrices=False)  # Q^T K = U S V^T
-    return (q @ u)[:, :rank].double(), s[:rank].double(), vh[:rank].T.double()
+    q = torch.linalg.qr(torch.linalg.qr(y).Q.double()).Q  # re-orthonormalised in float64
+    u, s, vh = torch.linalg.svd(apply_t(q, torch.float64).T, full_matrices=False)  # Q^T K = U S V^T
+    return (q @ u)[:, :rank], s[:rank], vh[:rank].T
 
 
 def _gather(x: torch.Tensor, factors: Sequence[torch.Tensor], ranks: Sequence[int], transpose: bool) -> torch.Tensor:
