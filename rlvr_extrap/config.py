@@ -45,7 +45,7 @@ class ExtrapolationArguments:
         default="float32",
         metadata={
             "help": "dtype the snapshots are kept in: 'float32', or 'bfloat16' / 'float16' (the training dtype) "
-            "for half the memory; inner products and the fit are computed in float32 either way."
+            "for half the memory; inner products (float64) and the fit are computed at full precision either way."
         },
     )
     extrap_snapshot_memory: int | str | None = field(
