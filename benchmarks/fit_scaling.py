@@ -138,7 +138,8 @@ def measure(
     commit_seconds = _timed(lambda: worker.commit_jump(plans[-1][2]).result())[1] if commit else None
     spilled = 0 if spill is None else spill.spilled
     worker.close()
-    Path(spill_dir).rmdir()
+    if Path(spill_dir).is_dir():
+        Path(spill_dir).rmdir()
     anon_peak = anon.stop()
     trainable = sum(RANK * sum(SHAPES[n.rsplit(".", 1)[1]]) for n in names)
     snapshot_gib = snapshots * trainable * torch.finfo(dtype).bits / 8 / 2**30

@@ -106,6 +106,12 @@ class SnapshotSpill:
         self._files.clear()
         self._resident.clear()
 
+    def close(self) -> None:
+        """``clear``, then remove the directory when nothing else is in it."""
+        self.clear()
+        if self.directory.is_dir() and not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
 
 def _nbytes(f: LowRank) -> int:
     return f.left.numel() * f.left.element_size() + f.right.numel() * f.right.element_size()

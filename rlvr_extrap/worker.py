@@ -174,7 +174,8 @@ class TrajectoryWorker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
-        self._spill_clear()
+        if self.spill is not None:
+            self.spill.close()
         _OPEN.discard(self)
 
     def abandon(self) -> None:

@@ -127,6 +127,7 @@ def test_spilled_snapshots_give_the_same_trajectory_and_jump(tmp_path):
     assert all(name.startswith("offset-50") for name in left), left
     for worker in (plain, spilled):
         worker.close()
+    assert not (tmp_path / "spill").exists()  # the last segment's files and the directory are gone
 
 
 @pytest.mark.parametrize(
