@@ -150,11 +150,15 @@ def _top_singular(
     the error the caller derives from it) is not limited by float32 round-off.
     """
 
-    def apply(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return p_left.to(dtype) @ (scale.to(dtype)[:, None] * (p_right.to(dtype).T @ x))
+    single = (p_left.float(), scale.float(), p_right.float())  # the range is found in float32
 
-    def apply_t(y: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return p_right.to(dtype) @ (scale.to(dtype)[:, None] * (p_left.to(dtype).T @ y))
+    def apply(x: torch.Tensor, factors: tuple[torch.Tensor, ...] = single) -> torch.Tensor:
+        left, w, right = factors
+        return left @ (w[:, None] * (right.T @ x))
+
+    def apply_t(y: torch.Tensor, factors: tuple[torch.Tensor, ...] = single) -> torch.Tensor:
+        left, w, right = factors
+        return right @ (w[:, None] * (left.T @ y))
 
     width = min(rank + 10, p_left.shape[0], p_right.shape[0])
     g = torch.Generator().manual_seed(0)
@@ -162,7 +166,7 @@ def _top_singular(
     for _ in range(niter):
         y = apply(apply_t(torch.linalg.qr(y).Q))
     q = torch.linalg.qr(torch.linalg.qr(y).Q.double()).Q  # re-orthonormalised in float64
-    u, s, vh = torch.linalg.svd(apply_t(q, torch.float64).T, full_matrices=False)  # Q^T K = U S V^T
+    u, s, vh = torch.linalg.svd(apply_t(q, (p_left, scale, p_right)).T, full_matrices=False)  # Q^T K = U S V^T
     return (q @ u)[:, :rank], s[:rank], vh[:rank].T
 
 
