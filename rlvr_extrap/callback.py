@@ -20,6 +20,7 @@ from .guard import JumpGuard, probe_rows
 from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
 from .offsets import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
 from .skill import schedule_clock
+from .spill import SnapshotSpill, parse_memory
 from .worker import JumpGate, JumpPlan, JumpSkipped, TrajectoryWorker
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
@@ -91,8 +92,16 @@ class ExtrapolationCallback(TrainerCallback):
             diagnostics_dir = os.path.join(args.output_dir, "extrap") if self.config.extrap_diagnostics else None
             cfg = self.config
             gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio, cfg.extrap_min_skill)
+            budget = parse_memory(cfg.extrap_snapshot_memory)
+            spill = None if budget is None else SnapshotSpill(os.path.join(args.output_dir, "extrap", "spill"), budget)
             self.worker = TrajectoryWorker(
-                cfg.build_extrapolator(), gate, diagnostics_dir, clock=clock, skill_origins=cfg.extrap_skill_origins
+                cfg.build_extrapolator(),
+                gate,
+                diagnostics_dir,
+                clock=clock,
+                skill_origins=cfg.extrap_skill_origins,
+                edit_rank=cfg.extrap_edit_rank,
+                spill=spill,
             )
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)
@@ -282,6 +291,9 @@ class ExtrapolationCallback(TrainerCallback):
                 "update_norm": plan.update_norm,
                 "update_ratio": plan.size_ratio,
                 "fit_seconds": plan.fit_seconds,
+                "edit_rank": plan.edit_rank,
+                "edit_error": plan.edit_error,
+                "reduce_seconds": plan.reduce_seconds,
                 "wait_seconds": wait,
                 "apply_seconds": time.perf_counter() - apply_start,
                 "modules_jumped": len(plan.updates),

@@ -10,6 +10,7 @@ import torch
 from trl import GRPOConfig
 
 from .extrapolators import EXTRAPOLATORS, Extrapolator
+from .spill import parse_memory
 
 __all__ = [
     "OPTIMIZER_POLICIES",
@@ -44,7 +45,23 @@ class ExtrapolationArguments:
         default="float32",
         metadata={
             "help": "dtype the snapshots are kept in: 'float32', or 'bfloat16' / 'float16' (the training dtype) "
-            "for half the memory; inner products and the fit are computed in float32 either way."
+            "for half the memory; inner products (float64) and the fit are computed at full precision either way."
+        },
+    )
+    extrap_snapshot_memory: int | str | None = field(
+        default=None,
+        metadata={
+            "help": "Memory budget for the kept snapshots' factors, in bytes or as a size such as '4GiB' or "
+            "'500MB': past it the oldest snapshots are written to <output_dir>/extrap/spill/ and memory-mapped back "
+            "(same values, read from disk when needed). None: all in memory."
+        },
+    )
+    extrap_edit_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Apply each module's jump update truncated to its best rank-N part (the edit of the base "
+            "weights costs in proportion to the rank); the relative error is logged as extrap/edit_error. None: "
+            "the exact update, at its true rank."
         },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
@@ -227,6 +244,22 @@ class ExtrapolationArguments:
         if self.extrap_snapshot_dtype not in SNAPSHOT_DTYPES:
             raise ExtrapolationConfigError(
                 f"extrap_snapshot_dtype={self.extrap_snapshot_dtype!r}: choose one of {list(SNAPSHOT_DTYPES)}"
+            )
+        try:
+            parse_memory(self.extrap_snapshot_memory)
+        except ValueError as err:
+            raise ExtrapolationConfigError(
+                f"extrap_snapshot_memory={self.extrap_snapshot_memory!r}: {err}; give bytes (e.g. 4294967296) or a "
+                "size such as '4GiB' or '500MB', or None to keep every snapshot in memory"
+            ) from None
+        if self.extrap_edit_rank is not None and (
+            isinstance(self.extrap_edit_rank, bool)
+            or not isinstance(self.extrap_edit_rank, int)
+            or self.extrap_edit_rank < 1
+        ):
+            raise ExtrapolationConfigError(
+                f"extrap_edit_rank={self.extrap_edit_rank!r}: give a rank >= 1 (e.g. 32) to truncate the update, or "
+                "None for the exact update"
             )
         if self.extrap_time_axis not in TIME_AXES:
             raise ExtrapolationConfigError(

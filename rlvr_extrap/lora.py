@@ -61,11 +61,27 @@ class LoraModule:
         return w + (delta.T if self.fan_in_fan_out else delta)
 
 
+EDIT_BLOCK = 2**22
+"""Elements of the float32 product formed at a time when editing a whole (unsharded) weight."""
+
+
 def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> None:
-    """``weight += update`` (``update.T`` if ``transposed``): one float32 matmul of the factors on the weight's device."""
-    device = weight.device
-    dense = update.left.to(device, torch.float32) @ update.right.to(device, torch.float32)
-    add_whole(weight, dense.T if transposed else dense)
+    """``weight += update`` (``update.T`` if ``transposed``): float32 matmuls of the factors on the weight's device.
+
+    A whole weight is edited in row blocks of about ``EDIT_BLOCK`` elements (the product rounded to the weight's
+    dtype, then added), so the edit never holds an ``m x n`` float32 matrix.
+    """
+    from torch.distributed.tensor import DTensor
+
+    left, right = update.left.to(weight.device, torch.float32), update.right.to(weight.device, torch.float32)
+    if transposed:
+        left, right = right.T, left.T
+    if isinstance(weight, DTensor):
+        add_whole(weight, left @ right)
+        return
+    rows = max(1, EDIT_BLOCK // max(weight.shape[1], 1))
+    for start in range(0, weight.shape[0], rows):
+        weight.data[start : start + rows].add_((left[start : start + rows] @ right).to(weight.dtype))
 
 
 def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .basis import ModuleBasis, Reduced
 from .lowrank import Combination, Delta, LowRank, inner, lincomb, weighted_terms
 
 __all__ = ["Clock", "Trajectory"]
@@ -27,6 +28,10 @@ class Trajectory:
     ``H`` the atoms' Gram matrix and ``E`` the points' weights over the atoms. ``combine`` turns weights
     over points into a lazy combination of atoms, so a prediction copies no factors.
 
+    Factored atoms also extend the module's ``ModuleBasis`` (implicit orthonormal bases of the concatenated
+    factors) from the same cross products as their Gram row, so ``reduce`` can hand a combination back at its
+    true rank, or truncated, from a small core.
+
     ``clock`` sets the time axis the extrapolators fit and predict against (``time(step)``); without
     one it is the step number itself.
     """
@@ -39,6 +44,7 @@ class Trajectory:
         self._atoms: dict[str, list[Delta]] = {}  # distinct terms the points are made of, by identity
         self._atom_gram: dict[str, torch.Tensor] = {}  # H[i, j] = <atom_i, atom_j>
         self._weights: dict[str, torch.Tensor] = {}  # E[t, j]: point t = sum_j E[t, j] atom_j
+        self._bases: dict[str, ModuleBasis | None] = {}  # None once a module has a dense atom
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -72,9 +78,7 @@ class Trajectory:
         for _, term in parts:
             if id(term) not in known:
                 known[id(term)] = len(atoms)
-                self._atom_gram[name] = _grown(
-                    self._atom_gram.get(name), [inner(term, a) for a in atoms] + [inner(term, term)]
-                )
+                self._atom_gram[name] = _grown(self._atom_gram.get(name), self._atom_row(name, atoms, term))
                 atoms.append(term)
         row = torch.zeros(len(atoms), dtype=torch.float64)
         for w, term in parts:
@@ -88,6 +92,20 @@ class Trajectory:
         self._gram[name] = _grown(self._gram.get(name), products.tolist())
         self.deltas.setdefault(name, []).append(delta)
 
+    def _atom_row(self, name: str, atoms: list[Delta], term: Delta) -> list[float]:
+        """``<term, a>`` for every atom held, then ``<term, term>``; factored atoms also extend the module's basis."""
+        basis = self._bases.setdefault(name, ModuleBasis())
+        if basis is None or not isinstance(term, LowRank) or not all(isinstance(a, LowRank) for a in atoms):
+            self._bases[name] = None
+            return [inner(term, a) for a in atoms] + [inner(term, term)]
+        left, right = term.left.double(), term.right.double()  # float64: the bases' rank test needs the precision
+        lefts = [a.left.double().T @ left for a in atoms]  # L_i^T L (r_i x r)
+        rights = [a.right.double() @ right.T for a in atoms]  # R_i R^T
+        own_l, own_r = left.T @ left, right @ right.T
+        basis.add(_stacked(lefts, left.shape[1]), own_l, _stacked(rights, left.shape[1]), own_r)
+        pairs = [*zip(lefts, rights, strict=True), (own_l, own_r)]
+        return [float(torch.sum(a * b)) for a, b in pairs]
+
     def atoms(self, name: str) -> list[Delta]:
         """The distinct terms this module's points are made of (each stored once)."""
         return self._atoms[name]
@@ -95,11 +113,32 @@ class Trajectory:
     def combine(self, name: str, weights: torch.Tensor | list[float]) -> Delta:
         """``sum_t weights[t] D_t`` over this module's points: lazy over the atoms when they are factored."""
         w = torch.as_tensor(weights, dtype=torch.float64)
-        over_atoms = (w @ self._weights[name][: len(w)]).tolist()
+        over_atoms = w @ self._weights[name][: len(w)]
+        over_atoms = torch.where(self._atom_gram[name].diagonal() > 0, over_atoms, 0.0).tolist()  # zero atoms out
         atoms = self._atoms[name]
         if all(isinstance(a, LowRank) for a in atoms):
             return Combination.of(*atoms, weights=over_atoms)
         return lincomb(over_atoms, atoms)
+
+    def reduce(self, name: str, delta: Delta, rank: int | None = None) -> Reduced | None:
+        """``delta`` (a combination of this module's atoms) at its true rank, or its best rank-``rank`` part.
+
+        None when the module has no basis (dense atoms) or ``delta`` holds a term that is not one of its atoms.
+        """
+        basis, index = self._bases.get(name), {id(a): j for j, a in enumerate(self._atoms[name])}
+        parts = weighted_terms(delta)
+        if basis is None or any(id(t) not in index for _, t in parts):
+            return None
+        weights = torch.zeros(len(index), dtype=torch.float64)
+        for w, term in parts:
+            weights[index[id(term)]] += w
+        norm_sq = max(float(weights @ self._atom_gram[name] @ weights), 0.0)
+        return basis.reduce(self._atoms[name], weights.tolist(), norm_sq, rank)
+
+    def basis_rank(self, name: str) -> int | None:
+        """``min(k, k')``: the largest rank a combination of this module's atoms can have (None: no basis)."""
+        basis = self._bases.get(name)
+        return None if basis is None else min(basis.left.rank, basis.right.rank)
 
     def prefix(self, n: int) -> Trajectory:
         """The first ``n`` points, sharing the deltas (no copy) and slicing the Gram matrices."""
@@ -110,6 +149,7 @@ class Trajectory:
         view.deltas = {name: history[:n] for name, history in self.deltas.items()}
         view._gram = {name: gram[:n, :n] for name, gram in self._gram.items()}
         view._atoms, view._atom_gram = self._atoms, self._atom_gram  # shared: the view only reads them
+        view._bases = self._bases
         view._weights = {name: weights[:n] for name, weights in self._weights.items()}
         return view
 
@@ -119,6 +159,11 @@ class Trajectory:
 
     def last(self) -> dict[str, Delta]:
         return {name: history[-1] for name, history in self.deltas.items()}
+
+
+def _stacked(blocks: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Row blocks stacked (an empty ``0 x width`` block when there are none)."""
+    return torch.cat(blocks, 0) if blocks else torch.zeros(0, width, dtype=torch.float64)
 
 
 def _grown(gram: torch.Tensor | None, row: list[float]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .extrapolators import Extrapolator
 from .io import write_json
 from .lowrank import Combination, LowRank, weighted_terms
 from .skill import SkillRecord, gram_distance, measure_skill
+from .spill import SnapshotSpill
 from .trajectory import Clock, Trajectory
 
 __all__ = ["JumpGate", "JumpPlan", "JumpSkipped", "TrajectoryWorker"]
@@ -64,6 +65,9 @@ class JumpPlan:
     fit_seconds: float = 0.0
     size_ratio: float | None = None  # update norm / distance the segment travelled (None: not checked)
     skill: float | None = None  # backtest skill at this plan's horizon (None: not measured)
+    edit_rank: int | None = None  # largest inner dimension of the updates as applied
+    edit_error: float | None = None  # ||applied - planned|| / ||planned|| over all modules (None: not reduced)
+    reduce_seconds: float = 0.0  # of fit_seconds: bringing the updates to their true (or the truncated) rank
 
     @property
     def update_norm(self) -> float:
@@ -79,7 +83,18 @@ class JumpPlan:
         }
         updates = {name: u.scaled(factor) for name, u in self.updates.items()}
         ratio = None if self.size_ratio is None else self.size_ratio * abs(factor)
-        return JumpPlan(self.step, self.target_step, updates, diagnostics, self.fit_seconds, ratio, self.skill)
+        return JumpPlan(
+            self.step,
+            self.target_step,
+            updates,
+            diagnostics,
+            self.fit_seconds,
+            ratio,
+            self.skill,
+            self.edit_rank,
+            self.edit_error,
+            self.reduce_seconds,
+        )
 
 
 class TrajectoryWorker:
@@ -101,12 +116,16 @@ class TrajectoryWorker:
         diagnostics_dir: str | Path | None = None,
         clock: Clock | None = None,
         skill_origins: int = 3,
+        edit_rank: int | None = None,
+        spill: SnapshotSpill | None = None,
     ) -> None:
         self.extrapolator = extrapolator
         self.gate = gate or JumpGate()
         self.diagnostics_dir = diagnostics_dir
         self.clock = clock
         self.skill_origins = skill_origins
+        self.edit_rank = edit_rank  # truncate each update to this rank (None: exact, at its true rank)
+        self.spill = spill  # moves old snapshots to memory-mapped files past its budget (None: all in memory)
         self.trajectory = Trajectory(clock)
         self.offsets: dict[str, LowRank] = {}
         self._lora: dict[str, LowRank] = {}  # the last snapshot's own s * B @ A, without the offset
@@ -145,14 +164,18 @@ class TrajectoryWorker:
         def _restore() -> None:
             self.offsets, self._lora = dict(offsets), {}
             self.trajectory = Trajectory(self.clock)
+            self._spill_clear()
             for i, step in enumerate(steps):
                 self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
+                self._spill_add(f"point-{step}", {n: d[i] for n, d in deltas.items()})
             self._measure_skill(keep=False)  # the saved history already holds this point's backtest
 
         return self._pool.submit(_restore)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
+        if self.spill is not None:
+            self.spill.close()
         _OPEN.discard(self)
 
     def abandon(self) -> None:
@@ -163,7 +186,16 @@ class TrajectoryWorker:
         deltas = {n: Combination.of(self.offsets[n], d) if n in self.offsets else d for n, d in lora_deltas.items()}
         self.trajectory.append(step, deltas)
         self._lora = lora_deltas
+        self._spill_add(f"snapshot-{step}", lora_deltas)
         self._measure_skill()
+
+    def _spill_add(self, tag: str, factors: dict[str, LowRank]) -> None:
+        if self.spill is not None:
+            self.spill.add(tag, {n: f for n, f in factors.items() if not isinstance(f, Combination)})
+
+    def _spill_clear(self) -> None:
+        if self.spill is not None:
+            self.spill.clear()
 
     def _measure_skill(self, keep: bool = True) -> None:
         """Backtest the configured extrapolator on the points seen so far (never raises: it only informs)."""
@@ -234,10 +266,34 @@ class TrajectoryWorker:
             report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
             diags.append(diag)
         plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start, skill=skill)
+        reduce_start = time.perf_counter()
+        self._reduce(plan)
+        plan.reduce_seconds = time.perf_counter() - reduce_start
+        plan.fit_seconds = time.perf_counter() - start
         self._check_size(plan)
         if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
             self._pool.submit(self._write_diagnostics, plan, diags, self.latest_skill)
         return plan
+
+    def _reduce(self, plan: JumpPlan) -> None:
+        """Each update at its true rank when the module's bases show it is lower than its terms' (exact up to
+        float32 round-off), truncated to ``edit_rank`` when set; the plan records the largest applied rank and the
+        relative error of the truncation."""
+        error_sq = norm_sq = 0.0
+        reduced_any = False
+        for name, update in plan.updates.items():
+            basis_rank = self.trajectory.basis_rank(name)
+            if basis_rank is None or (self.edit_rank is None and basis_rank >= update.rank):
+                continue
+            reduced = self.trajectory.reduce(name, update, self.edit_rank)
+            if reduced is None:
+                continue
+            plan.updates[name], reduced_any = reduced.factors, True
+            error_sq, norm_sq = error_sq + reduced.error_sq, norm_sq + reduced.norm_sq
+            plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
+        plan.edit_rank = max((u.rank for u in plan.updates.values()), default=0)
+        if reduced_any and self.edit_rank is not None:  # without truncation the difference is round-off
+            plan.edit_error = (error_sq / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
 
     def _finite(self, name: str, predicted: LowRank) -> bool:
         """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""
@@ -289,6 +345,9 @@ class TrajectoryWorker:
             origin[name] = (delta + update).compact() if lora is None else Combination.of(self.offsets[name], lora)
         self.trajectory = Trajectory(self.clock)
         self.trajectory.append(plan.step, origin)
+        self._spill_clear()  # the old segment's points are gone
+        self._spill_add(f"offset-{plan.step}", self.offsets)
+        self._spill_add(f"snapshot-{plan.step}", self._lora)
         self.latest_skill = None  # a new segment: nothing backtested yet
 
 

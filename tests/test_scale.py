@@ -58,9 +58,11 @@ def test_a_shared_offset_gives_the_same_gram_and_prediction_as_concatenated_poin
     torch.testing.assert_close(prefix.combine("m", [0.0, 0.0, 0.0, 1.0]).dense(), shared.deltas["m"][3].dense())
 
 
-def synthetic_snapshots(worker: TrajectoryWorker, count: int, dtype=torch.float32) -> list[dict[str, LowRank]]:
+def synthetic_snapshots(
+    worker: TrajectoryWorker, count: int, dtype=torch.float32, shapes=(("q", 8, 6), ("o", 5, 8))
+) -> list[dict[str, LowRank]]:
     g = torch.Generator().manual_seed(2)
-    direction = {"q": (8, 6), "o": (5, 8)}
+    direction = {name: (m, n) for name, m, n in shapes}
     sent = []
     for t in range(count):
         snapshot = {
@@ -76,8 +78,8 @@ def synthetic_snapshots(worker: TrajectoryWorker, count: int, dtype=torch.float3
 
 def test_the_jump_update_references_the_points_and_equals_the_eager_update():
     worker = TrajectoryWorker(get_extrapolator("relex"))
-    sent = synthetic_snapshots(worker, 5)
-    plan = worker.plan_jump(20, 30, 0.5).result()
+    sent = synthetic_snapshots(worker, 3, shapes=(("q", 12, 10), ("o", 10, 12)))  # 9 factor columns: full rank
+    plan = worker.plan_jump(10, 30, 0.5).result()
     traj = worker.trajectory
     ex = get_extrapolator("relex")
     ex.fit(traj)
