@@ -7,7 +7,7 @@
     python benchmarks/forecast.py collect --workers 2 --large-prompts 32 --large-steps 100
     python benchmarks/forecast.py analyze --note "..."  # --note: a paragraph for the md's top
 
-    # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 100 steps each: one worker (8.4 GB peak memory),
+    # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 100 steps each: one worker (8.1 GiB peak memory),
     # 270 MB of bf16 snapshot per 10 steps and the last 2 trainer checkpoints (1.6 GB each) per run
     python benchmarks/forecast.py collect --model smollm2-full --workers 1
 
