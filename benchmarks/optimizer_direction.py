@@ -49,10 +49,15 @@ from rlvr_extrap.skill import gram_distance, prediction_error, skill
 from rlvr_extrap.trajectory import Trajectory
 
 HORIZONS = (5, 10, 20, 30, 50)
-COMPARED = ("drift, last 10 steps", "drift, last 50 steps", "relex keep residual", "relex (paper)")
-"""forecast.py variants scored at the same (H, h). Their names count steps at the toy's 10-step snapshots: on the
-SmolLM2 grid (snapshots every 5 steps) "drift, last 10 steps" (fit_window 2) spans the last 5 steps."""
-EXTRA = {"drift, last 2 snapshots + 1": ("linear", {"fit_window": 3})}  # 10 steps at 5-step snapshots
+COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
+    "drift, fit_window 2 (last 5 steps)": VARIANTS["drift, last 10 steps"],
+    "drift, fit_window 3 (last 10 steps)": ("linear", {"fit_window": 3}),
+    "drift, fit_window 6 (last 25 steps)": VARIANTS["drift, last 50 steps"],
+    "relex keep residual": VARIANTS["relex keep residual"],
+    "relex (paper)": VARIANTS["relex (paper)"],
+}
+"""forecast.py's variants scored at the same (H, h). Its names count steps at the toy's 10-step snapshots; on the
+SmolLM2 grid (snapshots every 5 steps) its "drift, last 10 steps" (fit_window 2) spans the last 5 steps."""
 OPTIMIZER = "optimizer direction"
 COASTING = "optimizer direction, momentum coasting"
 """The same direction, each future step scaled by ``beta1^k``: AdamW's own moves if no new gradient came (the
@@ -286,7 +291,7 @@ def measure_run(run: Path) -> dict[str, Any]:
         (c for c in (run / "trainer").glob("checkpoint-*") if (c / "optimizer.pt").is_file()),
         key=lambda c: int(c.name.rsplit("-", 1)[1]),
     )
-    variants = {v: VARIANTS[v] for v in COMPARED} | EXTRA
+    variants = COMPARED
     order = None
     records, checks = [], []
     for checkpoint in checkpoints:
