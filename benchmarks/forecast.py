@@ -560,7 +560,11 @@ AXES = ("steps", "lr")
 
 def all_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     named = {method for method, _ in VARIANTS.values()}
-    return VARIANTS | {method: (method, {}) for method in EXTRAPOLATORS if method not in named}
+    return VARIANTS | {
+        method: (method, {})
+        for method, cls in EXTRAPOLATORS.items()
+        if method not in named and not cls.needs_velocities  # optimizer: no AdamW state in the cache
+    }  # (benchmarks/optimizer_direction.py scores it from the trainer checkpoints)
 
 
 def trajectory_of(run: CachedRun) -> Trajectory:
