@@ -45,8 +45,8 @@ from safetensors.torch import load_file
 from rlvr_extrap.extrapolators import get_extrapolator
 from rlvr_extrap.lowrank import LowRank, inner
 from rlvr_extrap.offsets import STATE_FILE, load_state
-from rlvr_extrap.skill import gram_distance, prediction_error, skill
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.skill import forecast_errors, gram_distance, prediction_error, skill
+from rlvr_extrap.trajectory import FactorVelocity, Trajectory
 
 HORIZONS = (5, 10, 20, 30, 50)
 COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -147,6 +147,12 @@ class Factors:
 
     def delta(self) -> LowRank:
         return LowRank(self.b * self.scale, self.a)
+
+    def velocity(self) -> FactorVelocity:
+        """The same state as the package's ``optimizer`` extrapolator receives it from the callback."""
+        return FactorVelocity(
+            self.b * self.scale, self.a, -self.lr_b * self.scale * self.u_b, -self.lr_a * self.u_a, self.beta1
+        )
 
     def predict(self, h: float) -> LowRank:
         """``s (B - h lr u_B)(A - h lr u_A)``: the merged delta after ``h`` more steps along the current direction."""
@@ -260,6 +266,17 @@ def step_consistency(trajectory: Trajectory, factors: dict[str, Factors], i: int
     }
 
 
+def check_package(trajectory: Trajectory, factors: dict[str, Factors], i: int, j: int) -> None:
+    """The package's ``optimizer`` extrapolator, fed the same state, makes the same forecast as this script."""
+    view = trajectory.prefix(len(trajectory))
+    view.velocities[i] = {name: f.velocity() for name, f in factors.items()}
+    for coast in (False, True):
+        error, persistence = forecast_errors(view, get_extrapolator("optimizer", coast=coast), i, j)
+        mine = score_optimizer(trajectory, factors, i, j, coast=coast)
+        if not math.isclose(error, mine["error"], rel_tol=1e-4) or not math.isclose(persistence, mine["persistence"]):
+            raise AssertionError(f"package and script disagree (coast={coast}): {error} vs {mine['error']}")
+
+
 def check_snapshot(trajectory: Trajectory, factors: dict[str, Factors], i: int) -> float:
     """Largest |difference| between the checkpoint's factors and the trajectory's snapshot at the same step."""
     worst = 0.0
@@ -310,6 +327,8 @@ def measure_run(run: Path) -> dict[str, Any]:
             if origin + h not in index:
                 continue
             j = index[origin + h]
+            if h == HORIZONS[0]:
+                check_package(trajectory, factors, i, j)
             scored = {
                 OPTIMIZER: score_optimizer(trajectory, factors, i, j),
                 COASTING: score_optimizer(trajectory, factors, i, j, coast=True),
