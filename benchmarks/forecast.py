@@ -10,6 +10,8 @@
     # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 100 steps each: one worker (8.1 GiB peak memory),
     # 270 MB of bf16 snapshot per 10 steps and the last 2 trainer checkpoints (1.6 GB each) per run
     python benchmarks/forecast.py collect --model smollm2-full --workers 1
+    python benchmarks/forecast.py analyze --only _full_ --name forecast_smollm2_full   # its own map (regimes are
+    # keyed by lr x completions: the file name is what says "full-parameter")
 
 Scoring a run (every variant, both time axes, every origin and horizon, held-out accuracy of predictions
 at a few (H, h)) takes minutes per run on a loaded 2-core machine; the scores are cached next to the run
