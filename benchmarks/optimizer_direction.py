@@ -425,21 +425,23 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "Per origin, optimizer direction (skill at h = 5 / 10 / 20; parameter-space cosine of `-u` at H with "
-            "the factors' actual change H -> H+5, and the same with each module's direction paired with the module "
-            "one layer further, a wrong mapping):",
+            "Per origin: skill at h = 5 / 10 / 20 of the optimizer direction (constant; momentum coasting), the "
+            "parameter-space cosine of `-u` at H with the factors' actual change H -> H+5, and the same with each "
+            "module's direction paired with the module one layer further (a wrong mapping: near 0):",
             "",
-            "| H | skill h=5 | h=10 | h=20 | cos(-u, dp) | wrong-layer control | snapshot vs checkpoint max abs diff |",
-            "|---|---|---|---|---|---|---|",
+            "| H | constant h=5 / 10 / 20 | coasting h=5 / 10 / 20 | cos(-u, dp) | wrong-layer control | snapshot vs "
+            "checkpoint max abs diff |",
+            "|---|---|---|---|---|---|",
         ]
-        per = {(r["origin"], r["horizon"]): r for r in run["records"] if r["variant"] == OPTIMIZER}
         for c in run["checks"]:
-            s = [per.get((c["origin"], h)) for h in (5, 10, 20)]
+            cells = []
+            for variant in (OPTIMIZER, COASTING):
+                per = {(r["origin"], r["horizon"]): r for r in run["records"] if r["variant"] == variant}
+                cells.append(" / ".join(_fmt(per[c["origin"], h]["skill"]) if (c["origin"], h) in per else "–"
+                                        for h in (5, 10, 20)))  # fmt: skip
             lines.append(
-                f"| {c['origin']} | "
-                + " | ".join(_fmt(x["skill"]) if x else "–" for x in s)
-                + f" | {_fmt(c.get('cosine', math.nan), 3)} | {_fmt(c.get('cosine_wrong_layer', math.nan), 3)} "
-                f"| {c['snapshot_max_abs_diff']:.2g} |"
+                f"| {c['origin']} | {cells[0]} | {cells[1]} | {_fmt(c.get('cosine', math.nan), 3)} | "
+                f"{_fmt(c.get('cosine_wrong_layer', math.nan), 3)} | {c['snapshot_max_abs_diff']:.2g} |"
             )
         lines.append("")
     if data.get("verify"):
