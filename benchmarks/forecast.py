@@ -7,6 +7,12 @@
     python benchmarks/forecast.py collect --workers 2 --large-prompts 32 --large-steps 100
     python benchmarks/forecast.py analyze --note "..."  # --note: a paragraph for the md's top
 
+    # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 100 steps each: one worker (8.1 GiB peak memory),
+    # 270 MB of bf16 snapshot per 10 steps and the last 2 trainer checkpoints (1.6 GB each) per run
+    python benchmarks/forecast.py collect --model smollm2-full --workers 1
+    python benchmarks/forecast.py analyze --only _full_ --name forecast_smollm2_full   # its own map (regimes are
+    # keyed by lr x completions: the file name is what says "full-parameter")
+
 Scoring a run (every variant, both time axes, every origin and horizon, held-out accuracy of predictions
 at a few (H, h)) takes minutes per run on a loaded 2-core machine; the scores are cached next to the run
 (``scores_<key>.json``, keyed by the variants and the analysis grid), so a re-analysis only scores new runs.
@@ -29,6 +35,11 @@ different lengths are not prefixes of each other.
 Models: only ``toy`` (the embedded a+b model) is implemented. A SmolLM2 grid (LoRA at two learning
 rates and two batch sizes, and full-parameter training) is added by writing a collector and an
 evaluator for it in ``MODELS`` and a grid in ``GRIDS``; the analysis reads any cached run.
+
+Full-parameter runs (``RunSpec(lora_rank=None)``, grid ``smollm2-full``) have no factors: the trajectory is the
+dense ``W_t - W_0`` of the linear modules LoRA would adapt, stored in bf16 one file per snapshot
+(``DenseSnapshotRecorder``, ``<run>/snapshots/step-<N>.safetensors``; the state file then holds only steps and
+history); the analysis loads them all (about 270 MB per SmolLM2 snapshot) and takes inner products in float32.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +96,8 @@ class RunSpec:
     snapshot_every: int = 10
     lr_schedule: str = "linear"
     lora_rank: int | None = 8
-    """None: full-parameter training (no collector implements it yet)."""
+    """None: full-parameter training; the trajectory is the dense ``W_t - W_0`` of the same linear modules
+    (``DenseSnapshotRecorder``: bf16, one file per snapshot under ``<run>/snapshots/``)."""
     task: str = ""
     """A level of ``rlvr_extrap.tasks``; empty: the model's default."""
     eval_every: int | None = None
@@ -138,7 +150,47 @@ def smollm2_grid(steps: int = 100, large_prompts: int = 16, large_steps: int | N
     return small + [spec(lr, large_prompts, 0, large_steps or steps) for lr in (2e-4, 8e-4)]
 
 
-GRIDS: dict[str, Callable[..., list[RunSpec]]] = {"toy": toy_grid, "smollm2": smollm2_grid}
+FULL_LR = 1e-5
+"""Full-parameter SmolLM2 learning rate: see ``smollm2_full_grid``."""
+
+
+def smollm2_full_grid(steps: int = 100, learning_rate: float = FULL_LR) -> list[RunSpec]:
+    """SmolLM2 full-parameter training on ``math-mul`` (issue 12 item 5: is LoRA's ``B @ A`` what makes the
+    trajectory unpredictable?): the LoRA grid's batch (8 prompts x 4 completions), constant lr, seeds 0 and 1.
+
+    Snapshots every 10 steps (a dense snapshot is 269 MB in bf16: 212 MB of linear modules, the rest embeddings
+    and norms). Checkpoints every 20 steps, the last 2 kept (each is 1.6 GB: weights and AdamW state).
+    Learning rate 1e-5, from a 2-step probe (``benchmarks/results/forecast_full_probe.md``): AdamW's first step
+    moves every weight by about ``lr``, so the linear modules moved 0.103 (= lr sqrt(106M)) and then 0.069 per
+    step, against 0.2 per step over the first 5 steps and 0.13 over the next 5 for the merged delta of the LoRA
+    run at 2e-4: the same order, so the two trajectories are compared at a like movement per step (2e-6 would
+    move 5x less, and 100 steps of it barely leave the base). Held-out accuracy after the 2 steps: 0.227 -> 0.230
+    (no collapse).
+    """
+    return [
+        RunSpec(
+            "smollm2",
+            learning_rate,
+            8,
+            seed,
+            steps=steps,
+            generations=4,
+            snapshot_every=10,
+            lr_schedule="constant",
+            lora_rank=None,
+            task="math-mul",
+            eval_every=10,
+            save_every=20,
+        )  # fmt: skip
+        for seed in (0, 1)
+    ]
+
+
+GRIDS: dict[str, Callable[..., list[RunSpec]]] = {
+    "toy": toy_grid,
+    "smollm2": smollm2_grid,
+    "smollm2-full": smollm2_full_grid,
+}
 
 
 class SnapshotRecorder(TrainerCallback):
@@ -188,6 +240,82 @@ class SnapshotRecorder(TrainerCallback):
         self._snapshot(state.global_step, model)
 
 
+SNAPSHOT_DIR = "snapshots"
+
+
+def linear_modules(model: torch.nn.Module) -> list[str]:
+    """The modules LoRA's ``target_modules="all-linear"`` adapts: every ``nn.Linear`` but the output layer."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not output]
+
+
+class DenseSnapshotRecorder(SnapshotRecorder):
+    """Full-parameter runs: ``W_t - W_0`` of every trainable parameter, one bf16 file per snapshot.
+
+    The file ``<out>/snapshots/step-<N>.safetensors`` holds each parameter's delta by name; the linear
+    modules' weights (``linear_modules``: the LoRA runs' modules) are the trajectory, the rest (embeddings,
+    norms) only serve to evaluate predicted weights. Nothing but the float32 ``W_0`` stays in memory, so a long
+    run's memory is bounded. bf16 keeps a delta's magnitude at any scale with 3 significant digits, far below
+    the step-to-step noise the analysis measures; inner products are taken in float32 (``lowrank.inner``).
+    ``W_0`` is read at ``on_init_end``, before a resume loads a checkpoint's weights.
+    """
+
+    def __init__(self, every: int, out: Path, label: str = "") -> None:
+        super().__init__(every, label)
+        self.out = out
+        self.base: dict[str, torch.Tensor] = {}
+        self.linear: list[str] = []
+
+    def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.linear = linear_modules(model)
+        self.base = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore(self, checkpoint: Path) -> None:
+        state = load_state(checkpoint)
+        self.steps, self.lrs = state.steps, state.history["lrs"]
+
+    def _snapshot(self, step: int, model: Any) -> None:
+        from safetensors.torch import save_file
+
+        from rlvr_extrap.io import atomic_path
+
+        if self.steps and self.steps[-1] == step:
+            return
+        if not self.base:
+            raise RuntimeError("DenseSnapshotRecorder: W_0 was not captured (on_init_end did not run)")
+        with torch.no_grad():
+            deltas = {
+                n: (p.detach().float() - self.base[n]).to(torch.bfloat16).contiguous()
+                for n, p in model.named_parameters()
+                if n in self.base
+            }
+        path = self.out / SNAPSHOT_DIR / f"step-{step}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(deltas, str(tmp), metadata={"step": str(step), "linear_modules": json.dumps(self.linear)})
+        self.steps.append(step)
+        print(f"  {self.label}: step {step} ({time.perf_counter() - self.start:.0f} s)", flush=True)
+
+
+def load_dense_snapshots(
+    path: Path, steps: list[int]
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+    """(linear module -> its weight deltas, other parameter -> its deltas) over ``steps``, bf16, from the files."""
+    from safetensors import safe_open
+
+    deltas: dict[str, list[torch.Tensor]] = {}
+    rest: dict[str, list[torch.Tensor]] = {}
+    for step in steps:
+        with safe_open(str(path / SNAPSHOT_DIR / f"step-{step}.safetensors"), "pt") as f:
+            linear = {f"{m}.weight": m for m in json.loads(f.metadata()["linear_modules"])}
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                if key in linear:
+                    deltas.setdefault(linear[key], []).append(f.get_tensor(key))
+                else:
+                    rest.setdefault(key, []).append(f.get_tensor(key))
+    return deltas, rest
+
+
 def latest_checkpoint(trainer_dir: Path) -> Path | None:
     """The newest checkpoint the recorder finished saving into (a crash between the two leaves an older one)."""
     done = [c for c in trainer_dir.glob("checkpoint-*") if (c / STATE_FILE).is_file()]
@@ -198,8 +326,6 @@ def run_of(spec: RunSpec, **changes: Any) -> Any:
     """The ``experiment.Run`` that trains ``spec`` (``changes``: fields to override, e.g. for a branch of it)."""
     from rlvr_extrap.experiment import Run
 
-    if spec.lora_rank is None:
-        raise ValueError(f"{spec.run_id}: the collector runs LoRA; give a lora_rank")
     settings = MODELS[spec.model].run | ({"task": spec.task} if spec.task else {})
     run = Run(
         spec.run_id,
@@ -214,6 +340,7 @@ def run_of(spec: RunSpec, **changes: Any) -> Any:
         num_generations=spec.generations,
         lr_scheduler_type=spec.lr_schedule,
         save_every=spec.save_every,
+        save_total_limit=2 if spec.lora_rank is None else None,  # full-parameter checkpoints are 1.6 GB each
     )
     return replace(run, **changes)
 
@@ -225,7 +352,10 @@ def collect_run(spec: RunSpec, out: Path) -> None:
     """
     from rlvr_extrap.experiment import run_experiment
 
-    recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
+    if spec.lora_rank is None:
+        recorder: SnapshotRecorder = DenseSnapshotRecorder(spec.snapshot_every, out, spec.run_id)
+    else:
+        recorder = SnapshotRecorder(spec.snapshot_every, spec.run_id)
     run = run_of(spec)
     with tempfile.TemporaryDirectory() as tmp:
         trainer_dir = out / "trainer" if spec.save_every else Path(tmp)
@@ -242,6 +372,8 @@ def collect_run(spec: RunSpec, out: Path) -> None:
         "train_seconds": result["train_seconds"],
         "resumed_at": int(resume.name.rsplit("-", 1)[1]) if resume else 0,  # train_seconds covers the steps after
     }
+    if spec.lora_rank is None:  # the snapshots are the files under out/snapshots; the state file marks the run done
+        history |= {"snapshot_dir": SNAPSHOT_DIR, "snapshot_dtype": "bfloat16"}
     save_state(CallbackState({}, recorder.steps, recorder.deltas, history), out)
 
 
@@ -260,22 +392,39 @@ class HeldoutEvaluator:
 
         settings = MODELS[spec.model].run
         model, self.tokenizer = load_model(settings.get("model", spec.model))
-        rank = spec.lora_rank or 0
-        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
-        self.model = get_peft_model(model, config)
-        self.modules = find_lora_modules(self.model)
-        self.base = {name: m.base_weight.detach().clone() for name, m in self.modules.items()}
+        self.dense = spec.lora_rank is None
+        if self.dense:  # full-parameter runs: every parameter is restored, the linear modules take the deltas
+            self.model = model
+            self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            self.base = {n: p.detach().clone() for n, p in self.params.items()}
+        else:
+            rank = spec.lora_rank
+            config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
+            self.model = get_peft_model(model, config)
+            self.modules = find_lora_modules(self.model)
+            self.base = {name: m.base_weight.detach().clone() for name, m in self.modules.items()}
         self.task = get_task(spec.task or settings.get("task", TOY_TASK))
         self.batch_size = settings.get("eval_batch_size", 128)
 
-    def __call__(self, deltas: dict[str, LowRank]) -> float:
+    def __call__(self, deltas: dict[str, Delta], rest: dict[str, torch.Tensor] | None = None) -> float:
+        """Accuracy of base + ``deltas`` (module name -> delta); ``rest``: deltas of the other parameters of a
+        full-parameter run (parameter name -> delta; the base value where missing)."""
         from rlvr_extrap.evaluation import evaluate_accuracy
         from rlvr_extrap.lora import add_to_bases
+        from rlvr_extrap.lowrank import to_dense
 
         with torch.no_grad():
-            for name, module in self.modules.items():
-                module.base_weight.copy_(self.base[name])
-        add_to_bases(self.modules, deltas)
+            if self.dense:
+                for name, param in self.params.items():
+                    param.copy_(self.base[name])
+                named = {f"{name}.weight": to_dense(d) for name, d in deltas.items()} | (rest or {})
+                for name, delta in named.items():  # linear modules' weights, then the other parameters
+                    self.params[name].add_(delta.to(self.params[name].dtype))
+            else:
+                for name, module in self.modules.items():
+                    module.base_weight.copy_(self.base[name])
+        if not self.dense:
+            add_to_bases(self.modules, deltas)
         return evaluate_accuracy(
             self.model,
             self.tokenizer,
@@ -356,16 +505,28 @@ def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
 class CachedRun:
     spec: RunSpec
     steps: list[int]
-    deltas: dict[str, list[LowRank]]
+    deltas: dict[str, list[Delta]]
     accuracy: list[float | None]
     lrs: list[float]
     train_seconds: float
+    rest: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """Full-parameter runs: deltas of the parameters outside the trajectory (embeddings, norms), per snapshot."""
+
+    def rest_at(self, step: int) -> dict[str, torch.Tensor]:
+        i = self.steps.index(step)
+        return {name: deltas[i] for name, deltas in self.rest.items()}
 
 
 def load_run(path: Path) -> CachedRun:
+    """A finished run; a full-parameter run's dense bf16 snapshots are read from its files (all in memory: about
+    270 MB per snapshot for SmolLM2)."""
     state = load_state(path)
     h = state.history
-    return CachedRun(RunSpec(**h["spec"]), state.steps, state.deltas, h["accuracy"], h["lrs"], h["train_seconds"])
+    spec = RunSpec(**h["spec"])
+    deltas, rest = state.deltas, {}
+    if spec.lora_rank is None:
+        deltas, rest = load_dense_snapshots(path.parent if path.is_file() else path, state.steps)
+    return CachedRun(spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest)
 
 
 def load_cache(cache: Path = CACHE) -> list[CachedRun]:
@@ -401,7 +562,11 @@ AXES = ("steps", "lr")
 
 def all_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     named = {method for method, _ in VARIANTS.values()}
-    return VARIANTS | {method: (method, {}) for method in EXTRAPOLATORS if method not in named}
+    return VARIANTS | {
+        method: (method, {})
+        for method, cls in EXTRAPOLATORS.items()
+        if method not in named and not cls.needs_velocities  # optimizer: no AdamW state in the cache
+    }  # (benchmarks/optimizer_direction.py scores it from the trainer checkpoints)
 
 
 def trajectory_of(run: CachedRun) -> Trajectory:
@@ -496,7 +661,8 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
 
     def accuracy_at(step: int) -> float:  # through the same path as the predictions
         if step not in reevaluated:
-            reevaluated[step] = evaluate({name: deltas[index[step]] for name, deltas in run.deltas.items()})
+            deltas = {name: history[index[step]] for name, history in run.deltas.items()}
+            reevaluated[step] = evaluate(deltas, run.rest_at(step))
         return reevaluated[step]
 
     records = []
@@ -555,7 +721,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                             prediction = model.predict(origin + horizon)
                         record["accuracy_origin"] = accuracy_at(origin)
                         record["accuracy_target"] = accuracy_at(origin + horizon)
-                        record["accuracy_predicted"] = evaluate(prediction)
+                        record["accuracy_predicted"] = evaluate(prediction, run.rest_at(origin))
                     records.append(record)
     logged = {s: run.accuracy[index[s]] for s in reevaluated if run.accuracy[index[s]] is not None}
     mismatch = [s for s, a in logged.items() if abs(a - reevaluated[s]) > 1e-9]

@@ -17,7 +17,7 @@ from transformers.utils import logging
 from .config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
 from .distributed import broadcast_from_main, check_distributed_support
 from .guard import JumpGuard, probe_rows
-from .lora import LoraModule, add_to_bases, find_lora_modules, snapshot_deltas
+from .lora import LoraModule, add_to_bases, factor_velocities, find_lora_modules, snapshot_deltas
 from .offsets import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
 from .skill import schedule_clock
 from .spill import SnapshotSpill, parse_memory
@@ -116,7 +116,7 @@ class ExtrapolationCallback(TrainerCallback):
         cfg, step = self.config, state.global_step
         snapshot_step = step % cfg.extrap_snapshot_every == 0
         if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
-            self._snapshot(step)
+            self._snapshot(step, kwargs.get("optimizer"))
         if snapshot_step:
             self._log_skill(state)
         if step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step)):
@@ -206,14 +206,22 @@ class ExtrapolationCallback(TrainerCallback):
             logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
         return True
 
-    def _snapshot(self, step: int) -> None:
-        """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them."""
+    def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.
+
+        For a method that continues the optimizer's direction, the main process also reads AdamW's state of the
+        LoRA factors (one elementwise pass and a CPU copy, like the factors; not supported under sharding).
+        """
         self.snapshot_steps.append(step)
         start = time.perf_counter()
-        deltas = snapshot_deltas(self.modules, self.model, SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype])
+        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        deltas = snapshot_deltas(self.modules, self.model, dtype)
+        velocities = None
+        if self.worker is not None and self.worker.extrapolator.needs_velocities and optimizer is not None:
+            velocities = factor_velocities(self.modules, optimizer, deltas, dtype)
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
-            self.worker.add_snapshot(step, deltas)
+            self.worker.add_snapshot(step, deltas, velocities)
 
     def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
         """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.

@@ -103,6 +103,13 @@ class ExtrapolationArguments:
             "the paper's fit over the observed snapshots."
         },
     )
+    extrap_coast: bool = field(
+        default=True,
+        metadata={
+            "help": "optimizer only: let AdamW's momentum fade over the horizon (beta1^k per step, at most "
+            "beta1 / (1 - beta1) steps in all) instead of continuing the current update unchanged."
+        },
+    )
     extrap_keep_residual: bool = field(
         default=False,
         metadata={

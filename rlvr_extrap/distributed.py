@@ -34,6 +34,11 @@ def check_distributed_support(config: ExtrapolationArguments) -> None:
             "will not be guarded. Set extrap_guard=False to silence this, or train with DDP to keep the guard"
         )
         config.extrap_guard = False
+    if config.enabled and config.build_extrapolator().needs_velocities:
+        raise ExtrapolationConfigError(
+            f"extrap_method={config.extrap_method!r} reads AdamW's state of the LoRA factors, which is sharded "
+            f"under {kind}; use relex or linear, or train with DDP"
+        )
     if config.extrap_optimizer_policy != "keep":
         raise ExtrapolationConfigError(
             f"extrap_optimizer_policy={config.extrap_optimizer_policy!r} is not supported under {kind} (the "

@@ -35,7 +35,8 @@ class Run:
     model: str = TOY
     task: str = TOY_TASK
     learning_rate: float = 1e-3
-    lora_rank: int = 8
+    lora_rank: int | None = 8
+    """None: full-parameter training (no adapter)."""
     prompts_per_step: int = 16  # with 4, the toy's GRPO gradient is mostly noise and accuracy stays flat
     num_generations: int = 8
     max_completion_length: int = 6
@@ -50,6 +51,8 @@ class Run:
     """Constant by default: a run stopped at step S equals a longer run read at step S. TRL's default is "linear"."""
     save_every: int | None = None
     """Save a trainer checkpoint (adapter, optimizer, scheduler, RNG) every this many steps; None: none."""
+    save_total_limit: int | None = None
+    """Keep only this many checkpoints (the Trainer deletes older ones); None: all."""
 
 
 def run_experiment(
@@ -96,6 +99,7 @@ def _run(
         logging_steps=max(run.grpo_steps // 4, 1),
         save_strategy="steps" if run.save_every else "no",
         save_steps=run.save_every or 500,
+        save_total_limit=run.save_total_limit,
         report_to=[],
         seed=run.seed,
         data_seed=run.seed,
@@ -118,7 +122,9 @@ def _run(
         reward_funcs=task.reward,
         train_dataset=task.train_dataset(run.dataset_rows, run.seed),
         processing_class=tokenizer,
-        peft_config=LoraConfig(
+        peft_config=None
+        if run.lora_rank is None
+        else LoraConfig(
             r=run.lora_rank, lora_alpha=2 * run.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
         callbacks=[extrapolation, accuracy, *callbacks],  # extrapolation first: a jump step is evaluated after the jump

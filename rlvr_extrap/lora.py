@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +12,18 @@ from torch import nn
 
 from .lowrank import LowRank
 from .sharding import add_whole, full_weights, whole
+from .trajectory import FactorVelocity
 
-__all__ = ["LoraModule", "NoLoraAdapterError", "add_to_bases", "add_update", "find_lora_modules", "snapshot_deltas"]
+__all__ = [
+    "LoraModule",
+    "NoLoraAdapterError",
+    "adam_direction",
+    "add_to_bases",
+    "add_update",
+    "factor_velocities",
+    "find_lora_modules",
+    "snapshot_deltas",
+]
 
 
 class NoLoraAdapterError(ValueError):
@@ -162,6 +173,51 @@ def snapshot_deltas(
     params = [p for m in modules.values() for p in m.lora_parameters()]
     with full_weights(model, params):
         return {name: module.lora_delta(dtype) for name, module in modules.items()}
+
+
+def adam_direction(param: torch.Tensor, state: dict, group: dict) -> torch.Tensor | None:
+    """AdamW's next update direction ``u`` of ``param`` (``p <- p - lr * u``) if its moments stayed as they are.
+
+    ``u = m_hat / (sqrt(v_hat) + eps) + wd * p`` with torch's bias corrections; None without Adam moments
+    (no step taken yet, or another optimizer).
+    """
+    if not state or "exp_avg" not in state or "exp_avg_sq" not in state:
+        return None
+    step = float(state["step"])
+    if step <= 0:
+        return None
+    beta1, beta2 = group["betas"]
+    second = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
+    m_hat = state["exp_avg"].float() / (1 - beta1**step)
+    denom = second.float().sqrt() / math.sqrt(1 - beta2**step) + group["eps"]
+    return m_hat / denom + group.get("weight_decay", 0.0) * param.detach().float()
+
+
+def factor_velocities(
+    modules: dict[str, LoraModule], optimizer: torch.optim.Optimizer, deltas: dict[str, LowRank], dtype: torch.dtype
+) -> dict[str, FactorVelocity] | None:
+    """Each module's ``FactorVelocity`` at the snapshot ``deltas`` (whose factors it shares), from AdamW's state.
+
+    One elementwise pass over the LoRA parameters and a CPU copy of the result, like the snapshot itself. None
+    when any factor has no Adam state yet (before the first step) or the optimizer is not Adam-like.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    groups = {id(p): g for g in inner.param_groups for p in g["params"]}
+    out = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            a, b = module.lora_parameters()
+            if id(a) not in groups or id(b) not in groups:
+                return None
+            u_a = adam_direction(a, inner.state.get(a), groups[id(a)])
+            u_b = adam_direction(b, inner.state.get(b), groups[id(b)])
+            if u_a is None or u_b is None:
+                return None
+            d_left = (u_b * (-groups[id(b)]["lr"] * module.scale)).to("cpu", dtype)
+            d_right = (u_a * -groups[id(a)]["lr"]).to("cpu", dtype)
+            delta = deltas[name]
+            out[name] = FactorVelocity(delta.left, delta.right, d_left, d_right, float(groups[id(a)]["betas"][0]))
+    return out
 
 
 def add_to_bases(modules: dict[str, LoraModule], updates: dict[str, LowRank], model: nn.Module | None = None) -> None:

@@ -170,6 +170,11 @@ class Combination(LowRank):
         return all(math.isfinite(w) for w in self.weights) and all(t.is_finite() for t in self.terms)
 
 
+def _dense_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """float64 if any tensor is, else float32 (dense deltas may be stored in bf16 to halve their size)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def _common_dtype(terms: Sequence[LowRank]) -> torch.dtype:
     """float64 if any term is, else float32 (terms may be kept in a half-precision snapshot dtype)."""
     return torch.float64 if any(t.left.dtype == torch.float64 for t in terms) else torch.float32
@@ -190,7 +195,9 @@ def inner(a: Delta, b: Delta) -> float:
         dtype = _common_dtype([a, b])
         left = a.left.to(dtype).T @ b.left.to(dtype)
         return float(torch.sum(left * (a.right.to(dtype) @ b.right.to(dtype).T)))
-    return float(torch.dot(to_dense(a).reshape(-1), to_dense(b).reshape(-1)))
+    x, y = to_dense(a).reshape(-1), to_dense(b).reshape(-1)
+    dtype = _dense_dtype([x, y])  # half-precision snapshots: a bf16 dot would round the result to 3 digits
+    return float(torch.dot(x.to(dtype), y.to(dtype)))
 
 
 def weighted_terms(d: Delta) -> list[tuple[float, Delta]]:
@@ -210,7 +217,8 @@ def lincomb(weights: Sequence[float], deltas: Sequence[Delta]) -> Delta:
         if not terms:
             return LowRank.zeros(*deltas[0].shape, dtype=deltas[0].left.dtype)
         return LowRank(torch.cat([d.left * w for w, d in terms], 1), torch.cat([d.right for _, d in terms], 0))
-    out = torch.zeros_like(to_dense(deltas[0]))
+    dense = [to_dense(d) for d in deltas]
+    out = torch.zeros_like(dense[0], dtype=_dense_dtype(dense))  # summed in float32 at least
     for w, d in terms:
         out.add_(to_dense(d), alpha=w)
     return out

@@ -46,8 +46,8 @@ def skill(error: float, persistence: float) -> float:
 
 
 def supports_backtest(extrapolator: Extrapolator) -> bool:
-    """Backtests are cheap only for methods whose prediction is a combination of the observed points."""
-    return type(extrapolator).combination is not Extrapolator.combination
+    """Backtests are cheap for methods whose prediction is a combination of the observed points, or says so."""
+    return type(extrapolator).combination is not Extrapolator.combination or extrapolator.backtestable
 
 
 def forecast_errors(
@@ -97,6 +97,8 @@ def backtest_errors(
     n = len(trajectory)
     for target in range(max(min_points, n - origins), n):
         for origin in range(min_points - 1, target):
+            if extrapolator.needs_velocities and trajectory.velocities[origin] is None:
+                continue  # no optimizer state at that point (e.g. restored on resume): nothing to continue
             horizon = trajectory.steps[target] - trajectory.steps[origin]
             error, persistence = forecast_errors(trajectory, extrapolator, origin, target)
             before = pooled.get(horizon, (0.0, 0.0))

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from .basis import ModuleBasis, Reduced
 from .lowrank import Combination, Delta, LowRank, inner, lincomb, weighted_terms
 
-__all__ = ["Clock", "Trajectory"]
+__all__ = ["Clock", "FactorVelocity", "Trajectory"]
 
 Clock = Callable[[int], float]
 """Maps an optimizer step to the time axis the fits use (e.g. the cumulative learning rate)."""
+
+
+@dataclass(frozen=True)
+class FactorVelocity:
+    """One LoRA module's factors at a point and the optimizer's next change of them, per optimizer step.
+
+    ``left = s B`` (m, r) and ``right = A`` (r, n) as in the snapshot; ``d_left = -lr s u_B`` and
+    ``d_right = -lr u_A``, with ``u`` AdamW's update direction ``m_hat / (sqrt(v_hat) + eps) + wd p``.
+    ``beta1`` is the optimizer's momentum coefficient (how fast that direction fades without new gradients).
+    """
+
+    left: torch.Tensor
+    right: torch.Tensor
+    d_left: torch.Tensor
+    d_right: torch.Tensor
+    beta1: float
+
+    def move(self, steps: float) -> LowRank:
+        """``(left + k d_left)(right + k d_right) - left right`` for ``k = steps``: exact, factored (rank 3r)."""
+        left, right = self.left.float(), self.right.float()
+        d_left, d_right = self.d_left.float(), self.d_right.float()
+        return LowRank(
+            torch.cat([steps * d_left, left, steps**2 * d_left], 1), torch.cat([right, steps * d_right, d_right], 0)
+        )
 
 
 class Trajectory:
@@ -34,6 +59,9 @@ class Trajectory:
 
     ``clock`` sets the time axis the extrapolators fit and predict against (``time(step)``); without
     one it is the step number itself.
+
+    A point may carry the optimizer's velocity of the LoRA factors there (``velocities[t]``: module ->
+    ``FactorVelocity``, or None), which the ``optimizer`` extrapolator continues.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -45,6 +73,7 @@ class Trajectory:
         self._atom_gram: dict[str, torch.Tensor] = {}  # H[i, j] = <atom_i, atom_j>
         self._weights: dict[str, torch.Tensor] = {}  # E[t, j]: point t = sum_j E[t, j] atom_j
         self._bases: dict[str, ModuleBasis | None] = {}  # None once a module has a dense atom
+        self.velocities: list[dict[str, FactorVelocity] | None] = []
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -60,7 +89,9 @@ class Trajectory:
     def times(self) -> list[float]:
         return [self.time(s) for s in self.steps]
 
-    def append(self, step: int, deltas: Mapping[str, Delta]) -> None:
+    def append(
+        self, step: int, deltas: Mapping[str, Delta], velocities: Mapping[str, FactorVelocity] | None = None
+    ) -> None:
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"trajectory steps must increase: got step {step} after {self.steps[-1]}")
         if self.steps and set(deltas) != set(self.deltas):
@@ -69,6 +100,7 @@ class Trajectory:
         for name, delta in deltas.items():
             self._append_point(name, delta)
         self.steps.append(step)
+        self.velocities.append(dict(velocities) if velocities is not None else None)
 
     def _append_point(self, name: str, delta: Delta) -> None:
         """Add one point of module ``name``: Gram rows for its new atoms, then the points' Gram row."""
@@ -151,6 +183,7 @@ class Trajectory:
         view._atoms, view._atom_gram = self._atoms, self._atom_gram  # shared: the view only reads them
         view._bases = self._bases
         view._weights = {name: weights[:n] for name, weights in self._weights.items()}
+        view.velocities = self.velocities[:n]
         return view
 
     def gram(self, name: str) -> torch.Tensor:

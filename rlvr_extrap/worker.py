@@ -25,7 +25,7 @@ from .io import write_json
 from .lowrank import Combination, LowRank, weighted_terms
 from .skill import SkillRecord, gram_distance, measure_skill
 from .spill import SnapshotSpill
-from .trajectory import Clock, Trajectory
+from .trajectory import Clock, FactorVelocity, Trajectory
 
 __all__ = ["JumpGate", "JumpPlan", "JumpSkipped", "TrajectoryWorker"]
 
@@ -134,8 +134,11 @@ class TrajectoryWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
         _OPEN.add(self)
 
-    def add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> Future[None]:
-        return self._pool.submit(self._add_snapshot, step, lora_deltas)
+    def add_snapshot(
+        self, step: int, lora_deltas: dict[str, LowRank], velocities: dict[str, FactorVelocity] | None = None
+    ) -> Future[None]:
+        """Append a snapshot (and the optimizer's velocity of the factors there, for the ``optimizer`` method)."""
+        return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities)
 
     def plan_jump(self, step: int, horizon: int | str, alpha: float) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
@@ -182,9 +185,11 @@ class TrajectoryWorker:
         """Drop the queued work (fits nobody will wait for) and let the running task end: exit after a crash."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _add_snapshot(self, step: int, lora_deltas: dict[str, LowRank]) -> None:
+    def _add_snapshot(
+        self, step: int, lora_deltas: dict[str, LowRank], velocities: dict[str, FactorVelocity] | None = None
+    ) -> None:
         deltas = {n: Combination.of(self.offsets[n], d) if n in self.offsets else d for n, d in lora_deltas.items()}
-        self.trajectory.append(step, deltas)
+        self.trajectory.append(step, deltas, velocities)
         self._lora = lora_deltas
         self._spill_add(f"snapshot-{step}", lora_deltas)
         self._measure_skill()
@@ -215,7 +220,7 @@ class TrajectoryWorker:
         if record is None or record.step != step or not record.skill:
             raise JumpSkipped(
                 f"no forecast-skill backtest at step {step} yet (it needs 3 trajectory points and a method "
-                "whose prediction combines the observed points: relex or linear)"
+                "with a cheap backtest: relex, linear or optimizer)"
             )
         if horizon == "auto":
             best = record.longest_horizon(0.0 if bar is None else bar)

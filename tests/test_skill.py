@@ -108,6 +108,29 @@ def test_forecast_errors_from_the_gram_matrix_equal_the_dense_errors():
         assert persistence == pytest.approx(float(((dense[5] - dense[6]) ** 2).sum()), rel=1e-5)
 
 
+def test_bf16_dense_trajectories_score_like_float64():
+    """Full-parameter snapshots are stored in bf16: Gram entries, errors and predictions are computed in float32+.
+
+    A bf16 dot product would round each Gram entry to 3 significant digits, and ``||D_i - D_j||^2`` of nearby
+    snapshots (a difference of large, nearly equal entries) would be mostly rounding error.
+    """
+    deltas = walk(drift=0.02, noise=0.01, points=11, dim=40000)
+    exact, half = trajectory([d.double() for d in deltas]), trajectory([d.bfloat16() for d in deltas])
+    rounded = trajectory([d.bfloat16().double() for d in deltas])  # the same bf16 values, scored in float64
+    for name in exact.modules:
+        torch.testing.assert_close(half.gram(name), rounded.gram(name), rtol=1e-5, atol=0.0)
+        torch.testing.assert_close(half.gram(name), exact.gram(name), rtol=1e-2, atol=0.0)
+    for method in ("linear", "relex"):
+        for origin, target in ((5, 6), (8, 10)):
+            got = forecast_errors(half, get_extrapolator(method), origin, target)
+            want = forecast_errors(rounded, get_extrapolator(method), origin, target)
+            assert got == pytest.approx(want, rel=1e-4), (method, origin, target)
+        model = get_extrapolator(method)
+        model.fit(half.prefix(6))
+        predicted = model.predict_module("m0", 100)
+        assert predicted.dtype == torch.float32  # summed in float32, not in the snapshots' bf16
+
+
 def test_schedule_clock_is_the_cumulative_learning_rate_of_the_real_scheduler():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)

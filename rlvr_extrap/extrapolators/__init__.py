@@ -7,12 +7,14 @@ from typing import Any
 from .base import Extrapolator, ExtrapolatorConfig
 from .linear import LinearConfig, LinearExtrapolator, linear_weights
 from .next import NextConfig, NextExtrapolator
+from .optimizer import OptimizerConfig, OptimizerExtrapolator
 from .relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
 
 EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
     "relex": RelexExtrapolator,
     "linear": LinearExtrapolator,
     "next": NextExtrapolator,
+    "optimizer": OptimizerExtrapolator,
 }
 
 
@@ -32,6 +34,8 @@ __all__ = [
     "LinearExtrapolator",
     "NextConfig",
     "NextExtrapolator",
+    "OptimizerConfig",
+    "OptimizerExtrapolator",
     "RelexConfig",
     "RelexExtrapolator",
     "RelexFit",

@@ -36,6 +36,10 @@ class Extrapolator(ABC):
     """
 
     config_class: ClassVar[type[ExtrapolatorConfig]] = ExtrapolatorConfig
+    backtestable: ClassVar[bool] = False
+    """Whether a forecast's error is cheap without a combination of the points (a few inner products on factors)."""
+    needs_velocities: ClassVar[bool] = False
+    """Whether the fit needs the optimizer's velocity of the LoRA factors at its last point (``Trajectory.velocities``)."""
 
     def __init__(self, config: ExtrapolatorConfig | None = None) -> None:
         self.config = config or self.config_class()
