@@ -83,6 +83,24 @@ def test_disabled_callback_is_identical_to_no_callback(tmp_path):
     assert not any(k.startswith("extrap/") for h in with_cb.state.log_history for k in h)
 
 
+def test_the_callbacks_logs_leave_the_trainers_own_logs_in_place(tmp_path):
+    """Jump metrics logged at a logging step (4): the trainer's loss and reward log still follows them."""
+    trainer = make_trainer(
+        tmp_path,
+        [ExtrapolationCallback()],
+        max_steps=6,
+        logging_steps=2,
+        extrap_method="linear",
+        extrap_snapshot_every=2,
+        extrap_jump_at=[4],
+        extrap_horizon=2,
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    assert [h["step"] for h in history if "loss" in h and "reward" in h] == [2, 4, 6]
+    assert [h["step"] for h in history if "extrap/update_norm" in h] == [4]
+
+
 def test_optimizer_reset_policy_zeroes_adam_moments_at_the_jump(tmp_path):
     _, _, before, after = run(
         tmp_path,
