@@ -165,6 +165,7 @@ def check_trainable(model: PreTrainedModel, name: str) -> None:
             if isinstance(quantization, dict)
             else getattr(quantization, "quant_method", None)
         )
+        method = getattr(method, "value", method)  # QuantizationMethod.GGUF -> "gguf"
         raise ModelSourceError(
             f"{name}: the model is quantized ({method or 'it has an hf_quantizer'}) and cannot be trained; "
             f"load plain weights (for SmolLM2 use '{SMOLLM2}', which dequantizes it once)"
@@ -188,11 +189,18 @@ def load_model(
     path = resolve_model(name_or_path)
     try:
         model, tokenizer = _load(path, dtype)
-    except Exception:
-        if path != str(smollm2_cache_path()):
+    except Exception as err:
+        if path == str(smollm2_cache_path()):
+            # The marker matched but the files do not load (e.g. bytes corrupted in place): convert again.
+            (Path(path) / MARKER).unlink(missing_ok=True)
+            model, tokenizer = _load(str(convert_smollm2(path)), dtype)
+        elif Path(path).is_dir():  # a local folder that does not load: corrupt or incomplete files
+            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ModelSourceError(
+                f"{name_or_path}: cannot load the model ({type(err).__name__}: {cause[:200]}); its files are "
+                "corrupt or incomplete: save or download it again"
+            ) from err
+        else:
             raise
-        # The marker matched but the files do not load (e.g. bytes corrupted in place): convert again.
-        (Path(path) / MARKER).unlink(missing_ok=True)
-        model, tokenizer = _load(str(convert_smollm2(path)), dtype)
     check_trainable(model, name_or_path)
     return model, tokenizer
