@@ -44,7 +44,7 @@ def test_jumps_land_on_the_prediction_and_training_continues(tmp_path, method):
         extrap_alpha=0.5,
         extrap_fit_window=None,
     )
-    assert callback.snapshot_steps == [0, 4, 8, 12, 16, 20]
+    assert callback.snapshot_steps == [0, 4, 8, 12, 16, 20, 24]  # snapshots go on after the last jump
     assert [j["step"] for j in callback.jumps] == [12, 20]
     assert all("skipped" not in j for j in callback.jumps)
 

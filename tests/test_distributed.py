@@ -156,7 +156,13 @@ def test_jump_keeps_ranks_identical_and_equals_the_single_process_prediction(bac
     for report in run["json"]:
         assert report["num_processes"] == NPROC
         assert report["jumps"] == [4] and report["jumps_skipped"] == []
-        assert report["snapshot_steps"] == [0, 2, 4]
+        assert report["snapshot_steps"] == [
+            0,
+            2,
+            4,
+            6,
+            8,
+        ]  # snapshots go on after the last jump (skill is still measured)
         assert report["global_step"] == 8
         assert report["callback_module_names"] == run["json"][0]["callback_module_names"]
         assert not any("_fsdp_wrapped_module" in n for n in report["callback_module_names"])
@@ -209,7 +215,7 @@ def test_ddp_resume_restores_the_jump_on_every_rank(extrap_run):
     """Resume the jumped run from its step-6 checkpoint (after the jump): every rank gets the saved offsets back."""
     resumed = launch(extrap_run["outdir"], "--resume", "checkpoint-6", tag="resumed")
     for report in resumed["json"]:
-        assert report["jumps"] == [4] and report["snapshot_steps"] == [0, 2, 4]
+        assert report["jumps"] == [4] and report["snapshot_steps"] == [0, 2, 4, 6, 8]
         assert report["global_step"] == 8
     _assert_ranks_identical(resumed)
     for name, weight in extrap_run["pt"][0]["effective"].items():
