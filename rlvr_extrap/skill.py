@@ -59,8 +59,18 @@ def forecast_errors(
     """
     if not 0 < origin < target < len(trajectory):
         raise ValueError(f"need 0 < origin < target < {len(trajectory)}, got origin={origin}, target={target}")
+    return _errors(trajectory, _fitted(trajectory, extrapolator, origin), origin, target)
+
+
+def _fitted(trajectory: Trajectory, extrapolator: Extrapolator, origin: int) -> Extrapolator:
+    """A fresh copy of ``extrapolator`` fitted on points ``0..origin``."""
     model = type(extrapolator)(extrapolator.config)
     model.fit(trajectory.prefix(origin + 1))
+    return model
+
+
+def _errors(trajectory: Trajectory, model: Extrapolator, origin: int, target: int) -> tuple[float, float]:
+    """``(error, persistence)`` of ``model`` (fitted on points ``0..origin``) forecasting point ``target``."""
     step = trajectory.steps[target]
     error = persistence = 0.0
     for name in trajectory.modules:
@@ -95,12 +105,15 @@ def backtest_errors(
     """
     pooled: dict[int, tuple[float, float]] = {}
     n = len(trajectory)
+    fits: dict[int, Extrapolator] = {}  # one fit per origin, shared by its targets
     for target in range(max(min_points, n - origins), n):
         for origin in range(min_points - 1, target):
             if extrapolator.needs_velocities and trajectory.velocities[origin] is None:
                 continue  # no optimizer state at that point (e.g. restored on resume): nothing to continue
+            if origin not in fits:
+                fits[origin] = _fitted(trajectory, extrapolator, origin)
             horizon = trajectory.steps[target] - trajectory.steps[origin]
-            error, persistence = forecast_errors(trajectory, extrapolator, origin, target)
+            error, persistence = _errors(trajectory, fits[origin], origin, target)
             before = pooled.get(horizon, (0.0, 0.0))
             pooled[horizon] = (before[0] + error, before[1] + persistence)
     return dict(sorted(pooled.items()))

@@ -175,6 +175,10 @@ class TrajectoryWorker:
 
         return self._pool.submit(_restore)
 
+    def cpu_seconds(self) -> Future[float]:
+        """CPU time the worker's thread has used (``time.thread_time``), once every queued task has run."""
+        return self._pool.submit(time.thread_time)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
         if self.spill is not None:

@@ -550,6 +550,12 @@ def _files(w: Path, tiny: Path) -> None:
     (w / "broken.jsonl").write_text('{"question": "1+1", "answer": "2"}\n{broken\n')
     (w / "empty.jsonl").write_text("")
     (w / "model.bin").write_text("x")
+    gguf = shutil.copytree(tiny, w / "gguf-flagged")  # what a GGUF checkpoint's config says: the weights are quantized
+    config = json.loads((gguf / "config.json").read_text())
+    (gguf / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gguf"}}))
+    truncated = shutil.copytree(tiny, w / "truncated")  # an interrupted download or copy
+    with (truncated / "model.safetensors").open("r+b") as weights:
+        weights.truncate(1000)
 
 
 RECIPE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -579,6 +585,14 @@ RECIPE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("--model_name_or_path", "no-model: no such directory", "local model directory"),
     ),
     "--model_name_or_path is a file": ("--model_name_or_path {w}/model.bin", ("model.bin is a file", "hub id")),
+    "--model_name_or_path GGUF-flagged": (
+        "--model_name_or_path {w}/gguf-flagged",
+        ("gguf-flagged: the model is quantized (gguf) and cannot be trained", "load plain weights"),
+    ),
+    "--model_name_or_path with truncated weights": (
+        "--model_name_or_path {w}/truncated",
+        ("truncated: cannot load the model (SafetensorError", "corrupt or incomplete: save or download it again"),
+    ),
     "--dataset missing file": (
         "--model_name_or_path {tiny} --dataset {w}/nope.jsonl",
         ("--dataset", "nope.jsonl: no such file", ".json/.jsonl"),

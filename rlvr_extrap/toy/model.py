@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
-from rlvr_extrap.io import atomic_directory, cache_root
+from rlvr_extrap.io import build_in_child, build_once, cache_root
 from rlvr_extrap.toy.task import answer_for, prompt_for, train_pairs
 from rlvr_extrap.toy.tokenizer import build_char_tokenizer
 
@@ -114,24 +114,43 @@ def _is_complete(path: Path) -> bool:
     return all((path / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def build_toy_model(
-    path: str | os.PathLike[str], *, sft_steps: int = 150, seed: int = 0, progress: bool = True
-) -> Path:
-    """Build, warm-start and atomically save the toy model and tokenizer to `path`; return `path`."""
-    path = Path(path)
+def write_toy_model(directory: str | os.PathLike[str], *, sft_steps: int, seed: int, progress: bool) -> None:
+    """Build and warm-start the toy model and save it with its tokenizer into `directory` (in this process)."""
     tokenizer = build_char_tokenizer()
     model = _new_model(tokenizer, seed)
     warm_start(model, tokenizer, steps=sft_steps, seed=seed, progress=progress)
-    with atomic_directory(path, _is_complete) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return path
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def build_toy_model(
+    path: str | os.PathLike[str], *, sft_steps: int = 150, seed: int = 0, progress: bool = True
+) -> Path:
+    """Return `path` holding the toy model and tokenizer, building them first if no process has.
+
+    One process builds (the others wait for it, see `build_once`), in a builder process of its own (any
+    rank of a torchrun job can be the one, see `build_in_child`), into a temporary folder renamed onto
+    `path` once complete. An existing complete `path` is kept as it is.
+    """
+    path = Path(path)
+
+    def build(tmp: Path) -> None:
+        build_in_child(
+            "rlvr_extrap.toy.model:write_toy_model",
+            tmp,
+            f"toy model ({path})",
+            echo=progress,
+            sft_steps=sft_steps,
+            seed=seed,
+            progress=progress,
+        )
+
+    return build_once(path, _is_complete, build)
 
 
 def ensure_toy_model(path: str | os.PathLike[str] | None = None) -> Path:
     """Return the toy model folder (`path`, default the cache), building it first if missing."""
-    path = Path(path) if path is not None else default_toy_path()
-    return path if _is_complete(path) else build_toy_model(path)
+    return build_toy_model(path if path is not None else default_toy_path())
 
 
 def load_toy_model(
