@@ -511,6 +511,8 @@ class CachedRun:
     train_seconds: float
     rest: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     """Full-parameter runs: deltas of the parameters outside the trajectory (embeddings, norms), per snapshot."""
+    resumed_at: int = 0
+    """The step the run's last process resumed from: ``train_seconds`` covers the steps after it."""
 
     def rest_at(self, step: int) -> dict[str, torch.Tensor]:
         i = self.steps.index(step)
@@ -526,7 +528,9 @@ def load_run(path: Path) -> CachedRun:
     deltas, rest = state.deltas, {}
     if spec.lora_rank is None:
         deltas, rest = load_dense_snapshots(path.parent if path.is_file() else path, state.steps)
-    return CachedRun(spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest)
+    return CachedRun(
+        spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest, h.get("resumed_at", 0)
+    )
 
 
 def load_cache(cache: Path = CACHE) -> list[CachedRun]:

@@ -128,7 +128,7 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
     import torch
     from peft import PeftModel
 
-    from rlvr_extrap.evaluation import encode_prompts
+    from rlvr_extrap.evaluation import encode_prompts, left_pad
     from rlvr_extrap.generation import extrapolated_generate
     from rlvr_extrap.models import load_model
     from rlvr_extrap.tasks import get_task
@@ -148,10 +148,8 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
     correct = 0
     for start in range(0, len(problems), 64):
         prompts, answers = zip(*problems[start : start + 64], strict=True)
-        ids = encode_prompts(tokenizer, prompts)
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in ids])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+        input_ids, mask = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+        width = input_ids.shape[1]
         with torch.no_grad():
             generated = extrapolated_generate(
                 models[0], models[1], input_ids, mask, alpha=alpha, max_new_tokens=task.max_new_tokens,
@@ -188,13 +186,19 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, sd, t95.get(n, 2.0) * sd / math.sqrt(n)
 
 
-def vanilla_curves(specs: dict[tuple[float, int], forecast.RunSpec]) -> dict[tuple[float, int], list]:
-    curves = {}
-    for key, spec in specs.items():
-        if forecast.is_cached(spec):
-            run = forecast.load_run(forecast.run_dir(spec))
-            curves[key] = [(s, a) for s, a in zip(run.steps, run.accuracy, strict=True) if a is not None]
-    return curves
+def vanilla_runs(specs: dict[tuple[float, int], forecast.RunSpec]) -> dict[tuple[float, int], forecast.CachedRun]:
+    """The cached vanilla runs, read once: their accuracy curves and step times both come from here."""
+    return {key: forecast.load_run(forecast.run_dir(spec)) for key, spec in specs.items() if forecast.is_cached(spec)}
+
+
+def curve_of(run: forecast.CachedRun) -> list[tuple[int, float]]:
+    """(step, held-out accuracy) at the steps the run evaluated."""
+    return [(s, a) for s, a in zip(run.steps, run.accuracy, strict=True) if a is not None]
+
+
+def step_seconds(run: forecast.CachedRun) -> float:
+    """Vanilla's wall seconds per step (evaluations included, as in a branch), over the steps its last process ran."""
+    return run.train_seconds / (run.spec.steps - run.resumed_at)
 
 
 def ratio_of(curves: dict[float, list], accuracy: float, steps: int) -> tuple[float, bool, float | None]:
@@ -337,13 +341,14 @@ def main(argv: list[str] | None = None) -> None:
     train = args.command == "run"
     if train:
         forecast.collect(list(specs.values()), workers=1)
-    curves = vanilla_curves(specs)
+    vanilla = vanilla_runs(specs)
+    curves = {key: curve_of(run) for key, run in vanilla.items()}
     lrs = args.lrs or sorted({BASE_LR, best_rate(curves, args.jump + args.after)})
     arms = QUICK_ARMS if args.quick else tuple(ARMS)
     results, logits = [], []
     for (lr, seed), spec in specs.items():
         if lr in lrs and (lr, seed) in curves:
-            results += arm_results(spec, curves[lr, seed], arms, args, train)
+            results += arm_results(spec, vanilla[lr, seed], arms, args, train)
             if lr == BASE_LR:
                 logits += logit_results(spec, curves[lr, seed], train)
     meta = {
@@ -358,12 +363,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def arm_results(
-    spec: forecast.RunSpec, vanilla: list, arms: tuple[str, ...], args: argparse.Namespace, train: bool
+    spec: forecast.RunSpec, vanilla: forecast.CachedRun, arms: tuple[str, ...], args: argparse.Namespace, train: bool
 ) -> list[dict[str, Any]]:
     """One row per arm branched from this vanilla run (trained first when ``train``)."""
     rows = []
     total = args.jump + args.after
-    step_seconds = vanilla_step_seconds(spec)
     for arm in arms:
         r = branch(spec, arm, args.jump, args.after, train)
         if r is None:
@@ -372,17 +376,11 @@ def arm_results(
             {
                 "arm": arm, "learning_rate": spec.learning_rate, "seed": spec.seed, "steps": total,
                 "accuracy": r["heldout_accuracy"], "history": r["history"], "jumps": r["jumps"],
-                "vanilla_same_steps": dict(vanilla).get(total, math.nan), "wall_seconds": r["wall_seconds"],
-                "wall_ratio": r["wall_seconds"] / (args.after * step_seconds),
+                "vanilla_same_steps": dict(curve_of(vanilla)).get(total, math.nan), "wall_seconds": r["wall_seconds"],
+                "wall_ratio": r["wall_seconds"] / (args.after * step_seconds(vanilla)),
             }
         )  # fmt: skip
     return rows
-
-
-def vanilla_step_seconds(spec: forecast.RunSpec) -> float:
-    """Vanilla's wall seconds per step (evaluations included, as in a branch), over the steps its last process ran."""
-    state = forecast.load_state(forecast.run_dir(spec))
-    return state.history["train_seconds"] / (spec.steps - state.history.get("resumed_at", 0))
 
 
 def logit_results(spec: forecast.RunSpec, vanilla: list, train: bool) -> list[dict[str, Any]]:

@@ -8,7 +8,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-__all__ = ["HeldoutAccuracyCallback", "encode_prompts", "evaluate_accuracy", "exact_match", "greedy_generate"]
+__all__ = [
+    "HeldoutAccuracyCallback",
+    "encode_prompts",
+    "evaluate_accuracy",
+    "exact_match",
+    "greedy_generate",
+    "left_pad",
+]
 
 Prompt = str | list[dict[str, str]]  # plain text, or chat messages (the chat template is applied)
 Checker = Callable[[list[str], list[str]], list[bool]]  # (completion texts, gold answers) -> correct?
@@ -31,14 +38,22 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]
     return ids
 
 
+def left_pad(
+    prompt_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of prompts padded on the left to the longest one."""
+    width = max(map(len, prompt_ids))
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    return input_ids, mask
+
+
 def greedy_generate(
     model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], *, pad_id: int, eos_id: int, max_new_tokens: int
 ) -> list[list[int]]:
     """Greedy completions of left-padded prompts in one `generate` call, each cut after its first EOS."""
-    width = max(map(len, prompt_ids))
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+    input_ids, mask = left_pad(prompt_ids, pad_id, next(model.parameters()).device)
+    width = input_ids.shape[1]
     was_training = model.training
     model.eval()
     try:
