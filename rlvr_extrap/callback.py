@@ -107,9 +107,12 @@ class ExtrapolationCallback(TrainerCallback):
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)
         elif self._jump_due_at_resume(state.global_step):  # a branch from a run that had no jump here
+            optimizer = kwargs.get("optimizer")  # the Trainer loads the checkpoint's state before on_train_begin
             if self.snapshot_steps[-1] != state.global_step:
-                self._snapshot(state.global_step)
-            self._jump(state.global_step, state, kwargs.get("optimizer"))
+                self._snapshot(state.global_step, optimizer)
+            else:
+                self._attach_velocities(state.global_step, optimizer)
+            self._jump(state.global_step, state, optimizer)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
@@ -224,6 +227,14 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
             self.worker.add_snapshot(step, deltas, velocities)
+
+    def _attach_velocities(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        """Give the restored last point AdamW's state (a saved trajectory has none) for the ``optimizer`` method."""
+        if self.worker is None or not self.worker.extrapolator.needs_velocities or optimizer is None:
+            return
+        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        deltas = snapshot_deltas(self.modules, self.model, dtype)
+        self.worker.set_velocities(step, factor_velocities(self.modules, optimizer, deltas, dtype))
 
     def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
         """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.

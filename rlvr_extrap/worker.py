@@ -161,6 +161,16 @@ class TrajectoryWorker:
             )
         )
 
+    def set_velocities(self, step: int, velocities: dict[str, FactorVelocity]) -> Future[None]:
+        """Attach the optimizer's velocity of the factors to the last point, which must be at ``step``."""
+
+        def _set() -> None:
+            if not self.trajectory.steps or self.trajectory.steps[-1] != step:
+                raise ValueError(f"set_velocities: the last trajectory point is not at step {step}")
+            self.trajectory.velocities[-1] = dict(velocities)
+
+        return self._pool.submit(_set)
+
     def restore(self, offsets: dict[str, LowRank], steps: list[int], deltas: dict[str, list[LowRank]]) -> Future[None]:
         """Start from a saved state (resume): the offsets and the current segment's points."""
 

@@ -71,14 +71,18 @@ def test_a_kill_while_the_state_is_written_leaves_no_half_file_and_resume_names_
         assert text in line, f"{text!r} not in {line!r}"
 
 
-def test_a_jump_arm_branched_from_a_vanilla_checkpoint_equals_the_unbranched_jump_run(tmp_path):
+@pytest.mark.parametrize("method, extra", [("linear", {}), ("optimizer", {"extrap_min_skill": None})])
+def test_a_jump_arm_branched_from_a_vanilla_checkpoint_equals_the_unbranched_jump_run(tmp_path, method, extra):
     """Vanilla with the callback observing (snapshots, no jump) saves checkpoint-4; an arm resumed from it with
-    ``extrap_jump_at=[4]`` jumps at its first step and ends where a run that jumped at 4 from the start ends."""
+    ``extrap_jump_at=[4]`` jumps at its first step and ends where a run that jumped at 4 from the start ends.
+
+    The ``optimizer`` method continues AdamW's direction, which the saved trajectory does not hold: the branch
+    reads it from the optimizer state the Trainer restored from the checkpoint."""
     from grpo_utils import WeightProbe, make_trainer
 
     from rlvr_extrap import ExtrapolationCallback
 
-    common = {"max_steps": 6, "extrap_method": "linear", "extrap_snapshot_every": 2, "extrap_horizon": 2}
+    common = {"max_steps": 6, "extrap_method": method, "extrap_snapshot_every": 2, "extrap_horizon": 2, **extra}
 
     def train(name: str, jump_at: list[int], **kwargs) -> tuple[ExtrapolationCallback, WeightProbe]:
         callback, probe = ExtrapolationCallback(), WeightProbe()
