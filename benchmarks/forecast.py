@@ -1246,12 +1246,18 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
+    a.add_argument(
+        "--weights-only", action="store_true", help="weight-space skill only: no held-out accuracy of predictions"
+    )
     args = parser.parse_args(argv)
     if args.command == "collect":
         lengths = {"steps": args.steps, "large_prompts": args.large_prompts, "large_steps": args.large_steps}
         grid = GRIDS[args.model](**{k: v for k, v in lengths.items() if v is not None})
         collect(grid, args.workers, args.cache)
     else:
+        if args.weights_only:  # each (H, h, variant) with accuracy costs a held-out evaluation of the model
+            for name, support in MODELS.items():
+                MODELS[name] = replace(support, accuracy_pairs=())
         runs = [r for r in load_cache(args.cache) if not args.only or any(o in r.spec.run_id for o in args.only)]
         analyze(
             runs,

@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--only", action="append", default=[], help="only runs whose id contains this (repeatable)")
     m.add_argument("--out", type=Path, default=RESULTS)
     m.add_argument("--note", default="")
+    m.add_argument("--name", default="optimizer_direction", help="results file stem")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "verify":
@@ -571,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summarise(runs),
     }
     markdown = render(data)
-    write_results("optimizer_direction", data, markdown, args.out)
+    write_results(args.name, data, markdown, args.out)
     print(markdown)
 
 
