@@ -27,14 +27,15 @@ settings, accuracies and learning rates are its metadata). The file is written o
 the run ends: a run in the cache is complete and is skipped on the next ``collect``; an interrupted
 run leaves nothing and restarts from step 0.
 
-Schedule: TRL's default linear decay to 0 at the last step (what users get), not constant. The fit
+Schedule: the toy grid uses TRL's default linear decay to 0 at the last step (what users get); the SmolLM2
+grids a constant rate (``RunSpec.lr_schedule``). Under a decay the fit
 then has two time axes: optimizer steps, and the cumulative learning rate tau(t) (``lr_clock``),
 along which the decay is undone. The cost: a run's trajectory depends on its length, so runs of
 different lengths are not prefixes of each other.
 
-Models: only ``toy`` (the embedded a+b model) is implemented. A SmolLM2 grid (LoRA at two learning
-rates and two batch sizes, and full-parameter training) is added by writing a collector and an
-evaluator for it in ``MODELS`` and a grid in ``GRIDS``; the analysis reads any cached run.
+Models (``MODELS``, grids in ``GRIDS``): ``toy`` (the embedded a+b model), ``smollm2`` (LoRA on ``math-mul``)
+and ``smollm2-full`` (full-parameter); the analysis reads any cached run, including the vanilla runs of
+``steps_saved_smollm2.py`` (``--only smollm2-math-add``, constant rate: there the two time axes agree).
 
 Full-parameter runs (``RunSpec(lora_rank=None)``, grid ``smollm2-full``) have no factors: the trajectory is the
 dense ``W_t - W_0`` of the linear modules LoRA would adapt, stored in bf16 one file per snapshot

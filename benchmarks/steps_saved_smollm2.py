@@ -82,8 +82,9 @@ QUICK_ARMS = (
     "optimizer direction (coasting), horizon J, ungated",
     "gated relex keep-residual, auto horizon",
 )
-LOGIT_PAIRS = ((20, 40), (30, 40))  # (checkpoint a, checkpoint b); extrapolation alpha below
-LOGIT_ALPHAS = (0.5, 1.0)
+LOGIT_PAIRS = ((20, 40), (30, 40))  # (checkpoint a, checkpoint b)
+# z_a + alpha (z_b - z_a): alpha 1 is b alone, so only alpha > 1 extrapolates (1.5 and 2 from 20 -> 40 aim at 50, 60)
+LOGIT_ALPHAS = (1.5, 2.0)
 
 
 def vanilla_specs(
@@ -252,6 +253,11 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
                 "wall_ratio": mean_interval([r["wall_ratio"] for r in rs if r.get("wall_ratio")] or [math.nan]),
             }
         )  # fmt: skip
+    for row in logits:  # decoding uses checkpoints up to b: b actual steps
+        seed_curves = {k[0]: c for k, c in curves.items() if k[1] == row["seed"]}
+        row["aims_at"] = row["a"] + row["alpha"] * (row["b"] - row["a"])
+        row["vanilla_at_aim"] = dict(seed_curves.get(row["learning_rate"], [])).get(row["aims_at"], math.nan)
+        row["ratio_vs_best"], row["lower_bound"], _ = ratio_of(seed_curves, row["accuracy"], row["b"])
     vanilla = {f"{k[0]:g}/seed{k[1]}": c for k, c in curves.items()}
     return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
 
@@ -307,13 +313,19 @@ def render(data: dict[str, Any]) -> str:
             "",
             "## Output-space (logit) extrapolation between vanilla checkpoints",
             "",
-            "| lr | seed | a -> b | alpha | accuracy of b alone | extrapolated |",
-            "|---|---|---|---|---|---|",
+            "Greedy decoding on `z_a + alpha (z_b - z_a)`, no weight change; it aims at step a + alpha (b - a). "
+            "Steps ratio: as for the arms, with b actual GRPO steps (decoding runs both models).",
+            "",
+            "| lr | seed | a -> b | alpha | aims at step | b alone | vanilla at that step | extrapolated "
+            "| steps ratio vs best |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in data["logits"]:
+            bound = ">" if row["lower_bound"] else ""
             lines.append(
                 f"| {row['learning_rate']:g} | {row['seed']} | {row['a']} -> {row['b']} | {row['alpha']:g} | "
-                f"{row['at_b']:.3f} | {row['accuracy']:.3f} |"
+                f"{row['aims_at']:g} | {row['at_b']:.3f} | {row['vanilla_at_aim']:.3f} | {row['accuracy']:.3f} | "
+                f"{bound}{row['ratio_vs_best']:.2f} |"
             )
     lines += ["", m.get("note", "")]
     return "\n".join(lines) + "\n"
