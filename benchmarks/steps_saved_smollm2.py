@@ -345,7 +345,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for lr, curves in by_lr.items():
         steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
         means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
-        series.append({"name": f"vanilla lr {lr}", "steps": steps, "mean": means})
+        series.append({"name": f"vanilla lr {lr} ({f'mean of {len(curves)} seeds' if len(curves) > 1 else '1 seed'})", "steps": steps, "mean": means})
     for r in data["results"]:
         series.append({"name": f"{r['arm']} (lr {r['learning_rate']:g}, seed {r['seed']})",
                        "steps": [s for s, _ in r["history"]], "mean": [a for _, a in r["history"]],
