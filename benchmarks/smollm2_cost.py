@@ -110,12 +110,13 @@ def main() -> None:
         arms.append(json.loads(done.stdout.strip().splitlines()[-1]))
     info = machine()
     load = os.getloadavg()
+    shared = load[0] > info["cpu_count"] + 0.5
     lines = [
         "# SmolLM2-135M-Instruct: cost on this machine",
         "",
         f"`{info['command']}` at commit {info['commit']}; {info['cpu_count']} CPUs ({info['processor']}), "
         f"torch {info['torch']}, {info['torch_threads']} threads; load average at the end {load[0]:.1f} "
-        f"({'other jobs shared the cores: times are upper bounds' if load[0] > info['cpu_count'] + 0.5 else 'no other heavy job shared the cores'}).",
+        f"({'other jobs shared the cores: times are upper bounds' if shared else 'no other heavy job shared the cores'}).",
         "",
         f"- First-run conversion (GGUF -> float32 safetensors in an empty cache, hub off, imports excluded): "
         f"{conversion['convert_seconds']:.0f} s, peak RSS {conversion['peak_rss_gb']:.2f} GB",

@@ -227,6 +227,11 @@ def ratio_of(curves: dict[float, list], accuracy: float, steps: int) -> tuple[fl
     return hits[best] / steps, False, best
 
 
+def curves_of_seed(curves: dict[tuple[float, int], list], seed: int) -> dict[float, list]:
+    """Learning rate -> vanilla curve, for one seed."""
+    return {lr: c for (lr, s), c in curves.items() if s == seed}
+
+
 def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, Any]], meta: dict) -> dict[str, Any]:
     rows = []
     by_arm: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -235,7 +240,7 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
     for (arm, lr), rs in sorted(by_arm.items()):
         best_ratios, own_ratios, lower, accs, rates = [], [], False, [], []
         for r in rs:
-            seed_curves = {k[0]: c for k, c in curves.items() if k[1] == r["seed"]}
+            seed_curves = curves_of_seed(curves, r["seed"])
             ratio, bound, rate = ratio_of(seed_curves, r["accuracy"], r["steps"])
             own, own_bound, _ = ratio_of({lr: seed_curves[lr]}, r["accuracy"], r["steps"])
             best_ratios.append(ratio)
@@ -254,9 +259,11 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
             }
         )  # fmt: skip
     for row in logits:  # decoding uses checkpoints up to b: b actual steps
-        seed_curves = {k[0]: c for k, c in curves.items() if k[1] == row["seed"]}
+        seed_curves = curves_of_seed(curves, row["seed"])
+        vanilla = dict(seed_curves.get(row["learning_rate"], []))
         row["aims_at"] = row["a"] + row["alpha"] * (row["b"] - row["a"])
-        row["vanilla_at_aim"] = dict(seed_curves.get(row["learning_rate"], [])).get(row["aims_at"], math.nan)
+        row["at_b"] = vanilla.get(row["b"], math.nan)
+        row["vanilla_at_aim"] = vanilla.get(row["aims_at"], math.nan)
         row["ratio_vs_best"], row["lower_bound"], _ = ratio_of(seed_curves, row["accuracy"], row["b"])
     vanilla = {f"{k[0]:g}/seed{k[1]}": c for k, c in curves.items()}
     return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
@@ -345,7 +352,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for lr, curves in by_lr.items():
         steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
         means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
-        series.append({"name": f"vanilla lr {lr} ({f'mean of {len(curves)} seeds' if len(curves) > 1 else '1 seed'})", "steps": steps, "mean": means})
+        seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
+        series.append({"name": f"vanilla lr {lr} ({seeds})", "steps": steps, "mean": means})
     for r in data["results"]:
         series.append({"name": f"{r['arm']} (lr {r['learning_rate']:g}, seed {r['seed']})",
                        "steps": [s for s, _ in r["history"]], "mean": [a for _, a in r["history"]],
@@ -408,7 +416,7 @@ def arm_and_logit_results(
     vanilla = forecast.load_run(forecast.run_dir(spec))
     rows = arm_results(spec, vanilla, arms, args, train)
     at_base = math.isclose(spec.learning_rate, args.base_lr)
-    return rows, logit_results(spec, curve_of(vanilla), train) if at_base else []
+    return rows, logit_results(spec, train) if at_base else []
 
 
 def arm_results(
@@ -432,7 +440,7 @@ def arm_results(
     return rows
 
 
-def logit_results(spec: forecast.RunSpec, vanilla: list, train: bool) -> list[dict[str, Any]]:
+def logit_results(spec: forecast.RunSpec, train: bool) -> list[dict[str, Any]]:
     rows = []
     for a, b in LOGIT_PAIRS:
         for alpha in LOGIT_ALPHAS:
@@ -440,7 +448,7 @@ def logit_results(spec: forecast.RunSpec, vanilla: list, train: bool) -> list[di
             if accuracy is not None:
                 rows.append(
                     {"learning_rate": spec.learning_rate, "seed": spec.seed, "a": a, "b": b, "alpha": alpha,
-                     "at_b": dict(vanilla).get(b, math.nan), "accuracy": accuracy}
+                     "accuracy": accuracy}
                 )  # fmt: skip
     return rows
 
