@@ -109,7 +109,9 @@ def measure(
     budget = parse_memory(memory)
     spill_dir = tempfile.mkdtemp(prefix="fit_scaling_spill_", dir=Path(__file__).parent)  # on disk, not tmpfs
     spill = None if budget is None else SnapshotSpill(spill_dir, budget)
-    worker = TrajectoryWorker(_extrapolator(method, next_config), spill=spill)
+    # every core for the fit, as a GPU-trained run with free cores would set extrap_worker_threads (no training
+    # thread here shares them)
+    worker = TrajectoryWorker(_extrapolator(method, next_config), spill=spill, threads=torch.get_num_threads())
     weights = {kind: torch.zeros(shape, dtype=torch.bfloat16) for kind, shape in SHAPES.items()}  # one layer's
     baseline, baseline_anon = _rss_gib(), _rss_gib("RssAnon")
     anon = _AnonPeak()

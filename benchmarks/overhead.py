@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                                           # toy: 5 repeats x 40 steps
     python benchmarks/overhead.py --model smollm2 --repeats 3 --steps 6 --snapshot-every 2
+    python benchmarks/overhead.py --model smollm2 --steps 4 --snapshot-every 2 --worker-threads 2 1   # before/after
 
 Each repeat runs every arm once (vanilla, then the callback snapshotting every N steps with one jump at
 the last step) with the same seed, in an order rotated by one arm per repeat (with two arms: vanilla
@@ -17,7 +18,8 @@ every arm alike. Per run:
 * the load average (1 minute) at the start and end of the run.
 
 Results go into ``results/overhead.{json,md}`` under ``--label`` (default: the model), next to the other
-labels already there.
+labels already there. ``--worker-threads`` gives the callback arms' ``extrap_worker_threads`` (several values:
+one arm each, e.g. 2 as before the worker was limited to one thread, against the default 1).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"run: {s['threads'] or 'default'}; load average (1 min) during the runs {min(loads):.1f}-{max(loads):.1f}",
             f"- {entry['repeats']} repeats x {len(entry['arms'])} arms ({', '.join(entry['arms'])}), "
             f"{s['grpo_steps']} GRPO steps each, seed {s['seed']}, order rotated per repeat; the callback arms: "
-            f"`{json.dumps(entry['extrap'])}` plus the snapshot interval",
+            f"`{json.dumps(entry['extrap'])}` plus the snapshot interval (and worker threads, where the arm says)",
             "",
             "| arm | train time / vanilla: median (min-max) | median step / vanilla | step hooks / train time "
             "| jump stall (steps) | worker CPU s (/ train time) | train begin+end hooks (s) |",
@@ -191,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--snapshot-every", type=int, nargs="+", default=[10, 1])
+    parser.add_argument("--worker-threads", type=int, nargs="+", default=[1], help="extrap_worker_threads per arm")
     parser.add_argument("--label", help="the results entry to write (default: the model)")
     args = parser.parse_args()
     label = args.label or args.model
@@ -200,7 +203,13 @@ def main() -> None:
     # callback only reads the weights), so the arms' times compare like for like; the stall is still measured.
     extrap |= {"extrap_jump_at": [args.steps], "extrap_horizon": args.steps // 2}
     arms = {"vanilla": {}} | {
-        f"snapshot every {n}": {**extrap, "extrap_snapshot_every": n} for n in args.snapshot_every
+        f"snapshot every {n}" + (f", worker threads {w}" if len(args.worker_threads) > 1 else ""): {
+            **extrap,
+            "extrap_snapshot_every": n,
+            "extrap_worker_threads": w,
+        }
+        for n in args.snapshot_every
+        for w in args.worker_threads
     }
     names = list(arms)
     load_model(base.get("model", "toy"))  # build or convert the model before any timing

@@ -103,6 +103,7 @@ class ExtrapolationCallback(TrainerCallback):
                 skill_origins=cfg.extrap_skill_origins,
                 edit_rank=cfg.extrap_edit_rank,
                 spill=spill,
+                threads=cfg.extrap_worker_threads,
             )
         if state.global_step == 0 or not self._resume(args, state):
             self._snapshot(state.global_step)

@@ -64,6 +64,16 @@ class ExtrapolationArguments:
             "the exact update, at its true rank."
         },
     )
+    extrap_worker_threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch threads of the background worker (fits, backtests). 1 by default: a worker with its own "
+            "OpenMP team puts more OpenMP threads in the process than there are cores on a CPU-trained run, and "
+            "libgomp then stops spin-waiting for the training thread's team (measured: every SmolLM2 step 1.3x "
+            "slower on 2 cores, benchmarks/results/overhead.md). Raise it where training runs on a GPU and CPU "
+            "cores are free, to shorten the fit a jump waits for."
+        },
+    )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
     extrap_jump_at: list[str] | str = field(
         default_factory=list,
@@ -267,6 +277,13 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_edit_rank={self.extrap_edit_rank!r}: give a rank >= 1 (e.g. 32) to truncate the update, or "
                 "None for the exact update"
+            )
+        if isinstance(self.extrap_worker_threads, bool) or not (
+            isinstance(self.extrap_worker_threads, int) and self.extrap_worker_threads >= 1
+        ):
+            raise ExtrapolationConfigError(
+                f"extrap_worker_threads={self.extrap_worker_threads!r}: give a number of threads >= 1 (1 unless "
+                "training runs on a GPU and CPU cores are free)"
             )
         if self.extrap_time_axis not in TIME_AXES:
             raise ExtrapolationConfigError(

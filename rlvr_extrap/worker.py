@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers.utils import logging
 
 from .diagnostics import (
@@ -118,6 +119,7 @@ class TrajectoryWorker:
         skill_origins: int = 3,
         edit_rank: int | None = None,
         spill: SnapshotSpill | None = None,
+        threads: int = 1,
     ) -> None:
         self.extrapolator = extrapolator
         self.gate = gate or JumpGate()
@@ -131,7 +133,13 @@ class TrajectoryWorker:
         self._lora: dict[str, LowRank] = {}  # the last snapshot's own s * B @ A, without the offset
         self.latest_skill: SkillRecord | None = None  # of the current segment's last point
         self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-extrap")
+        # The worker's torch runs on ``threads`` threads (a team of its own beside the training thread's makes
+        # libgomp throttle that one's spin-waits when cores are short). torch.set_num_threads also sets the default
+        # of threads that first use torch later: this thread's count is fixed now, and the default restored on close.
+        self._default_threads = torch.get_num_threads()
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="rlvr-extrap", initializer=torch.set_num_threads, initargs=(threads,)
+        )
         _OPEN.add(self)
 
     def add_snapshot(
@@ -190,6 +198,7 @@ class TrajectoryWorker:
         return self._pool.submit(time.thread_time)
 
     def close(self) -> None:
+        self._pool.submit(torch.set_num_threads, self._default_threads)
         self._pool.shutdown(wait=True)  # finish queued work (diagnostics files, the last commit)
         if self.spill is not None:
             self.spill.close()

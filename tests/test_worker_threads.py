@@ -1,0 +1,72 @@
+"""The background worker's torch threads: its own OpenMP team must not sit beside the training thread's.
+
+With more OpenMP threads in the process than cores, libgomp stops spin-waiting for the training thread's team
+and every training step pays futex wake-ups (SmolLM2 on 2 cores: 1.3x slower steps, even with the worker idle).
+Each case runs in a fresh process so the thread counts are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    import torch
+    from rlvr_extrap import get_extrapolator
+    from rlvr_extrap.lowrank import LowRank
+    from rlvr_extrap.worker import TrajectoryWorker
+
+    def os_threads():
+        return len(os.listdir("/proc/self/task"))
+
+    def heavy():  # a fit-sized matmul and an elementwise pass: both parallel when torch has threads
+        x = torch.randn(1024, 1024)
+        return float((x @ x).exp_().sum())
+
+    torch.set_num_threads(2)
+    heavy()  # the training thread's own team exists before the worker starts
+    before = os_threads()
+    worker = TrajectoryWorker(get_extrapolator("relex"), **json.loads(sys.argv[1]))
+    for step in range(4):
+        g = torch.Generator().manual_seed(step)
+        worker.add_snapshot(step, {"m": LowRank(torch.randn(512, 8, generator=g), torch.randn(8, 512, generator=g))})
+    worker._pool.submit(heavy).result()
+    inside = worker._pool.submit(torch.get_num_threads).result()
+    added = os_threads() - before
+    worker.close()
+    later = []  # a thread that first uses torch after the worker closed gets the process default back
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    print(json.dumps({"inside": inside, "added": added, "main": torch.get_num_threads(), "later": later[0]}))
+    """
+)
+
+
+def _run(settings: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(settings)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads through /proc (Linux)")
+def test_the_worker_runs_torch_on_one_thread_and_adds_no_openmp_team():
+    seen = _run({})
+    assert seen["inside"] == 1
+    assert seen["added"] == 1, f"the worker brought {seen['added'] - 1} extra OS thread(s) (an OpenMP team)"
+    assert seen["main"] == 2 and seen["later"] == 2  # the training thread keeps its count; the default is restored
+
+
+def test_worker_threads_can_be_raised_for_large_fits():
+    seen = _run({"threads": 2})
+    assert seen["inside"] == 2 and seen["main"] == 2 and seen["later"] == 2
