@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
+
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys, threading
@@ -70,3 +72,9 @@ def test_the_worker_runs_torch_on_one_thread_and_adds_no_openmp_team():
 def test_worker_threads_can_be_raised_for_large_fits():
     seen = _run({"threads": 2})
     assert seen["inside"] == 2 and seen["main"] == 2 and seen["later"] == 2
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_bad_worker_threads_name_the_field_and_the_fix(value):
+    with pytest.raises(ExtrapolationConfigError, match=r"extrap_worker_threads=.*number of threads >= 1"):
+        ExtrapolationArguments(extrap_method="relex", extrap_worker_threads=value).validate_extrapolation()
