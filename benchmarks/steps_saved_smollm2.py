@@ -195,6 +195,8 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     """Mean, sample standard deviation and the half-width of a 95% t-interval (nan where n < 2)."""
     t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 8: 2.36, 10: 2.26}
     n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan
     mean = statistics.fmean(values)
     if n < 2:
         return mean, math.nan, math.nan
@@ -233,6 +235,8 @@ def curves_of_seed(curves: dict[tuple[float, int], list], seed: int) -> dict[flo
 
 
 def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, Any]], meta: dict) -> dict[str, Any]:
+    # "vs best" only over the seeds with a vanilla run at every rate (a missing rate might have got there first)
+    rates_run = {lr for lr, _ in curves}
     rows = []
     by_arm: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
@@ -241,19 +245,21 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
         best_ratios, own_ratios, lower, accs, rates = [], [], False, [], []
         for r in rs:
             seed_curves = curves_of_seed(curves, r["seed"])
-            ratio, bound, rate = ratio_of(seed_curves, r["accuracy"], r["steps"])
             own, own_bound, _ = ratio_of({lr: seed_curves[lr]}, r["accuracy"], r["steps"])
-            best_ratios.append(ratio)
             own_ratios.append(own)
-            lower |= bound or own_bound
+            lower |= own_bound
+            if set(seed_curves) == rates_run:
+                ratio, bound, rate = ratio_of(seed_curves, r["accuracy"], r["steps"])
+                best_ratios.append(ratio)
+                lower |= bound
+                rates.append(rate)
             accs.append(r["accuracy"])
-            rates.append(rate)
         rows.append(
             {
                 "arm": arm, "learning_rate": lr, "seeds": len(rs), "accuracy": mean_interval(accs),
                 "vanilla_same_steps": mean_interval([r["vanilla_same_steps"] for r in rs]),
-                "ratio_vs_best": mean_interval(best_ratios), "ratio_vs_own": mean_interval(own_ratios),
-                "lower_bound": lower, "best_rates": rates,
+                "ratio_vs_best": mean_interval(best_ratios), "seeds_vs_best": len(best_ratios),
+                "ratio_vs_own": mean_interval(own_ratios), "lower_bound": lower, "best_rates": rates,
                 "jumps": [[(j["step"], j.get("horizon"), j.get("skipped", "applied")) for j in r["jumps"]] for r in rs],
                 "wall_ratio": mean_interval([r["wall_ratio"] for r in rs if r.get("wall_ratio")] or [math.nan]),
             }
@@ -264,7 +270,11 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
         row["aims_at"] = row["a"] + row["alpha"] * (row["b"] - row["a"])
         row["at_b"] = vanilla.get(row["b"], math.nan)
         row["vanilla_at_aim"] = vanilla.get(row["aims_at"], math.nan)
-        row["ratio_vs_best"], row["lower_bound"], _ = ratio_of(seed_curves, row["accuracy"], row["b"])
+        row["ratio_vs_best"], row["lower_bound"], _ = (
+            ratio_of(seed_curves, row["accuracy"], row["b"])
+            if set(seed_curves) == rates_run
+            else (math.nan, False, None)
+        )
     vanilla = {f"{k[0]:g}/seed{k[1]}": c for k, c in curves.items()}
     return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
 
@@ -298,7 +308,9 @@ def render(data: dict[str, Any]) -> str:
         "## Arms",
         "",
         "Mean ± sd (95% interval half-width) over seeds. Steps ratio: vanilla steps to reach the arm's accuracy "
-        "/ the arm's actual steps (> 1: steps saved); `vs best`: the learning rate that got there first. Wall ratio: "
+        "/ the arm's actual steps (> 1: steps saved); `vs best`: the learning rate that got there first, over the "
+        "seeds with vanilla runs at every rate (their number in brackets where fewer than the arm's; '–' in the "
+        "logit table: that seed lacks a rate). Wall ratio: "
         "the arm's wall time from the branch (loading the model and checkpoint, fit, backtest, guard, jump, and one "
         "more held-out evaluation than vanilla's: right after the jump) / vanilla's over as many steps.",
         "",
@@ -314,9 +326,12 @@ def render(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         bound = ">" if r["lower_bound"] else ""
         jumps = "; ".join(", ".join(f"{s}+{h}: {w}" for s, h, w in js) or "none" for js in r["jumps"])
+        n_best = r.get("seeds_vs_best", r["seeds"])
+        best_cell = "–" if n_best == 0 else f"{bound}{f(r['ratio_vs_best'])}"
+        best_cell += f" [{n_best} seed{'s' if n_best != 1 else ''}]" if 0 < n_best < r["seeds"] else ""
         lines.append(
             f"| {r['arm']} | {r['learning_rate']:g} | {r['seeds']} | {f(r['accuracy'])} | "
-            f"{f(r['vanilla_same_steps'])} | {bound}{f(r['ratio_vs_best'])} | {bound}{f(r['ratio_vs_own'])} | "
+            f"{f(r['vanilla_same_steps'])} | {best_cell} | {bound}{f(r['ratio_vs_own'])} | "
             f"{f(r['wall_ratio'])} | {jumps} |"
         )
     if data["logits"]:
@@ -333,10 +348,11 @@ def render(data: dict[str, Any]) -> str:
         ]
         for row in data["logits"]:
             bound = ">" if row["lower_bound"] else ""
+            ratio = "–" if math.isnan(row["ratio_vs_best"]) else f"{bound}{row['ratio_vs_best']:.2f}"
             lines.append(
                 f"| {row['learning_rate']:g} | {row['seed']} | {row['a']} -> {row['b']} | {row['alpha']:g} | "
                 f"{row['aims_at']:g} | {row['at_b']:.3f} | {row['vanilla_at_aim']:.3f} | {row['accuracy']:.3f} | "
-                f"{bound}{row['ratio_vs_best']:.2f} |"
+                f"{ratio} |"
             )
     lines += ["", m.get("note", "")]
     return "\n".join(lines) + "\n"
