@@ -359,21 +359,22 @@ def render(data: dict[str, Any]) -> str:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
+    """Vanilla per rate and each arm, averaged over the seeds they have (one colour each)."""
     from rlvr_extrap.plots import plot_accuracy_curves
 
-    series = []
-    by_lr: dict[str, list[list]] = {}
+    groups: dict[str, tuple[list[list], set[int]]] = {}  # name -> (curves, applied jump steps)
     for key, curve in data["vanilla"].items():
-        by_lr.setdefault(key.split("/")[0], []).append(curve)
-    for lr, curves in by_lr.items():
+        groups.setdefault(f"vanilla lr {key.split('/')[0]}", ([], set()))[0].append(curve)
+    for r in data["results"]:
+        curves, jumps = groups.setdefault(f"{r['arm']} (lr {r['learning_rate']:g})", ([], set()))
+        curves.append(r["history"])
+        jumps.update(j["step"] for j in r["jumps"] if "skipped" not in j)
+    series = []
+    for name, (curves, jumps) in groups.items():
         steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
         means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
         seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
-        series.append({"name": f"vanilla lr {lr} ({seeds})", "steps": steps, "mean": means})
-    for r in data["results"]:
-        series.append({"name": f"{r['arm']} (lr {r['learning_rate']:g}, seed {r['seed']})",
-                       "steps": [s for s, _ in r["history"]], "mean": [a for _, a in r["history"]],
-                       "jumps": [j["step"] for j in r["jumps"] if "skipped" not in j]})  # fmt: skip
+        series.append({"name": f"{name} ({seeds})", "steps": steps, "mean": means, "jumps": sorted(jumps)})
     title = f"SmolLM2 {data['meta']['task']}: held-out accuracy against actual GRPO steps"
     plot_accuracy_curves(series, path, title=title)
 
