@@ -237,6 +237,7 @@ def curves_of_seed(curves: dict[tuple[float, int], list], seed: int) -> dict[flo
 def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, Any]], meta: dict) -> dict[str, Any]:
     # "vs best" only over the seeds with a vanilla run at every rate (a missing rate might have got there first)
     rates_run = {lr for lr, _ in curves}
+    complete = {seed for _, seed in curves if set(curves_of_seed(curves, seed)) == rates_run}
     rows = []
     by_arm: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
@@ -248,7 +249,7 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
             own, own_bound, _ = ratio_of({lr: seed_curves[lr]}, r["accuracy"], r["steps"])
             own_ratios.append(own)
             lower |= own_bound
-            if set(seed_curves) == rates_run:
+            if r["seed"] in complete:
                 ratio, bound, rate = ratio_of(seed_curves, r["accuracy"], r["steps"])
                 best_ratios.append(ratio)
                 lower |= bound
@@ -271,9 +272,7 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
         row["at_b"] = vanilla.get(row["b"], math.nan)
         row["vanilla_at_aim"] = vanilla.get(row["aims_at"], math.nan)
         row["ratio_vs_best"], row["lower_bound"], _ = (
-            ratio_of(seed_curves, row["accuracy"], row["b"])
-            if set(seed_curves) == rates_run
-            else (math.nan, False, None)
+            ratio_of(seed_curves, row["accuracy"], row["b"]) if row["seed"] in complete else (math.nan, False, None)
         )
     vanilla = {f"{k[0]:g}/seed{k[1]}": c for k, c in curves.items()}
     return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
@@ -326,7 +325,7 @@ def render(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         bound = ">" if r["lower_bound"] else ""
         jumps = "; ".join(", ".join(f"{s}+{h}: {w}" for s, h, w in js) or "none" for js in r["jumps"])
-        n_best = r.get("seeds_vs_best", r["seeds"])
+        n_best = r["seeds_vs_best"]
         best_cell = "–" if n_best == 0 else f"{bound}{f(r['ratio_vs_best'])}"
         best_cell += f" [{n_best} seed{'s' if n_best != 1 else ''}]" if 0 < n_best < r["seeds"] else ""
         lines.append(

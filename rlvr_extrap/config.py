@@ -69,7 +69,7 @@ class ExtrapolationArguments:
         metadata={
             "help": "torch threads of the background worker (fits, backtests). 1 by default: a worker with its own "
             "OpenMP team puts more OpenMP threads in the process than there are cores on a CPU-trained run, and "
-            "libgomp then stops spin-waiting for the training thread's team (measured: every SmolLM2 step 1.3x "
+            "libgomp then stops spin-waiting for the training thread's team (measured: every SmolLM2 step 1.4x "
             "slower on 2 cores, benchmarks/results/overhead.md). Raise it where training runs on a GPU and CPU "
             "cores are free, to shorten the fit a jump waits for."
         },
@@ -269,18 +269,12 @@ class ExtrapolationArguments:
                 f"extrap_snapshot_memory={self.extrap_snapshot_memory!r}: {err}; give bytes (e.g. 4294967296) or a "
                 "size such as '4GiB' or '500MB', or None to keep every snapshot in memory"
             ) from None
-        if self.extrap_edit_rank is not None and (
-            isinstance(self.extrap_edit_rank, bool)
-            or not isinstance(self.extrap_edit_rank, int)
-            or self.extrap_edit_rank < 1
-        ):
+        if self.extrap_edit_rank is not None and not _is_count(self.extrap_edit_rank):
             raise ExtrapolationConfigError(
                 f"extrap_edit_rank={self.extrap_edit_rank!r}: give a rank >= 1 (e.g. 32) to truncate the update, or "
                 "None for the exact update"
             )
-        if isinstance(self.extrap_worker_threads, bool) or not (
-            isinstance(self.extrap_worker_threads, int) and self.extrap_worker_threads >= 1
-        ):
+        if not _is_count(self.extrap_worker_threads):
             raise ExtrapolationConfigError(
                 f"extrap_worker_threads={self.extrap_worker_threads!r}: give a number of threads >= 1 (1 unless "
                 "training runs on a GPU and CPU cores are free)"
@@ -426,6 +420,11 @@ class ExtrapolationArguments:
                 f"gradient_accumulation_steps={args.gradient_accumulation_steps}), and a jump inside a buffer "
                 f"would mix pre- and post-jump log-probs; use multiples of {period}"
             )
+
+
+def _is_count(value: Any) -> bool:
+    """An int of at least 1 (``True`` is an int to Python, not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def generation_period(args: Any) -> int:

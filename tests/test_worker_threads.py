@@ -1,7 +1,7 @@
 """The background worker's torch threads: its own OpenMP team must not sit beside the training thread's.
 
 With more OpenMP threads in the process than cores, libgomp stops spin-waiting for the training thread's team
-and every training step pays futex wake-ups (SmolLM2 on 2 cores: 1.3x slower steps, even with the worker idle).
+and every training step pays futex wake-ups (SmolLM2 on 2 cores: 1.4x slower steps, even with the worker idle).
 Each case runs in a fresh process so the thread counts are its own.
 """
 
