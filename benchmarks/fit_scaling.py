@@ -136,7 +136,8 @@ def measure(
         _, edit_one_layer = _timed(
             lambda p=plan: [add_update(weights[n.rsplit(".", 1)[1]], p.updates[n]) for n in first_layer]
         )
-        plans.append((variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer))
+        streamed = None if edit_rank is None else _streamed_stall(worker, weights, step, horizon)
+        plans.append((variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer, streamed))
     commit_seconds = _timed(lambda: worker.commit_jump(plans[-1][2]).result())[1] if commit else None
     spilled = 0 if spill is None else spill.spilled
     worker.close()
@@ -171,6 +172,7 @@ def measure(
             "edit_one_layer_seconds": edit_one_layer,
             "edit_seconds": edit_one_layer * layers,
             "stall_seconds": plan_seconds + edit_one_layer * layers,
+            "streamed_stall_seconds": streamed,
             "commit_seconds": commit_seconds if i == len(plans) - 1 else None,
             "snapshot_gib": snapshot_gib,
             "baseline_rss_gib": baseline,
@@ -178,8 +180,29 @@ def measure(
             "peak_over_snapshots": (peak - baseline) / snapshot_gib,
             "anon_peak_over_snapshots": (anon_peak - baseline_anon) / snapshot_gib,
         }
-        for i, (variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer) in enumerate(plans)
+        for i, (variant, edit_rank, plan, skill_seconds, plan_seconds, edit_one_layer, streamed) in enumerate(plans)
     ]
+
+
+def _streamed_stall(worker, weights: dict, step: int, horizon: int) -> float:
+    """Seconds for a streamed jump as the callback makes one (one process, no guard): the plan comes back before its
+    reduction, and every module is edited as soon as the worker has reduced it, each layer's modules into the one
+    layer of weights held here (the same work as distinct layers). The worker runs on 1 thread beside the edit, as
+    in training (``extrap_worker_threads``)."""
+    import torch
+
+    from rlvr_extrap.lora import add_update
+
+    threads = torch.get_num_threads()
+    worker._pool.submit(torch.set_num_threads, 1).result()  # this benchmark's worker: every core for the rows above
+    start = time.perf_counter()
+    plan = worker.plan_jump(step, horizon, 1.0, stream=True).result()
+    for name, update in plan.reduced_updates().items():
+        add_update(weights[name.rsplit(".", 1)[1]], update)
+    plan.settled()
+    seconds = time.perf_counter() - start
+    worker._pool.submit(torch.set_num_threads, threads).result()
+    return seconds
 
 
 def _extrapolator(method: str, next_config: dict):
@@ -247,7 +270,10 @@ def main() -> None:
         "Stall = plan + edit (what the training thread waits for); plan includes `reduce`, bringing each update to "
         "its true rank or to `extrap_edit_rank` from the cores of the worker's incremental bases. The edit is timed "
         "on one layer of bfloat16 weights on this CPU and scaled by the layers; on a GPU it is one matmul per "
-        "module. Rank: the largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all "
+        "module. Streamed: the stall measured whole (every module edited, into one layer's weights) as the "
+        "callback jumps with one process and no guard: the worker (on 1 thread) reduces module by module while the "
+        "training thread edits the modules already reduced (truncated rows only: an exact update needs no "
+        "reduction). Rank: the largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all "
         "modules (random factors: the worst case for truncation). Memory: peak RSS above the RSS before the first "
         "snapshot, over the snapshots' own bytes (1.0 = nothing but the snapshots); anon: the same for the "
         "anonymous memory alone (memory-mapped snapshots excluded). Load: the 1-minute load average of this shared "
@@ -255,19 +281,20 @@ def main() -> None:
         "",
         "| method | layers | trainable | dtype | edit rank | spill budget | ingest s/snapshot (mean / last) | "
         "skill backtest s | plan s (of which reduce) | applied rank | error | edit s (CPU) | stall s | "
-        "commit s (background) | snapshots GiB | peak / snapshots | anon peak / snapshots | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "stall s, streamed | commit s (background) | snapshots GiB | peak / snapshots | anon peak / snapshots | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         commit = "" if r["commit_seconds"] is None else f"{r['commit_seconds']:.1f}"
         error = "exact" if r["edit_error"] is None else f"{r['edit_error']:.3f}"
+        streamed = "" if r.get("streamed_stall_seconds") is None else f"{r['streamed_stall_seconds']:.1f}"
         spill = "" if r["memory"] is None else f"{r['memory']} ({r['snapshots_spilled']} spilled)"
         lines.append(
             f"| {r['method']} | {r['layers']} | {r['trainable'] / 1e6:.0f}M | {r['dtype']} | "
             f"{r['edit_rank'] or 'exact'} | {spill} | "
             f"{r['ingest_mean_seconds']:.2f} / {r['ingest_last_seconds']:.2f} | {r['skill_seconds']:.3f} | "
             f"{r['plan_seconds']:.2f} ({r['reduce_seconds']:.2f}) | {r['applied_rank']} | {error} | "
-            f"{r['edit_seconds']:.1f} | {r['stall_seconds']:.1f} | {commit} | {r['snapshot_gib']:.2f} | "
+            f"{r['edit_seconds']:.1f} | {r['stall_seconds']:.1f} | {streamed} | {commit} | {r['snapshot_gib']:.2f} | "
             f"{r['peak_over_snapshots']:.2f} | {r['anon_peak_over_snapshots']:.2f} | "
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )

@@ -229,6 +229,12 @@ def ratio_of(curves: dict[float, list], accuracy: float, steps: int) -> tuple[fl
     return hits[best] / steps, False, best
 
 
+def jump_seconds(result: dict[str, Any]) -> float:
+    """What the training thread spent on the arm's jumps: waiting for the fit, the guard's probes, the edit."""
+    keys = ("wait_seconds", "guard_seconds", "apply_seconds")
+    return sum(j.get(k) or 0.0 for j in result["jumps"] for k in keys)
+
+
 def curves_of_seed(curves: dict[tuple[float, int], list], seed: int) -> dict[float, list]:
     """Learning rate -> vanilla curve, for one seed."""
     return {lr: c for (lr, s), c in curves.items() if s == seed}
@@ -263,6 +269,8 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
                 "ratio_vs_own": mean_interval(own_ratios), "lower_bound": lower, "best_rates": rates,
                 "jumps": [[(j["step"], j.get("horizon"), j.get("skipped", "applied")) for j in r["jumps"]] for r in rs],
                 "wall_ratio": mean_interval([r["wall_ratio"] for r in rs if r.get("wall_ratio")] or [math.nan]),
+                "jump_seconds": mean_interval([jump_seconds(r) for r in rs]),
+                "jump_share": mean_interval([jump_seconds(r) / r["wall_seconds"] for r in rs]),
             }
         )  # fmt: skip
     for row in logits:  # decoding uses checkpoints up to b: b actual steps
@@ -311,11 +319,13 @@ def render(data: dict[str, Any]) -> str:
         "seeds with vanilla runs at every rate (their number in brackets where fewer than the arm's; '–' in the "
         "logit table: that seed lacks a rate). Wall ratio: "
         "the arm's wall time from the branch (loading the model and checkpoint, fit, backtest, guard, jump, and one "
-        "more held-out evaluation than vanilla's: right after the jump) / vanilla's over as many steps.",
+        "more held-out evaluation than vanilla's: right after the jump) / vanilla's over as many steps. Jump s: what "
+        "the training thread spent on the jump itself (waiting for the fit and backtest, the guard's probes, the "
+        "edit of the weights), in seconds and as a share of the arm's wall time.",
         "",
         "| arm | lr | seeds | accuracy | vanilla, same lr, same steps | steps ratio vs best | vs own lr | wall ratio "
-        "| jumps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| jump s (share of wall) | jumps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(x: list[float]) -> str:
@@ -331,7 +341,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             f"| {r['arm']} | {r['learning_rate']:g} | {r['seeds']} | {f(r['accuracy'])} | "
             f"{f(r['vanilla_same_steps'])} | {best_cell} | {bound}{f(r['ratio_vs_own'])} | "
-            f"{f(r['wall_ratio'])} | {jumps} |"
+            f"{f(r['wall_ratio'])} | {r['jump_seconds'][0]:.1f} ({r['jump_share'][0]:.1%}) | {jumps} |"
         )
     if data["logits"]:
         lines += [

@@ -10,6 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -245,7 +246,10 @@ class ExtrapolationCallback(TrainerCallback):
         plan, error, gated, wait_start = None, None, False, time.perf_counter()
         if self.worker is not None:
             cfg = self.config
-            future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha)
+            # one process, no guard: the plan is edited as it comes, so the worker's reduction of the updates
+            # overlaps the edit (the guard probes whole plans; other processes get the plan pickled, whole)
+            stream = self.guard is None and PartialState().num_processes == 1
+            future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha, stream=stream)
             try:
                 plan = future.result(timeout=cfg.extrap_fit_timeout)
             except FutureTimeout:
@@ -300,7 +304,8 @@ class ExtrapolationCallback(TrainerCallback):
             plan = plan.scaled(decision.scale)
 
         apply_start = time.perf_counter()
-        add_to_bases(self.modules, plan.updates, self.model)
+        add_to_bases(self.modules, plan.reduced_updates(), self.model)
+        plan.settled()
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
             params = [p for m in self.modules.values() for p in m.lora_parameters()]
             reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
@@ -316,6 +321,7 @@ class ExtrapolationCallback(TrainerCallback):
                 "edit_rank": plan.edit_rank,
                 "edit_error": plan.edit_error,
                 "reduce_seconds": plan.reduce_seconds,
+                "reduce_error": plan.reduce_error,
                 "wait_seconds": wait,
                 "apply_seconds": time.perf_counter() - apply_start,
                 "modules_jumped": len(plan.updates),

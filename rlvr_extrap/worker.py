@@ -6,8 +6,9 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,11 +53,57 @@ class JumpGate:
         )
 
 
+class Reduction:
+    """Progress of a plan's reduction running on the worker while the training thread edits (modules in plan order)."""
+
+    def __init__(self) -> None:
+        self._done: set[str] = set()
+        self._finished = False
+        self._cond = threading.Condition()
+
+    def mark(self, name: str) -> None:
+        with self._cond:
+            self._done.add(name)
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def wait(self, name: str | None = None) -> None:
+        """Until ``name``'s update is final (None: all of them)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._finished or (name is not None and name in self._done))
+
+
+class ReducedUpdates(Mapping[str, LowRank]):
+    """A streamed plan's updates: reading one waits until the worker has reduced it, so the edit of a module
+    overlaps the reduction of the next."""
+
+    def __init__(self, plan: JumpPlan) -> None:
+        self._plan = plan
+
+    def __getitem__(self, name: str) -> LowRank:
+        if self._plan.reduction is not None:
+            self._plan.reduction.wait(name)
+        return self._plan.updates[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._plan.updates))
+
+    def __len__(self) -> int:
+        return len(self._plan.updates)
+
+
 @dataclass
 class JumpPlan:
     """The update each module takes at a jump, ``alpha * (D_hat(target) - D_now)``, kept factored.
 
-    Modules the gate refused have no update; ``diagnostics`` covers every module.
+    Modules the gate refused have no update; ``diagnostics`` covers every module. A plan asked for with
+    ``stream=True`` comes back before its updates are reduced: read them through ``reduced_updates()`` (each waits
+    for its own module), and the reduction's figures (``edit_rank``, ``edit_error``, ``reduce_seconds``) after
+    ``settled()``.
     """
 
     step: int
@@ -68,7 +115,18 @@ class JumpPlan:
     skill: float | None = None  # backtest skill at this plan's horizon (None: not measured)
     edit_rank: int | None = None  # largest inner dimension of the updates as applied
     edit_error: float | None = None  # ||applied - planned|| / ||planned|| over all modules (None: not reduced)
-    reduce_seconds: float = 0.0  # of fit_seconds: bringing the updates to their true (or the truncated) rank
+    reduce_seconds: float = 0.0  # bringing the updates to their true (or the truncated) rank
+    reduction: Reduction | None = None  # set while a streamed reduction runs on the worker
+    reduce_error: str | None = None  # a streamed reduction that failed: the modules left are applied exact
+
+    def reduced_updates(self) -> Mapping[str, LowRank]:
+        return self.updates if self.reduction is None else ReducedUpdates(self)
+
+    def settled(self) -> JumpPlan:
+        """This plan once its streamed reduction (if any) has finished."""
+        if self.reduction is not None:
+            self.reduction.wait()
+        return self
 
     @property
     def update_norm(self) -> float:
@@ -82,20 +140,9 @@ class JumpPlan:
             name: {**d, "update_norm": d["update_norm"] * abs(factor)} if name in self.updates else d
             for name, d in self.diagnostics.items()
         }
-        updates = {name: u.scaled(factor) for name, u in self.updates.items()}
+        updates = {name: u.scaled(factor) for name, u in self.settled().updates.items()}
         ratio = None if self.size_ratio is None else self.size_ratio * abs(factor)
-        return JumpPlan(
-            self.step,
-            self.target_step,
-            updates,
-            diagnostics,
-            self.fit_seconds,
-            ratio,
-            self.skill,
-            self.edit_rank,
-            self.edit_error,
-            self.reduce_seconds,
-        )
+        return replace(self, updates=updates, diagnostics=diagnostics, size_ratio=ratio, reduction=None)
 
 
 class TrajectoryWorker:
@@ -148,12 +195,14 @@ class TrajectoryWorker:
         """Append a snapshot (and the optimizer's velocity of the factors there, for the ``optimizer`` method)."""
         return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities)
 
-    def plan_jump(self, step: int, horizon: int | str, alpha: float) -> Future[JumpPlan]:
+    def plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
 
-        Raises ``JumpSkipped`` (through the future) when the gate's ``min_skill`` is not met.
+        Raises ``JumpSkipped`` (through the future) when the gate's ``min_skill`` is not met. ``stream``: the plan
+        comes back before its updates are reduced to their rank, and the worker reduces them module by module
+        while the caller edits (see ``JumpPlan``).
         """
-        return self._pool.submit(self._plan_jump, step, horizon, alpha)
+        return self._pool.submit(self._plan_jump, step, horizon, alpha, stream)
 
     def commit_jump(self, plan: JumpPlan) -> Future[None]:
         """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
@@ -265,7 +314,7 @@ class TrajectoryWorker:
             raise JumpSkipped(f"backtest skill {score:.3f} at horizon {horizon} is below extrap_min_skill={bar}")
         return horizon, score
 
-    def _plan_jump(self, step: int, horizon: int | str, alpha: float) -> JumpPlan:
+    def _plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> JumpPlan:
         if not self.trajectory.steps or self.trajectory.steps[-1] != step:
             raise RuntimeError(f"no snapshot at the jump step {step} (last: {self.trajectory.steps[-1:]})")
         horizon, skill = self._gated_horizon(step, horizon)
@@ -293,12 +342,14 @@ class TrajectoryWorker:
                 updates[name] = update
             report[name] = {**diag.to_dict(), **method_diagnostics.get(name, {}), "jumped": passed}
             diags.append(diag)
-        plan = JumpPlan(step, target_step, updates, report, time.perf_counter() - start, skill=skill)
-        reduce_start = time.perf_counter()
-        self._reduce(plan)
-        plan.reduce_seconds = time.perf_counter() - reduce_start
-        plan.fit_seconds = time.perf_counter() - start
+        plan = JumpPlan(step, target_step, updates, report, skill=skill)
         self._check_size(plan)
+        if stream:  # queued first: it runs as soon as the plan is handed over
+            plan.reduction = Reduction()
+            self._pool.submit(self._reduce_streamed, plan)
+        else:
+            self._reduce(plan)
+        plan.fit_seconds = time.perf_counter() - start
         if self.diagnostics_dir is not None:  # queued behind this task: the training thread does not wait for it
             self._pool.submit(self._write_diagnostics, plan, diags, self.latest_skill)
         return plan
@@ -307,21 +358,35 @@ class TrajectoryWorker:
         """Each update at its true rank when the module's bases show it is lower than its terms' (exact up to
         float32 round-off), truncated to ``edit_rank`` when set; the plan records the largest applied rank and the
         relative error of the truncation."""
+        start = time.perf_counter()
         error_sq = norm_sq = 0.0
         reduced_any = False
         for name, update in plan.updates.items():
             basis_rank = self.trajectory.basis_rank(name)
-            if basis_rank is None or (self.edit_rank is None and basis_rank >= update.rank):
-                continue
-            reduced = self.trajectory.reduce(name, update, self.edit_rank)
-            if reduced is None:
-                continue
-            plan.updates[name], reduced_any = reduced.factors, True
-            error_sq, norm_sq = error_sq + reduced.error_sq, norm_sq + reduced.norm_sq
-            plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
+            reduced = None
+            if basis_rank is not None and (self.edit_rank is not None or basis_rank < update.rank):
+                reduced = self.trajectory.reduce(name, update, self.edit_rank)
+            if reduced is not None:
+                plan.updates[name], reduced_any = reduced.factors, True
+                error_sq, norm_sq = error_sq + reduced.error_sq, norm_sq + reduced.norm_sq
+                plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
+            if plan.reduction is not None:
+                plan.reduction.mark(name)
+        plan.reduce_seconds = time.perf_counter() - start
         plan.edit_rank = max((u.rank for u in plan.updates.values()), default=0)
         if reduced_any and self.edit_rank is not None:  # without truncation the difference is round-off
             plan.edit_error = (error_sq / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
+
+    def _reduce_streamed(self, plan: JumpPlan) -> None:
+        """``_reduce`` while the training thread edits: a failure cannot refuse a jump already under way, so the
+        modules not reduced yet are applied exact (their full-rank combination), and the failure is recorded."""
+        try:
+            self._reduce(plan)
+        except Exception as err:
+            plan.reduce_error = f"{type(err).__name__}: {err}"
+            logger.warning(f"extrapolation: reducing the jump's updates failed ({plan.reduce_error}); applied exact")
+        finally:
+            plan.reduction.finish()
 
     def _finite(self, name: str, predicted: LowRank) -> bool:
         """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""

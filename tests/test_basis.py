@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
 import pytest
 import torch
 
@@ -105,6 +109,59 @@ def test_a_truncated_jump_applies_the_best_rank_p_update_and_commits_what_it_app
         torch.testing.assert_close(cut.trajectory.deltas[name][0].dense(), origin, rtol=1e-4, atol=1e-4)
     for worker in (exact, cut):
         worker.close()
+
+
+def test_a_streamed_plan_is_handed_over_before_its_reduction_and_each_read_waits_for_its_module(monkeypatch):
+    whole, streamed = (TrajectoryWorker(get_extrapolator("relex"), edit_rank=5) for _ in range(2))
+    snapshots(whole, 5)
+    snapshots(streamed, 5)
+    reference = whole.plan_jump(40, 20, 1.0).result()
+    release, reducing = threading.Event(), []
+    reduce = streamed.trajectory.reduce
+
+    def held(name, delta, rank=None):  # the second module waits for the test's signal
+        reducing.append(name)
+        if len(reducing) == 2:
+            assert release.wait(30)
+        return reduce(name, delta, rank)
+
+    monkeypatch.setattr(streamed.trajectory, "reduce", held)
+    plan = streamed.plan_jump(40, 20, 1.0, stream=True).result()
+    updates = plan.reduced_updates()
+    first, second = list(updates)
+    assert updates[first].rank == 5  # reduced while the second is still held
+    reader = ThreadPoolExecutor(1).submit(lambda: updates[second])
+    with pytest.raises(FutureTimeout):
+        reader.result(timeout=0.5)
+    assert plan.edit_rank is None  # not settled yet
+    release.set()
+    assert reader.result(timeout=30).rank == 5
+    plan.settled()
+    assert (plan.edit_rank, plan.reduce_error) == (5, None)
+    assert plan.edit_error == pytest.approx(reference.edit_error, rel=1e-9)
+    for name in (first, second):
+        torch.testing.assert_close(updates[name].dense(), reference.updates[name].dense())
+    for worker in (whole, streamed):
+        worker.close()
+
+
+def test_a_streamed_reduction_that_fails_applies_the_modules_left_exact(monkeypatch):
+    worker = TrajectoryWorker(get_extrapolator("relex"), edit_rank=5)
+    snapshots(worker, 5)
+    reduce, calls = worker.trajectory.reduce, []
+
+    def failing(name, delta, rank=None):
+        calls.append(name)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return reduce(name, delta, rank)
+
+    monkeypatch.setattr(worker.trajectory, "reduce", failing)
+    plan = worker.plan_jump(40, 20, 1.0, stream=True).result()
+    updates = dict(plan.reduced_updates())
+    assert plan.settled().reduce_error == "RuntimeError: out of memory"
+    assert [updates[name].rank for name in calls] == [5, 5 * 4]  # the second: its exact, lazy combination
+    worker.close()
 
 
 def test_spilled_snapshots_give_the_same_trajectory_and_jump(tmp_path):
