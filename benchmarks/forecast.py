@@ -49,6 +49,7 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -492,12 +493,13 @@ def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
     if not todo:
         return
     if "toy" in {s.model for s in todo}:
-        import rlvr_extrap.experiment  # noqa: F401 (imported before the workers fork: later edits do not leak in)
         from rlvr_extrap.toy.model import load_toy_model
 
         load_toy_model()  # build the warm-started toy once, before the workers race to
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
+    # spawned, not forked: a child forked from a process whose torch has run an OpenMP team (a branch trained
+    # before this collect, in steps_saved_smollm2) hangs in its first parallel region, as libgomp is not fork-safe
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for run_id, seconds in pool.map(_collect_one, [(s, cache) for s in todo]):
             print(f"[{time.perf_counter() - start:.0f} s] cached {run_id} ({seconds:.0f} s)", flush=True)
 
