@@ -2,6 +2,7 @@
 
     python benchmarks/fit_scaling.py                 # the configurations below, up to all 32 layers
     python benchmarks/fit_scaling.py --quick         # 1 and 2 layers
+    python benchmarks/fit_scaling.py --streamed      # the truncated plans at 8 and 32 layers, streamed stall too
     python benchmarks/fit_scaling.py --one relex 8 15 float32   # one configuration
 
 Synthetic LoRA factors shaped like a 7B Llama (hidden 4096, MLP 11008, q/k/v/o/gate/up/down, r=64:
@@ -227,12 +228,18 @@ QUICK: list[Config] = [
     (["relex", "relex:16", "linear"], 1, 10, "float32", True, None),
     (["relex:16"], 2, 10, "bfloat16", True, "100MiB"),
 ]
+# the truncated plans at 8 and 32 layers again, for the streamed stall (the reduction overlapping the edit)
+STREAMED: list[Config] = [
+    (["relex:32", "relex:8"], 8, 15, "bfloat16", False, None),
+    (["relex:32", "relex:8"], 32, 15, "bfloat16", False, "1GiB"),
+]
 PREVIOUS = Path(__file__).parent / "results" / "fit_scaling_previous.md"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--streamed", action="store_true", help="the truncated rows only: fit_scaling_streamed.md")
     parser.add_argument("--one", nargs=3, metavar=("LAYERS", "SNAPSHOTS", "DTYPE"))
     parser.add_argument("--plans", nargs="+", default=["relex"], help="with --one: method or method:edit_rank each")
     parser.add_argument("--commit", action="store_true", help="with --one: also time the background commit")
@@ -252,7 +259,8 @@ def main() -> None:
         print(json.dumps(measure(variants, int(layers), int(snaps), dtype, args.commit, next_config, args.memory)))
         return
     rows = []
-    for plans, layers, snaps, dtype, commit, memory in QUICK if args.quick else FULL:
+    flag = " --quick" if args.quick else " --streamed" if args.streamed else ""
+    for plans, layers, snaps, dtype, commit, memory in QUICK if args.quick else STREAMED if args.streamed else FULL:
         command = [sys.executable, __file__, "--one", str(layers), str(snaps), dtype, "--plans", *plans]
         command += ["--commit"] if commit else []
         command += [] if memory is None else ["--memory", memory]
@@ -264,7 +272,7 @@ def main() -> None:
     lines = [
         "# Stall at a jump, ingest and memory at 7B-r64 scale (7B-shaped modules, LoRA r=64)",
         "",
-        f"Command: `python benchmarks/fit_scaling.py{' --quick' if args.quick else ''}` · machine: {m['processor']}, "
+        f"Command: `python benchmarks/fit_scaling.py{flag}` · machine: {m['processor']}, "
         f"{m['cpu_count']} cores, torch {m['torch']}, no GPU · commit {m['commit']}",
         "",
         "Stall = plan + edit (what the training thread waits for); plan includes `reduce`, bringing each update to "
@@ -298,11 +306,9 @@ def main() -> None:
             f"{r['peak_over_snapshots']:.2f} | {r['anon_peak_over_snapshots']:.2f} | "
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
-    if PREVIOUS.is_file():
+    if PREVIOUS.is_file() and not flag:
         lines += ["", PREVIOUS.read_text()]
-    write_results(
-        "fit_scaling" + ("_quick" if args.quick else ""), {"machine": m, "rows": rows}, "\n".join(lines) + "\n"
-    )
+    write_results("fit_scaling" + flag.replace(" --", "_"), {"machine": m, "rows": rows}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
