@@ -333,8 +333,9 @@ class ExtrapolationCallback(TrainerCallback):
         self.jumps.append(record)
         self._log(state, {f"extrap/{k}": v for k, v in record.items()})
 
-    def _log(self, state: TrainerState, metrics: dict[str, float | None]) -> None:
-        metrics = {k: v for k, v in metrics.items() if v is not None}  # loggers (TensorBoard, W&B) want numbers
+    def _log(self, state: TrainerState, metrics: dict[str, Any]) -> None:
+        """Log the numbers in ``metrics`` through the trainer; text (reasons, errors) stays in the jump records."""
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # TensorBoard, W&B want numbers
         if self.trainer is not None:
             # The base log (GRPO's override would flush its own metrics). Its on_log clears should_log, which at a
             # logging step would drop the trainer's own log (loss, reward) due right after this hook: keep it.

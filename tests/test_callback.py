@@ -22,6 +22,7 @@ from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.lowrank import LowRank
 from rlvr_extrap.offsets import STATE_FILE
 from rlvr_extrap.skill import schedule_clock
+from rlvr_extrap.trajectory import Trajectory
 
 
 def run(tmp_path, **kwargs):
@@ -122,6 +123,22 @@ def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypat
     assert "injected fit failure" in callback.jumps[0]["skipped"]
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
     assert "jump at step 4 skipped" in caplog.text
+
+
+def test_a_failed_streamed_reduction_is_applied_exact_and_only_numbers_are_logged(tmp_path, monkeypatch):
+    def boom(self, name, delta, rank=None):
+        raise RuntimeError("injected reduce failure")
+
+    monkeypatch.setattr(Trajectory, "reduce", boom)
+    trainer, callback, before, after = run(
+        tmp_path, max_steps=6, extrap_method="relex", extrap_jump_at=[4], extrap_snapshot_every=2, extrap_edit_rank=1
+    )
+    jump = callback.jumps[0]
+    assert "skipped" not in jump and jump["reduce_error"] == "RuntimeError: injected reduce failure"
+    assert any(not torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])  # it jumped, exact
+    logged = [h for h in trainer.state.log_history if any(k.startswith("extrap/") for k in h)]
+    assert any("extrap/update_norm" in h for h in logged)
+    assert all(isinstance(v, int | float) for h in logged for v in h.values())  # the error text stays in the record
 
 
 @pytest.mark.parametrize(
