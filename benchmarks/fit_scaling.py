@@ -195,14 +195,14 @@ def _streamed_stall(worker, weights: dict, step: int, horizon: int) -> float:
     from rlvr_extrap.lora import add_update
 
     threads = torch.get_num_threads()
-    worker._pool.submit(torch.set_num_threads, 1).result()  # this benchmark's worker: every core for the rows above
+    worker.set_threads(1).result()  # this benchmark's worker: every core for the rows above
     start = time.perf_counter()
     plan = worker.plan_jump(step, horizon, 1.0, stream=True).result()
     for name, update in plan.reduced_updates().items():
         add_update(weights[name.rsplit(".", 1)[1]], update)
     plan.settled()
     seconds = time.perf_counter() - start
-    worker._pool.submit(torch.set_num_threads, threads).result()
+    worker.set_threads(threads).result()
     return seconds
 
 

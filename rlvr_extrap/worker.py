@@ -242,6 +242,10 @@ class TrajectoryWorker:
 
         return self._pool.submit(_restore)
 
+    def set_threads(self, threads: int) -> Future[None]:
+        """Run the worker's torch on ``threads`` threads from the next task on (as ``threads`` at construction)."""
+        return self._pool.submit(torch.set_num_threads, threads)
+
     def cpu_seconds(self) -> Future[float]:
         """CPU time the worker's thread has used (``time.thread_time``), once every queued task has run."""
         return self._pool.submit(time.thread_time)

@@ -35,7 +35,11 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(2)
     heavy()  # the training thread's own team exists before the worker starts
     before = os_threads()
-    worker = TrajectoryWorker(get_extrapolator("relex"), **json.loads(sys.argv[1]))
+    settings = json.loads(sys.argv[1])
+    set_to = settings.pop("set_threads", None)
+    worker = TrajectoryWorker(get_extrapolator("relex"), **settings)
+    if set_to is not None:
+        worker.set_threads(set_to).result()
     for step in range(4):
         g = torch.Generator().manual_seed(step)
         worker.add_snapshot(step, {"m": LowRank(torch.randn(512, 8, generator=g), torch.randn(8, 512, generator=g))})
@@ -71,6 +75,11 @@ def test_the_worker_runs_torch_on_one_thread_and_adds_no_openmp_team():
 
 def test_worker_threads_can_be_raised_for_large_fits():
     seen = _run({"threads": 2})
+    assert seen["inside"] == 2 and seen["main"] == 2 and seen["later"] == 2
+
+
+def test_worker_threads_can_be_changed_on_a_running_worker():
+    seen = _run({"set_threads": 2})
     assert seen["inside"] == 2 and seen["main"] == 2 and seen["later"] == 2
 
 
