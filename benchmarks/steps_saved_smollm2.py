@@ -310,6 +310,17 @@ def render(data: dict[str, Any]) -> str:
         cells = " / ".join(f"{acc[s]:.3f}" if s in acc else "–" for s in (0, 20, 40, 60, 80, 100))
         lr, seed = key.split("/")
         lines.append(f"| {lr} | {seed.removeprefix('seed')} | {cells} |")
+    carried = m.get("carried") or {}
+    if carried.get("vanilla") or carried.get("rows"):
+        by_source: dict[str, list[str]] = {}
+        for key, source in carried.get("vanilla", {}).items():
+            by_source.setdefault(source, []).append(key)
+        where = "; ".join(f"{', '.join(keys)} from {source}" for source, keys in by_source.items())
+        lines += [
+            "",
+            f"Carried from the committed results, their cache not being on this machine (every row keeps its "
+            f"`source` in the JSON): vanilla {where or 'none'}; {carried.get('rows', 0)} arm and logit rows.",
+        ]
     lines += [
         "",
         "## Arms",
@@ -402,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="two arms only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--fresh", action="store_true", help="ignore the committed results (default: keep their rows the cache lacks)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -416,23 +430,80 @@ def main(argv: list[str] | None = None) -> None:
                 arm_and_logit_results(spec, arms, args, train)
     vanilla = vanilla_runs(specs)
     curves = {key: curve_of(run) for key, run in vanilla.items()}
+    meta = {
+        "machine": machine(), "device": args.device, "task": args.task, "base_lr": args.base_lr,
+        "seeds": args.seeds, "steps": args.steps, "jump": args.jump, "after": args.after, "note": args.note,
+    }  # fmt: skip
+    previous = None if args.fresh else read_previous(args.out / f"{NAME}.json", meta)
+    carried_curves = carry_curves(previous, curves, args.seeds)
     lrs = args.lrs or sorted({args.base_lr, best_rate(curves, args.jump + args.after, args.base_lr)})
     results, logits = [], []
     for (lr, seed), spec in specs.items():
-        if any(math.isclose(lr, x) for x in lrs) and (lr, seed) in curves:
+        if any(math.isclose(lr, x) for x in lrs) and (lr, seed) in curves and forecast.is_cached(spec):
             rows, logit_rows = arm_and_logit_results(spec, arms, args, train)
             results += rows
             logits += logit_rows
-    meta = {
-        "machine": machine(), "device": args.device, "task": args.task, "base_lr": args.base_lr,
-        "seeds": args.seeds, "steps": args.steps, "jump": args.jump, "after": args.after, "arms_lrs": lrs,
-        "note": args.note,
-    }  # fmt: skip
+    carried_rows = carry_rows(previous, results, logits, arms, lrs, args.seeds)
+    meta |= {"arms_lrs": lrs, "carried": {"vanilla": carried_curves, "rows": carried_rows}}
     data = analyze(results, curves, logits, meta)
     data["results"] = results
     write_results(NAME, data, render(data), args.out)
     plot(data, args.out / f"{NAME}.png")
     print(render(data))
+
+
+def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The committed results at ``path`` when they were made with the same task, rates, lengths and jump."""
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    same = ("task", "base_lr", "steps", "jump", "after")
+    return previous if all(previous["meta"].get(k) == meta[k] for k in same) else None
+
+
+def source_of(previous: dict[str, Any]) -> str:
+    return f"commit {previous['meta']['machine']['commit']}"
+
+
+def carry_curves(previous: dict[str, Any] | None, curves: dict, seeds: list[int]) -> dict[str, str]:
+    """Add to ``curves`` the committed vanilla curves the cache lacks (a cache is not kept between machines, the
+    committed results are); returns each carried curve's key and where it was measured."""
+    carried: dict[str, str] = {}
+    if previous is None:
+        return carried
+    sources = previous["meta"].get("carried", {}).get("vanilla", {})
+    for key, curve in previous["vanilla"].items():
+        lr, seed = float(key.split("/")[0]), int(key.split("/")[1].removeprefix("seed"))
+        if seed in seeds and (lr, seed) not in curves:
+            curves[(lr, seed)] = [tuple(point) for point in curve]
+            carried[key] = sources.get(key, source_of(previous))
+    return carried
+
+
+def carry_rows(
+    previous: dict[str, Any] | None, results: list, logits: list, arms: tuple[str, ...], lrs: list[float], seeds: list
+) -> int:
+    """Add to ``results`` and ``logits`` the committed rows the cache lacks, each marked with its ``source``; returns
+    how many were carried."""
+    if previous is None:
+        return 0
+
+    def wanted(row: dict[str, Any]) -> bool:
+        return row["seed"] in seeds and any(math.isclose(row["learning_rate"], x) for x in lrs)
+
+    have = {(r["arm"], r["learning_rate"], r["seed"]) for r in results}
+    have_logits = {(r["learning_rate"], r["seed"], r["a"], r["b"], r["alpha"]) for r in logits}
+    carried = 0
+    for row in previous["results"]:
+        if row["arm"] in arms and wanted(row) and (row["arm"], row["learning_rate"], row["seed"]) not in have:
+            results.append({"source": source_of(previous), **row})
+            carried += 1
+    keep = ("learning_rate", "seed", "a", "b", "alpha", "accuracy")
+    for row in previous["logits"]:
+        if wanted(row) and tuple(row[k] for k in keep[:5]) not in have_logits:
+            logits.append({"source": source_of(previous), **{k: row[k] for k in (*keep, "source") if k in row}})
+            carried += 1
+    return carried
 
 
 def arm_and_logit_results(
