@@ -187,8 +187,8 @@ def measure(
 
 def _streamed_stall(worker, weights: dict, step: int, horizon: int) -> float:
     """Seconds for a streamed jump as the callback makes one (one process, no guard): the plan comes back before its
-    reduction, and every module is edited as soon as the worker has reduced it, each layer's modules into the one
-    layer of weights held here (the same work as distinct layers). The worker runs on 1 thread beside the edit, as
+    reduction, and every module is edited as soon as it is reduced (by the worker, or by this thread when none is
+    ready), each layer's modules into the one layer of weights held here (the same work as distinct layers). The worker runs on 1 thread beside the edit, as
     in training (``extrap_worker_threads``)."""
     import torch
 
@@ -279,9 +279,9 @@ def main() -> None:
         "its true rank or to `extrap_edit_rank` from the cores of the worker's incremental bases. The edit is timed "
         "on one layer of bfloat16 weights on this CPU and scaled by the layers; on a GPU it is one matmul per "
         "module. Streamed: the stall measured whole (every module edited, into one layer's weights) as the "
-        "callback jumps with one process and no guard: the worker (on 1 thread) reduces module by module while the "
-        "training thread edits the modules already reduced (truncated rows only: an exact update needs no "
-        "reduction). Rank: the largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all "
+        "callback jumps with one process and no guard: the worker (on 1 thread) reduces module by module from the "
+        "front of the plan while the training thread edits the modules already reduced and, when none is ready, "
+        "reduces one from the back itself (truncated rows only: an exact update needs no reduction). Rank: the largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all "
         "modules (random factors: the worst case for truncation). Memory: peak RSS above the RSS before the first "
         "snapshot, over the snapshots' own bytes (1.0 = nothing but the snapshots); anon: the same for the "
         "anonymous memory alone (memory-mapped snapshots excluded). Load: the 1-minute load average of this shared "

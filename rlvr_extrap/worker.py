@@ -6,7 +6,8 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,32 +55,70 @@ class JumpGate:
 
 
 class Reduction:
-    """Progress of a plan's reduction running on the worker while the training thread edits (modules in plan order)."""
+    """A streamed plan's reduction, shared by two threads: the worker takes modules from the front of the plan, the
+    training thread (reading ``ReducedUpdates.items()``) edits each module once it is final and, rather than wait,
+    takes modules from the back and reduces them itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: list[str], reduce_one: Callable[[str], None]) -> None:
+        self._pending = deque(names)  # nobody has taken these yet
+        self._total = len(names)
+        self._ready: deque[str] = deque()  # final, not yet handed to the reader
         self._done: set[str] = set()
+        self._worker_on: str | None = None  # the module the worker is reducing
         self._finished = False
+        self._reduce_one = reduce_one
         self._cond = threading.Condition()
+        self._start, self.seconds = time.perf_counter(), 0.0  # until the last module was final
+
+    def claim_first(self) -> str | None:
+        """The worker's next module (None: none left)."""
+        with self._cond:
+            self._worker_on = self._pending.popleft() if self._pending and not self._finished else None
+            return self._worker_on
 
     def mark(self, name: str) -> None:
         with self._cond:
             self._done.add(name)
+            self._ready.append(name)
+            self._worker_on = None
+            self.seconds = time.perf_counter() - self._start
             self._cond.notify_all()
 
     def finish(self) -> None:
+        """The worker stops: the modules nobody reduced (after a failure) are final as they are, exact."""
         with self._cond:
+            left = [*([self._worker_on] if self._worker_on is not None else []), *self._pending]
+            self._pending.clear()
+            self._done.update(left)
+            self._ready.extend(left)
             self._finished = True
             self._cond.notify_all()
 
     def wait(self, name: str | None = None) -> None:
-        """Until ``name``'s update is final (None: all of them)."""
+        """Until ``name``'s update is final (None: until the worker has finished)."""
         with self._cond:
             self._cond.wait_for(lambda: self._finished or (name is not None and name in self._done))
 
+    def completed(self) -> Iterator[str]:
+        """Every module once, as soon as it is final: the worker's in its order, between them the ones this thread
+        takes from the back and reduces itself whenever none is ready."""
+        for _ in range(self._total):
+            with self._cond:
+                self._cond.wait_for(lambda: self._ready or self._pending)
+                own = not self._ready
+                name = self._pending.pop() if own else self._ready.popleft()
+            if own:
+                self._reduce_one(name)
+                with self._cond:
+                    self._done.add(name)
+                    self.seconds = max(self.seconds, time.perf_counter() - self._start)
+                    self._cond.notify_all()
+            yield name
+
 
 class ReducedUpdates(Mapping[str, LowRank]):
-    """A streamed plan's updates: reading one waits until the worker has reduced it, so the edit of a module
-    overlaps the reduction of the next."""
+    """A streamed plan's updates: reading one waits until it is final; ``items()`` hands them over as they become
+    final (see ``Reduction.completed``), so the edit of a module overlaps the reduction of the next."""
 
     def __init__(self, plan: JumpPlan) -> None:
         self._plan = plan
@@ -94,6 +133,14 @@ class ReducedUpdates(Mapping[str, LowRank]):
 
     def __len__(self) -> int:
         return len(self._plan.updates)
+
+    def items(self) -> Iterator[tuple[str, LowRank]]:  # type: ignore[override]
+        """(name, final update) pairs in the order they become final, not in plan order."""
+        if self._plan.reduction is None:
+            yield from self._plan.updates.items()
+            return
+        for name in self._plan.reduction.completed():
+            yield name, self._plan.updates[name]
 
 
 @dataclass
@@ -123,10 +170,25 @@ class JumpPlan:
         return self.updates if self.reduction is None else ReducedUpdates(self)
 
     def settled(self) -> JumpPlan:
-        """This plan once its streamed reduction (if any) has finished."""
-        if self.reduction is not None:
+        """This plan once its streamed reduction (if any) has finished, with its figures."""
+        if self.reduction is not None and self.edit_rank is None:
             self.reduction.wait()
+            self.reduce_seconds = self.reduction.seconds
+            self.summarize_reduction()
         return self
+
+    def summarize_reduction(self) -> None:
+        """``edit_rank`` and ``edit_error`` of the plan from its modules' reductions (an error only where updates
+        were truncated: an exact reduction differs by round-off)."""
+        self.edit_rank = max((u.rank for u in self.updates.values()), default=0)
+        reduced = [self.diagnostics[n] for n in self.updates if "edit_norm_sq" in self.diagnostics[n]]
+        if reduced:
+            norm_sq = sum(d["edit_norm_sq"] for d in reduced)
+            self.edit_error = (sum(d["edit_error_sq"] for d in reduced) / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
+
+    def record_reduce_error(self, err: Exception) -> None:
+        self.reduce_error = self.reduce_error or f"{type(err).__name__}: {err}"
+        logger.warning(f"extrapolation: reducing the jump's updates failed ({self.reduce_error}); applied exact")
 
     @property
     def update_norm(self) -> float:
@@ -349,7 +411,7 @@ class TrajectoryWorker:
         plan = JumpPlan(step, target_step, updates, report, skill=skill)
         self._check_size(plan)
         if stream:  # queued first: it runs as soon as the plan is handed over
-            plan.reduction = Reduction()
+            plan.reduction = Reduction(list(updates), lambda name: self._reduce_taken(plan, name))
             self._pool.submit(self._reduce_streamed, plan)
         else:
             self._reduce(plan)
@@ -359,38 +421,45 @@ class TrajectoryWorker:
         return plan
 
     def _reduce(self, plan: JumpPlan) -> None:
-        """Each update at its true rank when the module's bases show it is lower than its terms' (exact up to
-        float32 round-off), truncated to ``edit_rank`` when set; the plan records the largest applied rank and the
-        relative error of the truncation."""
+        """Every update reduced here, in plan order (see ``_reduce_module``)."""
         start = time.perf_counter()
-        error_sq = norm_sq = 0.0
-        reduced_any = False
-        for name, update in plan.updates.items():
-            basis_rank = self.trajectory.basis_rank(name)
-            reduced = None
-            if basis_rank is not None and (self.edit_rank is not None or basis_rank < update.rank):
-                reduced = self.trajectory.reduce(name, update, self.edit_rank)
-            if reduced is not None:
-                plan.updates[name], reduced_any = reduced.factors, True
-                error_sq, norm_sq = error_sq + reduced.error_sq, norm_sq + reduced.norm_sq
-                plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
-            if plan.reduction is not None:
-                plan.reduction.mark(name)
+        for name in plan.updates:
+            self._reduce_module(plan, name)
         plan.reduce_seconds = time.perf_counter() - start
-        plan.edit_rank = max((u.rank for u in plan.updates.values()), default=0)
-        if reduced_any and self.edit_rank is not None:  # without truncation the difference is round-off
-            plan.edit_error = (error_sq / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
+        plan.summarize_reduction()
+
+    def _reduce_module(self, plan: JumpPlan, name: str) -> None:
+        """One update at its true rank when the module's bases show it is lower than its terms' (exact up to float32
+        round-off), truncated to ``edit_rank`` when set; its rank and squared error go to its diagnostics."""
+        update, basis_rank = plan.updates[name], self.trajectory.basis_rank(name)
+        if basis_rank is None or (self.edit_rank is None and basis_rank >= update.rank):
+            return
+        reduced = self.trajectory.reduce(name, update, self.edit_rank)
+        if reduced is not None:
+            plan.updates[name] = reduced.factors
+            plan.diagnostics[name] |= {"edit_rank": reduced.factors.rank, "edit_error_sq": reduced.error_sq}
+            if self.edit_rank is not None:  # truncated: its error counts in the plan's edit_error
+                plan.diagnostics[name]["edit_norm_sq"] = reduced.norm_sq
 
     def _reduce_streamed(self, plan: JumpPlan) -> None:
-        """``_reduce`` while the training thread edits: a failure cannot refuse a jump already under way, so the
-        modules not reduced yet are applied exact (their full-rank combination), and the failure is recorded."""
+        """The worker's share of a streamed reduction (from the front of the plan; the training thread takes
+        modules from the back). A failure cannot refuse a jump already under way: the modules nobody reduced are
+        applied exact (their full-rank combination), and the failure is recorded."""
         try:
-            self._reduce(plan)
+            while (name := plan.reduction.claim_first()) is not None:
+                self._reduce_module(plan, name)
+                plan.reduction.mark(name)
         except Exception as err:
-            plan.reduce_error = f"{type(err).__name__}: {err}"
-            logger.warning(f"extrapolation: reducing the jump's updates failed ({plan.reduce_error}); applied exact")
+            plan.record_reduce_error(err)
         finally:
             plan.reduction.finish()
+
+    def _reduce_taken(self, plan: JumpPlan, name: str) -> None:
+        """A module the training thread reduces itself (``Reduction.completed``): on failure it is applied exact."""
+        try:
+            self._reduce_module(plan, name)
+        except Exception as err:
+            plan.record_reduce_error(err)
 
     def _finite(self, name: str, predicted: LowRank) -> bool:
         """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""

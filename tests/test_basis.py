@@ -145,6 +145,65 @@ def test_a_streamed_plan_is_handed_over_before_its_reduction_and_each_read_waits
         worker.close()
 
 
+def test_the_reader_of_a_streamed_plan_reduces_modules_from_the_back_instead_of_waiting(monkeypatch):
+    whole, streamed = (TrajectoryWorker(get_extrapolator("relex"), edit_rank=5) for _ in range(2))
+    snapshots(whole, 5)
+    snapshots(streamed, 5)
+    reference = whole.plan_jump(40, 20, 1.0).result()
+    entered, release, threads = threading.Event(), threading.Event(), {}
+    reduce = streamed.trajectory.reduce
+
+    def held(name, delta, rank=None):  # the worker's first module waits for the test's signal
+        threads[name] = threading.current_thread().name
+        if name == "q":
+            entered.set()
+            assert release.wait(30)
+        return reduce(name, delta, rank)
+
+    monkeypatch.setattr(streamed.trajectory, "reduce", held)
+    plan = streamed.plan_jump(40, 20, 1.0, stream=True).result()
+    assert entered.wait(30)  # the worker holds "q", the first module
+    items = iter(plan.reduced_updates().items())
+    name, update = next(items)  # not waiting for "q": the last module, reduced on this thread
+    assert (name, update.rank, threads["v"]) == ("v", 5, threading.current_thread().name)
+    release.set()
+    name, update = next(items)
+    assert (name, update.rank) == ("q", 5) and threads["q"].startswith("rlvr-extrap")
+    assert next(items, None) is None
+    plan.settled()
+    assert (plan.edit_rank, plan.reduce_error) == (5, None) and plan.reduce_seconds > 0
+    assert plan.edit_error == pytest.approx(reference.edit_error, rel=1e-9)
+    for name in ("q", "v"):
+        torch.testing.assert_close(plan.updates[name].dense(), reference.updates[name].dense())
+    for worker in (whole, streamed):
+        worker.close()
+
+
+def test_a_module_the_reader_fails_to_reduce_is_applied_exact(monkeypatch):
+    worker = TrajectoryWorker(get_extrapolator("relex"), edit_rank=5)
+    snapshots(worker, 5)
+    entered, release = threading.Event(), threading.Event()
+    reduce = worker.trajectory.reduce
+
+    def failing(name, delta, rank=None):
+        if name == "q":  # the worker's: held until the reader has failed on "v"
+            entered.set()
+            assert release.wait(30)
+            return reduce(name, delta, rank)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(worker.trajectory, "reduce", failing)
+    plan = worker.plan_jump(40, 20, 1.0, stream=True).result()
+    assert entered.wait(30)
+    items = iter(plan.reduced_updates().items())
+    assert next(items)[0] == "v"
+    release.set()
+    updates = dict([*items, ("v", plan.updates["v"])])
+    assert plan.settled().reduce_error == "RuntimeError: out of memory"
+    assert (updates["q"].rank, updates["v"].rank) == (5, 5 * 4)  # "v": its exact, lazy combination
+    worker.close()
+
+
 def test_a_streamed_reduction_that_fails_applies_the_modules_left_exact(monkeypatch):
     worker = TrajectoryWorker(get_extrapolator("relex"), edit_rank=5)
     snapshots(worker, 5)
