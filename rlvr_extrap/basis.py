@@ -64,6 +64,10 @@ class FactorBasis:
             row += r
         return out
 
+    def blocks(self, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+        """``P`` by block columns without its zeros: block ``j`` (``k_j x r_j``) fills rows ``[0, k_j)``."""
+        return [c.to(dtype) for c in self._coords]
+
     def matrix(self) -> torch.Tensor:
         """``P`` (k x N): factor columns in the basis, ``[F_1 .. F_J] = Q P``."""
         out = torch.zeros(self.rank, self.columns, dtype=torch.float64)
@@ -133,7 +137,7 @@ class ModuleBasis:
                 left_y, right_y = core, torch.eye(k_right, dtype=torch.float64)
             kept = float(core.square().sum())
         else:
-            u, s, v = _top_singular(self.left.matrix(), self._scale(weights), self.right.matrix(), rank)
+            u, s, v = _top_singular(self.left, self._scale(weights), self.right, rank)
             left_y, right_y = u * s, v
             kept = float(s.square().sum())
         left = _gather(self.left.lift(left_y), [a.left for a in atoms], self.ranks, transpose=False)
@@ -141,32 +145,47 @@ class ModuleBasis:
         return Reduced(LowRank(left, right), norm_sq, max(norm_sq - kept, 0.0))
 
 
+def _times(blocks: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``P x`` for ``P`` given by its ``blocks`` (block upper triangular: about half the work of the dense product)."""
+    out = x.new_zeros(blocks[-1].shape[0], x.shape[1])
+    col = 0
+    for block in blocks:
+        out[: block.shape[0]].addmm_(block, x[col : col + block.shape[1]])
+        col += block.shape[1]
+    return out
+
+
+def _times_t(blocks: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """``P^T y`` for ``P`` given by its ``blocks``."""
+    return torch.cat([block.T @ y[: block.shape[0]] for block in blocks])
+
+
 def _top_singular(
-    p_left: torch.Tensor, scale: torch.Tensor, p_right: torch.Tensor, rank: int, niter: int = 2
+    left: FactorBasis, scale: torch.Tensor, right: FactorBasis, rank: int, niter: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``rank`` singular triplets of ``K = p_left diag(scale) p_right^T`` (randomized, Halko et al., seeded).
+    """Top ``rank`` singular triplets of ``K = P_L diag(scale) P_R^T`` (randomized, Halko et al., seeded).
 
     The range is found in float32; the final projection ``Q^T K`` and its SVD are float64, so the kept energy (and
     the error the caller derives from it) is not limited by float32 round-off.
     """
+    single = (left.blocks(torch.float32), scale.float(), right.blocks(torch.float32))
 
-    single = (p_left.float(), scale.float(), p_right.float())  # the range is found in float32
+    def apply(x: torch.Tensor, factors: tuple = single) -> torch.Tensor:
+        p_left, w, p_right = factors
+        return _times(p_left, w[:, None] * _times_t(p_right, x))
 
-    def apply(x: torch.Tensor, factors: tuple[torch.Tensor, ...] = single) -> torch.Tensor:
-        left, w, right = factors
-        return left @ (w[:, None] * (right.T @ x))
+    def apply_t(y: torch.Tensor, factors: tuple = single) -> torch.Tensor:
+        p_left, w, p_right = factors
+        return _times(p_right, w[:, None] * _times_t(p_left, y))
 
-    def apply_t(y: torch.Tensor, factors: tuple[torch.Tensor, ...] = single) -> torch.Tensor:
-        left, w, right = factors
-        return right @ (w[:, None] * (left.T @ y))
-
-    width = min(rank + 10, p_left.shape[0], p_right.shape[0])
+    width = min(rank + 10, left.rank, right.rank)
     g = torch.Generator().manual_seed(0)
-    y = apply(torch.randn(p_right.shape[0], width, generator=g))
+    y = apply(torch.randn(right.rank, width, generator=g))
     for _ in range(niter):
         y = apply(apply_t(torch.linalg.qr(y).Q))
     q = torch.linalg.qr(torch.linalg.qr(y).Q.double()).Q  # re-orthonormalised in float64
-    u, s, vh = torch.linalg.svd(apply_t(q, (p_left, scale, p_right)).T, full_matrices=False)  # Q^T K = U S V^T
+    exact = (left.blocks(), scale, right.blocks())
+    u, s, vh = torch.linalg.svd(apply_t(q, exact).T, full_matrices=False)  # Q^T K = U S V^T
     return (q @ u)[:, :rank], s[:rank], vh[:rank].T
 
 
