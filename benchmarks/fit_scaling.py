@@ -233,7 +233,7 @@ STREAMED: list[Config] = [
     (["relex:32", "relex:8"], 8, 15, "bfloat16", False, None),
     (["relex:32", "relex:8"], 32, 15, "bfloat16", False, "1GiB"),
 ]
-PREVIOUS = Path(__file__).parent / "results" / "fit_scaling_previous.md"
+RESULTS_DIR = Path(__file__).parent / "results"  # <name>_previous.md: an earlier run kept below the new table
 
 
 def main() -> None:
@@ -306,9 +306,11 @@ def main() -> None:
             f"{r['peak_over_snapshots']:.2f} | {r['anon_peak_over_snapshots']:.2f} | "
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
-    if PREVIOUS.is_file() and not flag:
-        lines += ["", PREVIOUS.read_text()]
-    write_results("fit_scaling" + flag.replace(" --", "_"), {"machine": m, "rows": rows}, "\n".join(lines) + "\n")
+    name = "fit_scaling" + flag.replace(" --", "_")
+    previous = RESULTS_DIR / f"{name}_previous.md"
+    if previous.is_file():
+        lines += ["", previous.read_text()]
+    write_results(name, {"machine": m, "rows": rows}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
