@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import RESULTS, machine, write_results
 
 HIDDEN, MLP, RANK = 4096, 11008, 64
 SHAPES = {
@@ -188,8 +188,8 @@ def measure(
 def _streamed_stall(worker, weights: dict, step: int, horizon: int) -> float:
     """Seconds for a streamed jump as the callback makes one (one process, no guard): the plan comes back before its
     reduction, and every module is edited as soon as it is reduced (by the worker, or by this thread when none is
-    ready), each layer's modules into the one layer of weights held here (the same work as distinct layers). The worker runs on 1 thread beside the edit, as
-    in training (``extrap_worker_threads``)."""
+    ready), each layer's modules into the one layer of weights held here (the same work as distinct layers). The
+    worker runs on 1 thread beside the edit, as in training (``extrap_worker_threads``)."""
     import torch
 
     from rlvr_extrap.lora import add_update
@@ -233,7 +233,6 @@ STREAMED: list[Config] = [
     (["relex:32", "relex:8"], 8, 15, "bfloat16", False, None),
     (["relex:32", "relex:8"], 32, 15, "bfloat16", False, "1GiB"),
 ]
-RESULTS_DIR = Path(__file__).parent / "results"  # <name>_previous.md: an earlier run kept below the new table
 
 
 def main() -> None:
@@ -281,8 +280,9 @@ def main() -> None:
         "module. Streamed: the stall measured whole (every module edited, into one layer's weights) as the "
         "callback jumps with one process and no guard: the worker (on 1 thread) reduces module by module from the "
         "front of the plan while the training thread edits the modules already reduced and, when none is ready, "
-        "reduces one from the back itself (truncated rows only: an exact update needs no reduction). Rank: the largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all "
-        "modules (random factors: the worst case for truncation). Memory: peak RSS above the RSS before the first "
+        "reduces one from the back itself (truncated rows only: an exact update needs no reduction). Rank: the "
+        "largest rank of an applied update; error: ||applied - planned|| / ||planned|| over all modules (random "
+        "factors: the worst case for truncation). Memory: peak RSS above the RSS before the first "
         "snapshot, over the snapshots' own bytes (1.0 = nothing but the snapshots); anon: the same for the "
         "anonymous memory alone (memory-mapped snapshots excluded). Load: the 1-minute load average of this shared "
         "2-core machine before and after the row.",
@@ -307,7 +307,7 @@ def main() -> None:
             f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
     name = "fit_scaling" + flag.replace(" --", "_")
-    previous = RESULTS_DIR / f"{name}_previous.md"
+    previous = RESULTS / f"{name}_previous.md"  # an earlier run, kept below the new table
     if previous.is_file():
         lines += ["", previous.read_text()]
     write_results(name, {"machine": m, "rows": rows}, "\n".join(lines) + "\n")

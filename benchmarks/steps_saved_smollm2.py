@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     lrs = args.lrs or sorted({args.base_lr, best_rate(curves, args.jump + args.after, args.base_lr)})
     results, logits = [], []
     for (lr, seed), spec in specs.items():
-        if any(math.isclose(lr, x) for x in lrs) and (lr, seed) in curves and forecast.is_cached(spec):
+        if any(math.isclose(lr, x) for x in lrs) and (lr, seed) in vanilla:  # trained here, not carried
             rows, logit_rows = arm_and_logit_results(spec, arms, args, train)
             results += rows
             logits += logit_rows

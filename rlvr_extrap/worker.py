@@ -171,7 +171,7 @@ class JumpPlan:
 
     def settled(self) -> JumpPlan:
         """This plan once its streamed reduction (if any) has finished, with its figures."""
-        if self.reduction is not None and self.edit_rank is None:
+        if self.reduction is not None:
             self.reduction.wait()
             self.reduce_seconds = self.reduction.seconds
             self.summarize_reduction()
