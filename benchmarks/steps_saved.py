@@ -172,7 +172,9 @@ def guard_summary(run: dict[str, Any]) -> dict[str, Any]:
     step_seconds = (run["train_seconds"] - guard_seconds) / run["grpo_steps"]
     return {
         "scales": [j["guard_scale"] for j in jumps],
-        "score_gain": [max(v for k, v in j.items() if k.startswith("guard_score_x")) - j["guard_score_pre"] for j in jumps],
+        "score_gain": [
+            max(v for k, v in j.items() if k.startswith("guard_score_x")) - j["guard_score_pre"] for j in jumps
+        ],
         "guard_seconds": guard_seconds,
         "cost_in_steps": guard_seconds / step_seconds,
         "cost_fraction": guard_seconds / run["train_seconds"],
