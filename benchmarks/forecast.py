@@ -25,7 +25,9 @@ the held-out greedy accuracy at every snapshot and the learning rate of every op
 ``benchmarks/cache/forecast/<run id>/extrap_state.safetensors`` (``rlvr_extrap.offsets`` format; the
 settings, accuracies and learning rates are its metadata). The file is written once, atomically, when
 the run ends: a run in the cache is complete and is skipped on the next ``collect``; an interrupted
-run leaves nothing and restarts from step 0.
+run resumes from its latest trainer checkpoint where its spec saves them (``save_every``), else restarts.
+``analyze`` keeps the committed results' runs that the cache lacks (their summaries and records, marked with
+the commit that scored them; ``--fresh`` drops them): the cache stays on the machine that trained it.
 
 Schedule: the toy grid uses TRL's default linear decay to 0 at the last step (what users get); the SmolLM2
 grids a constant rate (``RunSpec.lr_schedule``). Under a decay the fit
@@ -793,24 +795,24 @@ def regime_of(spec: RunSpec) -> tuple[float, int]:
     return spec.learning_rate, spec.completions
 
 
-def summarise(runs: list[CachedRun], records: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+def summarise(specs: dict[str, RunSpec], records: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
     """True skill per regime x variant x axis x horizon (pooled over origins per run, then mean ± spread over seeds)
-    and how often the backtest gate made the right call."""
+    and how often the backtest gate made the right call; ``specs``: run id -> its spec."""
     by_key: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
     for r in records:
         by_key.setdefault((r["run"], r["axis"], r["variant"], r["horizon"]), []).append(r)
-    regimes = sorted({regime_of(run.spec) for run in runs}, key=lambda x: (x[1], -x[0]))
+    regimes = sorted({regime_of(spec) for spec in specs.values()}, key=lambda x: (x[1], -x[0]))
     skill_table = []
     for lr, completions in regimes:
-        members = [run for run in runs if regime_of(run.spec) == (lr, completions)]
+        members = [run_id for run_id, spec in specs.items() if regime_of(spec) == (lr, completions)]
         for variant in variants:
             for axis in AXES:
                 for horizon in HORIZONS:
                     for label, lo in (("all", MIN_ORIGIN), ("late", 100)):
                         per_seed = [
                             pooled_skill(rs)
-                            for run in members
-                            if (rs := [r for r in by_key.get((run.spec.run_id, axis, variant, horizon), [])
+                            for run_id in members
+                            if (rs := [r for r in by_key.get((run_id, axis, variant, horizon), [])
                                        if r["origin"] >= lo])
                         ]  # fmt: skip
                         if per_seed:
@@ -820,7 +822,7 @@ def summarise(runs: list[CachedRun], records: list[dict[str, Any]], variants: li
                                  "horizon": horizon, "origins": label, "per_seed": per_seed, "mean": mean,
                                  "spread": spread}
                             )  # fmt: skip
-    run_regime = {run.spec.run_id: regime_of(run.spec) for run in runs}
+    run_regime = {run_id: regime_of(spec) for run_id, spec in specs.items()}
     gates = []
     for bar in GATE_BARS:
         for source in ("backtest_headline", "backtest"):
@@ -862,9 +864,9 @@ def gate_calls(records: list[dict[str, Any]], bar: float, source: str, truth: st
     }
 
 
-def accuracy_summary(runs: list[CachedRun], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def accuracy_summary(specs: dict[str, RunSpec], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Held-out accuracy at H, at T and of the prediction, per regime x variant x axis x (H, h), mean over seeds."""
-    regime = {run.spec.run_id: regime_of(run.spec) for run in runs}
+    regime = {run_id: regime_of(spec) for run_id, spec in specs.items()}
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in records:
         if "accuracy_predicted" in r:
@@ -908,7 +910,11 @@ def analyze(
     rescore: bool = False,
     score_only: bool = False,
     note: str = "",
+    only: tuple[str, ...] = (),
+    fresh: bool = False,
 ) -> None:
+    """The regime map of ``runs`` (the cached runs whose id contains one of ``only``, all without it) and, unless
+    ``fresh``, of the runs in the committed results the cache lacks (``carry_runs``)."""
     if not runs:
         raise SystemExit(f"no cached runs under {CACHE}: run `python benchmarks/forecast.py collect` first")
     import torch
@@ -925,21 +931,28 @@ def analyze(
         print(f"scored {run.spec.run_id} ({time.perf_counter() - t:.0f} s)", flush=True)
     if score_only:
         return
-    summary = summarise(runs, records, list(variants))
     models = {run.spec.model for run in runs}
     if len(models) > 1:
         raise SystemExit(f"one model per regime map, got {sorted(models)}: pass --only <model>_ to pick one")
+    model = models.pop()
+    summaries = [run_summary(run) for run in runs]
+    carried: dict[str, str] = {}
+    if not fresh:
+        carried = carry_runs(out, name, model, quick, variants, only, summaries, records)
+        summaries.sort(key=lambda s: s["run"])  # as load_cache orders them, carried or not
+    specs = {s["run"]: RunSpec(**s["spec"]) for s in summaries}
     data = {
         "machine": machine(),
-        "model": models.pop(),
-        "tasks": sorted({run.spec.task for run in runs}),
+        "model": model,
+        "tasks": sorted({spec.task for spec in specs.values()}),
         "quick": quick,
         "note": note,
         "analysis_seconds": time.perf_counter() - start,
-        "variants": {k: {"method": m, "config": c} for k, (m, c) in variants.items()},
-        "runs": [run_summary(run) for run in runs],
-        **summary,
-        "accuracy": accuracy_summary(runs, records),
+        "variants": variant_table(variants),
+        "runs": summaries,
+        "carried": carried,
+        **summarise(specs, records, list(variants)),
+        "accuracy": accuracy_summary(specs, records),
         "records_file": f"{name}_records.json",
     }
     markdown = render_markdown(data, variants)
@@ -948,6 +961,61 @@ def analyze(
     atomic_write_text(out / f"{name}_records.json", json.dumps({"columns": RECORD_COLUMNS, "rows": rows}) + "\n")
     plot_skill(data, out / f"{name}.png")
     print(markdown)
+
+
+def variant_table(variants: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Variant -> its method and config, as the results JSON holds them."""
+    return json.loads(json.dumps({k: {"method": m, "config": c} for k, (m, c) in variants.items()}))
+
+
+ACCURACY_COLUMNS = ("accuracy_origin", "accuracy_target", "accuracy_predicted")
+
+
+def record_of(columns: list[str], row: list[Any]) -> dict[str, Any]:
+    """A record from a compact row of ``<name>_records.json`` (null: NaN, or no held-out accuracy measured)."""
+    record = dict(zip(columns, row, strict=True))
+    if record.get("accuracy_predicted") is None:
+        record = {k: v for k, v in record.items() if k not in ACCURACY_COLUMNS}
+    return {k: math.nan if v is None else v for k, v in record.items()}
+
+
+def carry_runs(
+    out: Path,
+    name: str,
+    model: str,
+    quick: bool,
+    variants: dict[str, tuple[str, dict[str, Any]]],
+    only: tuple[str, ...],
+    summaries: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+) -> dict[str, str]:
+    """Add to ``summaries`` and ``records`` the committed runs the cache lacks (a cache is not kept between machines,
+    the results are): same model and ``quick``, their records of the variants whose method and config are unchanged
+    and of the current axes, horizons and origins. Returns each carried run's id and where it was scored."""
+    path = out / f"{name}.json"
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    if previous["model"] != model or previous["quick"] != quick:
+        return {}
+    have = {s["run"] for s in summaries}
+    runs = [
+        s for s in previous["runs"] if s["run"] not in have and (not only or any(o in s["run"] for o in only))
+    ]  # fmt: skip
+    if not runs:
+        return {}
+    current = variant_table(variants)
+    same = {k for k, v in previous["variants"].items() if current.get(k) == v}
+    table = json.loads((out / previous["records_file"]).read_text())
+    ids = {s["run"] for s in runs}
+    records += [
+        r for r in (record_of(table["columns"], row) for row in table["rows"])
+        if r["run"] in ids and r["variant"] in same and r["axis"] in AXES and r["horizon"] in HORIZONS
+        and r["origin"] >= MIN_ORIGIN
+    ]  # fmt: skip
+    summaries += runs
+    sources = previous.get("carried", {})
+    return {run_id: sources.get(run_id, f"commit {previous['machine']['commit']}") for run_id in sorted(ids)}
 
 
 def _round(x: Any) -> Any:
@@ -1024,6 +1092,15 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         "(`drift_to_noise`): below ~1 the step-to-step noise dominates the drift.",
         "",
     ]
+    if carried := data.get("carried"):
+        by_source: dict[str, list[str]] = {}
+        for run_id, source in carried.items():
+            by_source.setdefault(source, []).append(run_id)
+        lines += [
+            "Carried from the committed results, their cache not being on this machine (summaries and records as "
+            "scored then): " + "; ".join(f"{', '.join(ids)} from {src}" for src, ids in by_source.items()) + ".",
+            "",
+        ]
     skill_rows = data["skill"]
 
     def cell(lr: float, c: int, variant: str, axis: str, h: int, origins: str = "all") -> dict[str, Any] | None:
@@ -1252,6 +1329,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")
     a.add_argument(
+        "--fresh", action="store_true", help="ignore the committed results (default: keep their runs the cache lacks)"
+    )
+    a.add_argument(
         "--weights-only", action="store_true", help="weight-space skill only: no held-out accuracy of predictions"
     )
     args = parser.parse_args(argv)
@@ -1273,6 +1353,8 @@ def main(argv: list[str] | None = None) -> None:
             score_only=args.score_only,
             note=args.note,
             name=args.name,
+            only=tuple(args.only),
+            fresh=args.fresh,
         )
 
 

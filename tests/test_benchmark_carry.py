@@ -1,13 +1,15 @@
-"""steps_saved_smollm2 keeps the committed rows its cache lacks, and never over fresh ones or other settings."""
+"""The benchmarks keep the committed rows their cache lacks, and never over fresh ones or other settings."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
+import forecast  # noqa: E402
 import steps_saved_smollm2 as bench  # noqa: E402
 
 META = {"task": "math-add", "base_lr": 5e-5, "steps": 60, "jump": 20, "after": 20, "machine": {"commit": "abc1234"}}
@@ -46,3 +48,39 @@ def test_the_cache_lacks_rows_and_the_committed_ones_fill_them_in(tmp_path):
 def test_results_made_with_other_settings_are_not_carried(tmp_path):
     assert bench.read_previous(committed(tmp_path, jump=30), META) is None
     assert bench.read_previous(tmp_path / "missing.json", META) is None
+
+
+def forecast_committed(tmp_path: Path, quick: bool = False) -> None:
+    """A regime map of two runs, one of them (seed 1) since lost from the cache."""
+    variants = forecast.variant_table({"linear": ("linear", {}), "relex": ("relex", {"fit_window": 3})})
+    runs = [{"run": f"r_seed{s}", "spec": {"model": "toy", "seed": s}} for s in (0, 1)]
+    columns = list(forecast.RECORD_COLUMNS)
+    base = {"axis": "steps", "origin": 20, "horizon": 10, "error": 1.0, "persistence": 2.0, "skill": 0.75,
+            "backtest": None, "backtest_headline": 0.5}  # fmt: skip
+    rows = [
+        {**base, "run": "r_seed0", "variant": "linear"},  # in the cache: scored again, not carried
+        {**base, "run": "r_seed1", "variant": "linear", "accuracy_origin": 0.3, "accuracy_target": 0.4,
+         "accuracy_predicted": 0.5},
+        {**base, "run": "r_seed1", "variant": "relex"},  # its config changed since
+        {**base, "run": "r_seed1", "variant": "linear", "horizon": 15},  # a horizon no longer analysed
+    ]  # fmt: skip
+    data = {"model": "toy", "quick": quick, "variants": variants, "runs": runs, "records_file": "f_records.json",
+            "machine": {"commit": "abc1234"}}  # fmt: skip
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    table = {"columns": columns, "rows": [[r.get(c) for c in columns] for r in rows]}
+    (tmp_path / "f_records.json").write_text(json.dumps(table))
+
+
+def test_the_regime_map_keeps_the_committed_runs_its_cache_lacks(tmp_path):
+    forecast_committed(tmp_path)
+    variants = {"linear": ("linear", {}), "relex": ("relex", {"fit_window": 4})}
+    summaries = [{"run": "r_seed0", "spec": {"model": "toy", "seed": 0}}]
+    records: list[dict] = []
+    carried = forecast.carry_runs(tmp_path, "f", "toy", False, variants, (), summaries, records)
+    assert carried == {"r_seed1": "commit abc1234"}
+    assert [s["run"] for s in summaries] == ["r_seed0", "r_seed1"]
+    assert len(records) == 1 and records[0]["variant"] == "linear" and records[0]["horizon"] == 10
+    assert math.isnan(records[0]["backtest"]) and records[0]["accuracy_predicted"] == 0.5  # null: NaN
+
+    for args in (("toy", True, variants, ()), ("smollm2", False, variants, ()), ("toy", False, variants, ("x",))):
+        assert forecast.carry_runs(tmp_path, "f", *args, [], []) == {}  # other settings, or not asked for
