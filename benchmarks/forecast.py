@@ -7,7 +7,11 @@
     python benchmarks/forecast.py collect --workers 2 --large-prompts 32 --large-steps 100
     python benchmarks/forecast.py analyze --note "..."  # --note: a paragraph for the md's top
 
-    # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 100 steps each: one worker (8.1 GiB peak memory),
+    # SmolLM2 LoRA on math-add (steps_saved_smollm2's vanilla runs, then 16 prompts x 4 completions): one worker
+    python benchmarks/forecast.py collect --model smollm2 --workers 1
+    python benchmarks/forecast.py analyze --only smollm2-math-add --weights-only --name forecast_smollm2
+
+    # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 60 steps each: one worker (8.1 GiB peak memory),
     # 270 MB of bf16 snapshot per 10 steps and the last 2 trainer checkpoints (1.6 GB each) per run
     python benchmarks/forecast.py collect --model smollm2-full --workers 1
     python benchmarks/forecast.py analyze --only _full_ --name forecast_smollm2_full   # its own map (regimes are
@@ -35,9 +39,10 @@ then has two time axes: optimizer steps, and the cumulative learning rate tau(t)
 along which the decay is undone. The cost: a run's trajectory depends on its length, so runs of
 different lengths are not prefixes of each other.
 
-Models (``MODELS``, grids in ``GRIDS``): ``toy`` (the embedded a+b model), ``smollm2`` (LoRA on ``math-mul``)
-and ``smollm2-full`` (full-parameter); the analysis reads any cached run, including the vanilla runs of
-``steps_saved_smollm2.py`` (``--only smollm2-math-add``, constant rate: there the two time axes agree).
+Models (``MODELS``, grids in ``GRIDS``): ``toy`` (the embedded a+b model), ``smollm2`` (LoRA on ``math-add``,
+the vanilla runs of ``steps_saved_smollm2.py`` and a second batch size) and ``smollm2-full`` (full-parameter);
+the analysis reads any cached run (``--only smollm2-math-add`` for the LoRA map; constant rate: there the two
+time axes agree).
 
 Full-parameter runs (``RunSpec(lora_rank=None)``, grid ``smollm2-full``) have no factors: the trajectory is the
 dense ``W_t - W_0`` of the linear modules LoRA would adapt, stored in bf16 one file per snapshot
@@ -136,35 +141,40 @@ def toy_grid(steps: int = 200, large_prompts: int = 64, large_steps: int | None 
     return small + large
 
 
-def smollm2_grid(steps: int = 100, large_prompts: int = 16, large_steps: int | None = None) -> list[RunSpec]:
-    """SmolLM2 LoRA on ``math-mul``, constant lr: {2e-4, 8e-4, 4e-4} x 32 completions, seed 0 first.
+def smollm2_spec(learning_rate: float, prompts: int, seed: int, steps: int = 60, task: str = "math-add") -> RunSpec:
+    """A SmolLM2 LoRA run as ``steps_saved_smollm2.py`` trains its vanilla arms (so the two share the cache)."""
+    return RunSpec(
+        "smollm2", learning_rate, prompts, seed, steps=steps, generations=4, snapshot_every=5,
+        lr_schedule="constant", lora_rank=16, task=task, eval_every=10, save_every=10,
+    )  # fmt: skip
 
-    Then seeds 1 and 2, then ``large_prompts`` x 4 completions at 2e-4 and 8e-4. 100 steps is about half an
-    hour per run on 2 free cores, so the grid spans sessions: every run checkpoints and resumes.
+
+def smollm2_grid(steps: int = 60, large_prompts: int = 16, large_steps: int | None = None) -> list[RunSpec]:
+    """SmolLM2 LoRA on ``math-add``, constant lr: 5e-5, 2e-4, 1e-4 (1x, 4x, 2x) x 8 prompts x seeds 0-2.
+
+    These are ``steps_saved_smollm2.py``'s vanilla runs. Then the second batch size: ``large_prompts`` x 4
+    completions at 5e-5 and 1e-4, seeds 0 and 1 (``large_steps`` long, default ``steps``). 60 steps at 8 prompts
+    is about 25 minutes per run on 2 free cores, so the grid spans sessions: every run checkpoints and resumes.
+    (``math-mul`` stayed flat on greedy held-out accuracy at 2e-4 and 4e-4 and collapsed at 8e-4:
+    ``results/smollm2_vanilla_partial.md``.)
     """
-
-    def spec(lr: float, prompts: int, seed: int, length: int) -> RunSpec:
-        return RunSpec(
-            "smollm2", lr, prompts, seed, steps=length, generations=4, snapshot_every=5, lr_schedule="constant",
-            lora_rank=16, task="math-mul", eval_every=10, save_every=10,
-        )  # fmt: skip
-
-    lrs = (2e-4, 8e-4, 4e-4)
-    small = [spec(lr, 8, seed, steps) for seed in (0, 1, 2) for lr in lrs]
-    return small + [spec(lr, large_prompts, 0, large_steps or steps) for lr in (2e-4, 8e-4)]
+    small = [smollm2_spec(lr, 8, seed, steps) for seed in (0, 1, 2) for lr in (5e-5, 2e-4, 1e-4)]
+    large = [smollm2_spec(lr, large_prompts, seed, large_steps or steps) for seed in (0, 1) for lr in (5e-5, 1e-4)]
+    return small + large
 
 
 FULL_LR = 1e-5
 """Full-parameter SmolLM2 learning rate: see ``smollm2_full_grid``."""
 
 
-def smollm2_full_grid(steps: int = 100, learning_rate: float = FULL_LR) -> list[RunSpec]:
-    """SmolLM2 full-parameter training on ``math-mul`` (issue 12 item 5: is LoRA's ``B @ A`` what makes the
-    trajectory unpredictable?): the LoRA grid's batch (8 prompts x 4 completions), constant lr, seeds 0 and 1.
+def smollm2_full_grid(steps: int = 60, learning_rate: float = FULL_LR) -> list[RunSpec]:
+    """SmolLM2 full-parameter training on ``math-add`` (issue 12 item 5: is LoRA's ``B @ A`` what makes the
+    trajectory unpredictable?): the LoRA grid's task and batch (8 prompts x 4 completions), constant lr, seeds 0
+    and 1.
 
     Snapshots every 10 steps (a dense snapshot is 269 MB in bf16: 212 MB of linear modules, the rest embeddings
     and norms). Checkpoints every 20 steps, the last 2 kept (each is 1.6 GB: weights and AdamW state).
-    Learning rate 1e-5, from a 2-step probe (``benchmarks/results/forecast_full_probe.md``): AdamW's first step
+    Learning rate 1e-5, from a 2-step probe on ``math-mul`` (``benchmarks/results/forecast_full_probe.md``): AdamW's first step
     moves every weight by about ``lr``, so the linear modules moved 0.103 (= lr sqrt(106M)) and then 0.069 per
     step, against 0.2 per step over the first 5 steps and 0.13 over the next 5 for the merged delta of the LoRA
     run at 2e-4: the same order, so the two trajectories are compared at a like movement per step (2e-6 would
@@ -182,7 +192,7 @@ def smollm2_full_grid(steps: int = 100, learning_rate: float = FULL_LR) -> list[
             snapshot_every=10,
             lr_schedule="constant",
             lora_rank=None,
-            task="math-mul",
+            task="math-add",
             eval_every=10,
             save_every=20,
         )  # fmt: skip
@@ -456,7 +466,7 @@ MODELS: dict[str, ModelSupport] = {
     "smollm2": ModelSupport(
         {
             "model": "smollm2",
-            "task": "math-mul",
+            "task": "math-add",
             "max_completion_length": 16,
             "dataset_rows": 4000,
             "eval_batch_size": 64,
@@ -1314,7 +1324,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="train the grid's missing runs into the cache")
     c.add_argument("--model", choices=sorted(GRIDS), default="toy")
-    c.add_argument("--steps", type=int, default=None, help="run length (default: the grid's, 200 toy, 100 smollm2)")
+    c.add_argument("--steps", type=int, default=None, help="run length (default: the grid's, 200 toy, 60 smollm2)")
     c.add_argument("--large-prompts", type=int, default=None, help="prompts per step of the large-batch runs")
     c.add_argument("--large-steps", type=int, default=None, help="length of the large-batch runs (default --steps)")
     c.add_argument("--workers", type=int, default=2)

@@ -39,7 +39,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +90,8 @@ def vanilla_specs(
     seeds: list[int], steps: int, prompts: int, task: str = TASK, base_lr: float = BASE_LR
 ) -> dict[tuple[float, int], forecast.RunSpec]:
     """(learning rate, seed) -> the forecast run that is vanilla there, seed by seed, 1x and 4x first."""
-    template = replace(forecast.smollm2_grid(steps=steps)[0], task=task)
     return {
-        (base_lr * k, seed): replace(template, learning_rate=base_lr * k, seed=seed, prompts_per_step=prompts)
+        (base_lr * k, seed): forecast.smollm2_spec(base_lr * k, prompts, seed, steps, task)
         for seed in seeds
         for k in LR_MULTIPLES
     }
