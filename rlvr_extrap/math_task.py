@@ -38,6 +38,11 @@ def _add(rng: random.Random) -> tuple[str, int]:
     return f"What is {a} + {b}?", a + b
 
 
+def _add2(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"What is {a} + {b}?", a + b
+
+
 def _add3(rng: random.Random) -> tuple[str, int]:
     a, b, c = (rng.randint(10, 99) for _ in range(3))
     return f"What is {a} + {b} + {c}?", a + b + c
@@ -67,6 +72,7 @@ LEVELS: dict[str, Level] = {
     level.name: level
     for level in (
         Level("add", "a + b, operands 1-30 (the easy level)", _add),
+        Level("add2", "a + b, operands 10-99 (carries)", _add2),
         Level("add3", "a + b + c, operands 10-99", _add3),
         Level("mul", "a * b, a two-digit, b one-digit 3-9", _mul),
         Level("mix", "a * b + c - d, four operands", _mix),
