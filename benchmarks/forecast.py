@@ -1,4 +1,4 @@
-"""A regime map: when is a GRPO weight trajectory predictable? (issue 12, item 5; the toy part)
+"""A regime map: when is a GRPO weight trajectory predictable? (issue 12, item 5)
 
     python benchmarks/forecast.py collect --workers 2   # train the grid, caching every run (resumable)
     python benchmarks/forecast.py analyze               # from the cache: forecast.{md,json,png}, forecast_records.json
