@@ -4,6 +4,8 @@
     python benchmarks/steps_saved_smollm2.py run --seeds 0    # one seed first
     python benchmarks/steps_saved_smollm2.py analyze          # from the cache: steps_saved_smollm2.{md,json,png}
     python benchmarks/steps_saved_smollm2.py run --device cuda --prompts 32 --steps 200   # a GPU, larger
+    python benchmarks/steps_saved_smollm2.py run --task math-add2 --steps 100 --jump 40   # another level: its own
+    # results files (steps_saved_smollm2_add2.*) and cached runs
 
 SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, a level of the math task (default ``math-add``: a + b,
 256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
@@ -432,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(), "device": args.device, "task": args.task, "base_lr": args.base_lr,
         "seeds": args.seeds, "steps": args.steps, "jump": args.jump, "after": args.after, "note": args.note,
     }  # fmt: skip
-    previous = None if args.fresh else read_previous(args.out / f"{NAME}.json", meta)
+    name = results_name(args.task)
+    previous = None if args.fresh else read_previous(args.out / f"{name}.json", meta)
     carried_curves = carry_curves(previous, curves, args.seeds)
     lrs = args.lrs or sorted({args.base_lr, best_rate(curves, args.jump + args.after, args.base_lr)})
     results, logits = [], []
@@ -445,9 +448,14 @@ def main(argv: list[str] | None = None) -> None:
     meta |= {"arms_lrs": lrs, "carried": {"vanilla": carried_curves, "rows": carried_rows}}
     data = analyze(results, curves, logits, meta)
     data["results"] = results
-    write_results(NAME, data, render(data), args.out)
-    plot(data, args.out / f"{NAME}.png")
+    write_results(name, data, render(data), args.out)
+    plot(data, args.out / f"{name}.png")
     print(render(data))
+
+
+def results_name(task: str) -> str:
+    """The results files' stem: one set per task level (``steps_saved_smollm2_add2`` for ``math-add2``)."""
+    return NAME if task == TASK else f"{NAME}_{task.removeprefix('math-')}"
 
 
 def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
