@@ -175,11 +175,11 @@ def smollm2_full_grid(steps: int = 60, learning_rate: float = FULL_LR) -> list[R
     Snapshots every 10 steps (a dense snapshot is 269 MB in bf16: 212 MB of linear modules, the rest embeddings
     and norms). Checkpoints every 20 steps, the last 2 kept (each is 1.6 GB: weights and AdamW state).
     Learning rate 1e-5, from a 2-step probe on ``math-mul`` (``benchmarks/results/forecast_full_probe.md``):
-    AdamW's first step moves every weight by about ``lr``, so the linear modules moved 0.103 (= lr sqrt(106M)) and then 0.069 per
-    step, against 0.2 per step over the first 5 steps and 0.13 over the next 5 for the merged delta of the LoRA
-    run at 2e-4: the same order, so the two trajectories are compared at a like movement per step (2e-6 would
-    move 5x less, and 100 steps of it barely leave the base). Held-out accuracy after the 2 steps: 0.227 -> 0.230
-    (no collapse).
+    AdamW's first step moves every weight by about ``lr``, so the linear modules moved 0.103 (= lr sqrt(106M))
+    and then 0.069 per step, against 0.2 per step over the first 5 steps and 0.13 over the next 5 for the merged
+    delta of the LoRA run at 2e-4: the same order, so the two trajectories are compared at a like movement per
+    step (2e-6 would move 5x less, and 100 steps of it barely leave the base). Held-out accuracy after the 2
+    steps: 0.227 -> 0.230 (no collapse).
     """
     return [
         replace(smollm2_spec(learning_rate, 8, seed, steps), snapshot_every=10, lora_rank=None, save_every=20)
