@@ -43,6 +43,11 @@ def _add2(rng: random.Random) -> tuple[str, int]:
     return f"What is {a} + {b}?", a + b
 
 
+def _add3d(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(100, 999), rng.randint(10, 99)
+    return f"What is {a} + {b}?", a + b
+
+
 def _add3(rng: random.Random) -> tuple[str, int]:
     a, b, c = (rng.randint(10, 99) for _ in range(3))
     return f"What is {a} + {b} + {c}?", a + b + c
@@ -73,6 +78,7 @@ LEVELS: dict[str, Level] = {
     for level in (
         Level("add", "a + b, operands 1-30 (the easy level)", _add),
         Level("add2", "a + b, operands 10-99 (carries)", _add2),
+        Level("add3d", "a + b, a three-digit, b two-digit", _add3d),
         Level("add3", "a + b + c, operands 10-99", _add3),
         Level("mul", "a * b, a two-digit, b one-digit 3-9", _mul),
         Level("mix", "a * b + c - d, four operands", _mix),

@@ -37,7 +37,7 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """Return the task `toy-arithmetic` or `math-<level>` (levels: add, add2, add3, mul, mix, word)."""
+    """Return the task `toy-arithmetic` or `math-<level>` (levels: add, add2, add3d, add3, mul, mix, word)."""
     if name == TOY_TASK:
         return Task(
             name,

@@ -34,7 +34,7 @@ def eval_question(level: str, operands: list[int]) -> int:
     if level == "word":
         a, b, c = operands
         return a + b * c
-    expression = {"add": "a+b", "add2": "a+b", "add3": "a+b+c", "mul": "a*b", "mix": "a*b+c-d"}[level]
+    expression = {"add": "a+b", "add2": "a+b", "add3d": "a+b", "add3": "a+b+c", "mul": "a*b", "mix": "a*b+c-d"}[level]
     return eval(expression, dict(zip("abcd", operands, strict=False)))  # noqa: S307 (our own constant strings)
 
 
