@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -129,9 +130,11 @@ def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool)
     if not (checkpoint / forecast.STATE_FILE).is_file():
         raise FileNotFoundError(f"{checkpoint}: no vanilla checkpoint to branch from; run forecast.py collect first")
     run = forecast.run_of(spec, name=arm, grpo_steps=jump + after, extrap=arm_settings(arm, jump), save_every=None)
+    torch.set_num_threads(os.cpu_count() or 1)  # as forecast.collect trains vanilla on one worker: like with like
     start = time.perf_counter()
     result = run_experiment(run, out / "trainer", resume_from=checkpoint)
     result["wall_seconds"] = time.perf_counter() - start
+    result["threads"] = torch.get_num_threads()
     write_json(done, result)
     return result
 
@@ -141,7 +144,6 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
 
     None when it is not cached and ``train`` is off.
     """
-    import torch
     from peft import PeftModel
 
     from rlvr_extrap.evaluation import encode_prompts, left_pad
@@ -515,11 +517,9 @@ def carry_rows(
 def arm_and_logit_results(
     spec: forecast.RunSpec, arms: tuple[str, ...], args: argparse.Namespace, train: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The arms branched from ``spec``'s vanilla run and, at the base rate, its logit extrapolations."""
+    """The arms branched from ``spec``'s vanilla run and its logit extrapolations."""
     vanilla = forecast.load_run(forecast.run_dir(spec))
-    rows = arm_results(spec, vanilla, arms, args, train)
-    at_base = math.isclose(spec.learning_rate, args.base_lr)
-    return rows, logit_results(spec, train) if at_base else []
+    return arm_results(spec, vanilla, arms, args, train), logit_results(spec, train)
 
 
 def arm_results(
@@ -537,7 +537,9 @@ def arm_results(
                 "arm": arm, "learning_rate": spec.learning_rate, "seed": spec.seed, "steps": total,
                 "accuracy": r["heldout_accuracy"], "history": r["history"], "jumps": r["jumps"],
                 "vanilla_same_steps": dict(curve_of(vanilla)).get(total, math.nan), "wall_seconds": r["wall_seconds"],
-                "wall_ratio": r["wall_seconds"] / (args.after * step_seconds(vanilla)),
+                "wall_ratio": r["wall_seconds"] / (args.after * step_seconds(vanilla))
+                if r.get("threads", os.cpu_count()) == vanilla.threads
+                else None,  # on as many threads as vanilla, or not compared
             }
         )  # fmt: skip
     return rows
