@@ -57,7 +57,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -372,7 +371,6 @@ def collect_run(spec: RunSpec, out: Path) -> None:
         "lrs": recorder.lrs,
         "accuracy": [accuracy.get(s) for s in recorder.steps],  # None: not evaluated at that snapshot
         "train_seconds": result["train_seconds"],
-        "threads": torch.get_num_threads(),
         "resumed_at": int(resume.name.rsplit("-", 1)[1]) if resume else 0,  # train_seconds covers the steps after
     }
     if spec.lora_rank is None:  # the snapshots are the files under out/snapshots; the state file marks the run done
@@ -475,11 +473,11 @@ def is_cached(spec: RunSpec, cache: Path = CACHE) -> bool:
     return (run_dir(spec, cache) / STATE_FILE).is_file()
 
 
-def _collect_one(job: tuple[RunSpec, Path, int]) -> tuple[str, float]:
+def _collect_one(job: tuple[RunSpec, Path]) -> tuple[str, float]:
     import torch
 
-    spec, cache, threads = job
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
+    spec, cache = job
     start = time.perf_counter()
     print(f"start {spec.run_id}", flush=True)
     collect_run(spec, run_dir(spec, cache))
@@ -501,8 +499,7 @@ def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
     # spawned, not forked: a child forked from a process whose torch has run an OpenMP team (a branch trained
     # before this collect, in steps_saved_smollm2) hangs in its first parallel region, as libgomp is not fork-safe
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        threads = max(1, (os.cpu_count() or 1) // workers)  # the cores shared among the workers
-        for run_id, seconds in pool.map(_collect_one, [(s, cache, threads) for s in todo]):
+        for run_id, seconds in pool.map(_collect_one, [(s, cache) for s in todo]):
             print(f"[{time.perf_counter() - start:.0f} s] cached {run_id} ({seconds:.0f} s)", flush=True)
 
 
@@ -518,8 +515,6 @@ class CachedRun:
     """Full-parameter runs: deltas of the parameters outside the trajectory (embeddings, norms), per snapshot."""
     resumed_at: int = 0
     """The step the run's last process resumed from: ``train_seconds`` covers the steps after it."""
-    threads: int = 1
-    """Torch's CPU threads while it trained (runs that did not record it trained on one)."""
 
     def rest_at(self, step: int) -> dict[str, torch.Tensor]:
         i = self.steps.index(step)
@@ -536,9 +531,8 @@ def load_run(path: Path) -> CachedRun:
     if spec.lora_rank is None:
         deltas, rest = load_dense_snapshots(path.parent if path.is_file() else path, state.steps)
     return CachedRun(
-        spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest, h.get("resumed_at", 0),
-        h.get("threads", 1),
-    )  # fmt: skip
+        spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest, h.get("resumed_at", 0)
+    )
 
 
 def load_cache(cache: Path = CACHE) -> list[CachedRun]:
