@@ -6,6 +6,8 @@
     python benchmarks/steps_saved_smollm2.py run --device cuda --prompts 32 --steps 200   # a GPU, larger
     python benchmarks/steps_saved_smollm2.py run --task math-add2 --steps 100 --jump 40   # another level: its own
     # results files (steps_saved_smollm2_add2.*) and cached runs
+    python benchmarks/steps_saved_smollm2.py run --model toy   # the embedded toy where the regime map found skill:
+    # 32 prompts x 8 = 256 completions per step, lr 2.5e-4 / 5e-4 / 1e-3, 200 steps, jump at 80 (steps_saved_toy_c256.*)
 
 SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, a level of the math task (default ``math-add``: a + b,
 256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
@@ -41,6 +43,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +52,34 @@ import torch
 from common import RESULTS, machine, write_results
 
 from rlvr_extrap.io import write_json
+from rlvr_extrap.tasks import TOY_TASK, get_task
 
 CACHE = Path(__file__).parent / "cache" / "steps_saved_smollm2"
 NAME = "steps_saved_smollm2"
 LR_MULTIPLES = (1, 4, 2)  # the two ends first
-BASE_LR = 5e-5  # a quarter of recipes/smollm2_math.yaml's 2e-4 (see the docstring)
-TASK = "math-add"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A model's defaults for the command line (``--task``, ``--base-lr``, ...) and how the results name it."""
+
+    label: str
+    task: str
+    base_lr: float
+    steps: int
+    prompts: int
+    jump: int
+    after: int
+    logit_pairs: tuple[tuple[int, int], ...]
+    """(checkpoint a, checkpoint b) of the logit extrapolation rows."""
+
+
+SETTINGS = {
+    # base rate: a quarter of recipes/smollm2_math.yaml's 2e-4 (see the docstring)
+    "smollm2": Setting("SmolLM2-135M-Instruct", "math-add", 5e-5, 60, 8, 20, 20, ((20, 40), (30, 40))),
+    # the toy regime map's predictable regime (256 completions per step), at rates where accuracy still moves
+    "toy": Setting("the embedded toy (a+b)", TOY_TASK, 2.5e-4, 200, 32, 80, 40, ((40, 80), (70, 80))),
+}
 
 GATED = {"extrap_min_skill": 0.2, "extrap_horizon": "auto"}  # the package's defaults for the gate, auto horizon
 SNAPSHOTS = {"extrap_snapshot_every": 5}  # as the vanilla runs recorded them
@@ -83,17 +108,26 @@ QUICK_ARMS = (
     "optimizer direction (coasting), horizon J, ungated",
     "gated relex keep-residual, auto horizon",
 )
-LOGIT_PAIRS = ((20, 40), (30, 40))  # (checkpoint a, checkpoint b)
 # z_a + alpha (z_b - z_a): alpha 1 is b alone, so only alpha > 1 extrapolates (1.5 and 2 from 20 -> 40 aim at 50, 60)
 LOGIT_ALPHAS = (1.5, 2.0)
 
 
+def vanilla_spec(model: str, learning_rate: float, prompts: int, seed: int, steps: int, task: str) -> forecast.RunSpec:
+    """The forecast run that is vanilla GRPO at ``learning_rate`` (constant), with a trainer checkpoint every 10 steps."""
+    if model == "toy":
+        return forecast.RunSpec(
+            "toy", learning_rate, prompts, seed, steps=steps, snapshot_every=5, lr_schedule="constant",
+            eval_every=10, save_every=10,
+        )  # fmt: skip
+    return forecast.smollm2_spec(learning_rate, prompts, seed, steps, task)
+
+
 def vanilla_specs(
-    seeds: list[int], steps: int, prompts: int, task: str = TASK, base_lr: float = BASE_LR
+    model: str, seeds: list[int], steps: int, prompts: int, task: str, base_lr: float
 ) -> dict[tuple[float, int], forecast.RunSpec]:
     """(learning rate, seed) -> the forecast run that is vanilla there, seed by seed, 1x and 4x first."""
     return {
-        (base_lr * k, seed): forecast.smollm2_spec(base_lr * k, prompts, seed, steps, task)
+        (base_lr * k, seed): vanilla_spec(model, base_lr * k, prompts, seed, steps, task)
         for seed in seeds
         for k in LR_MULTIPLES
     }
@@ -146,7 +180,6 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
     from rlvr_extrap.evaluation import encode_prompts, left_pad
     from rlvr_extrap.generation import extrapolated_generate
     from rlvr_extrap.models import load_model
-    from rlvr_extrap.tasks import get_task
 
     out = CACHE / spec.run_id / f"logit_{a}_{b}_alpha{alpha:g}.json"
     if out.is_file():
@@ -156,9 +189,9 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
     trainer = forecast.run_dir(spec) / "trainer"
     models = []
     for step in (a, b):
-        base, tokenizer = load_model("smollm2")
+        base, tokenizer = load_model(spec.model)
         models.append(PeftModel.from_pretrained(base, str(trainer / f"checkpoint-{step}")).eval())
-    task = get_task(spec.task)
+    task = get_task(spec.task or TOY_TASK)
     problems = task.heldout_problems()
     correct = 0
     for start in range(0, len(problems), 64):
@@ -288,25 +321,28 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
 def render(data: dict[str, Any]) -> str:
     m = data["meta"]
     base = m["base_lr"]
+    label = SETTINGS[m.get("model", "smollm2")].label
+    points = range(0, max(m["steps"], 100) + 1, 20 if m["steps"] <= 100 else 40)
     lines = [
-        f"# Steps saved on SmolLM2-135M-Instruct ({m['task']}), against vanilla GRPO at its best learning rate",
+        f"# Steps saved on {label} ({m['task']}), against vanilla GRPO at its best learning rate",
         "",
         f"Command: `{m['machine']['command']}` · commit {m['machine']['commit']} · {m['machine']['platform']}, "
         f"{m['machine']['cpu_count']} CPUs, torch {m['machine']['torch']}, device {m['device']}",
         "",
         f"Vanilla: learning rates {', '.join(f'{base * k:g}' for k in sorted(LR_MULTIPLES))} (1x, 2x, 4x), "
-        f"seeds {m['seeds']}, {m['steps']} steps, evaluated every 10 steps on 256 held-out problems. Arms branch "
+        f"seeds {m['seeds']}, {m['steps']} steps, {m.get('prompts', 8)} prompts x {m.get('generations', 4)} "
+        f"completions per step, evaluated every 10 steps on {m.get('heldout', 256)} held-out problems. Arms branch "
         f"from vanilla's checkpoint at step {m['jump']} and train {m['after']} more steps "
         f"({m['jump'] + m['after']} actual GRPO steps).",
         "",
         "## Vanilla",
         "",
-        "| learning rate | seed | held-out accuracy at 0 / 20 / 40 / 60 / 80 / 100 |",
+        f"| learning rate | seed | held-out accuracy at {' / '.join(map(str, points))} |",
         "|---|---|---|",
     ]
     for key, curve in data["vanilla"].items():
         acc = dict(curve)
-        cells = " / ".join(f"{acc[s]:.3f}" if s in acc else "–" for s in (0, 20, 40, 60, 80, 100))
+        cells = " / ".join(f"{acc[s]:.3f}" if s in acc else "–" for s in points)
         lr, seed = key.split("/")
         lines.append(f"| {lr} | {seed.removeprefix('seed')} | {cells} |")
     carried = m.get("carried") or {}
@@ -394,20 +430,21 @@ def plot(data: dict[str, Any], path: Path) -> None:
         means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
         seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
         series.append({"name": f"{name} ({seeds})", "steps": steps, "mean": means, "jumps": sorted(jumps)})
-    title = f"SmolLM2 {data['meta']['task']}: held-out accuracy against actual GRPO steps"
+    title = f"{SETTINGS[data['meta'].get('model', 'smollm2')].label}, {data['meta']['task']}: held-out accuracy against actual GRPO steps"
     plot_accuracy_curves(series, path, title=title)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "analyze"))
+    parser.add_argument("--model", choices=sorted(SETTINGS), default="smollm2", help="the defaults below follow it")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--task", default=TASK, help="level of the math task (math-add, math-mul, ...)")
-    parser.add_argument("--base-lr", type=float, default=BASE_LR, help="vanilla's 1x rate (also 2x and 4x)")
-    parser.add_argument("--steps", type=int, default=60, help="vanilla run length")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step (x 4 completions)")
-    parser.add_argument("--jump", type=int, default=20, help="the jump step (a multiple of 10: a vanilla checkpoint)")
-    parser.add_argument("--after", type=int, default=20, help="GRPO steps after the jump")
+    parser.add_argument("--task", help="level of the math task (math-add, math-mul, ...; smollm2 only)")
+    parser.add_argument("--base-lr", type=float, help="vanilla's 1x rate (also 2x and 4x; smollm2 5e-5, toy 2.5e-4)")
+    parser.add_argument("--steps", type=int, help="vanilla run length (smollm2 60, toy 200)")
+    parser.add_argument("--prompts", type=int, help="prompts per step (smollm2 8 x 4 completions, toy 32 x 8)")
+    parser.add_argument("--jump", type=int, help="the jump step, a multiple of 10: a vanilla checkpoint (20, toy 80)")
+    parser.add_argument("--after", type=int, help="GRPO steps after the jump (smollm2 20, toy 40)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="arms' rates (default: 1x and the best)")
     parser.add_argument("--quick", action="store_true", help="two arms only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -419,7 +456,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here; drop the flag to run on the CPU")
-    specs = vanilla_specs(args.seeds, args.steps, args.prompts, args.task, args.base_lr)
+    setting = SETTINGS[args.model]
+    if args.model == "toy" and args.task not in (None, setting.task):
+        parser.error(f"--task {args.task}: the toy has one task ({setting.task}); drop --task or use --model smollm2")
+    for field in ("task", "base_lr", "steps", "prompts", "jump", "after"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(setting, field))
+    if args.jump % 10 or not 0 < args.jump < args.steps:
+        parser.error(f"--jump {args.jump}: must be a multiple of 10 (a vanilla checkpoint) between 0 and --steps")
+    specs = vanilla_specs(args.model, args.seeds, args.steps, args.prompts, args.task, args.base_lr)
     train = args.command == "run"
     arms = QUICK_ARMS if args.quick else tuple(ARMS)
     if train:  # vanilla run by run, the given (default: 1x) rate's arms right after its vanilla run
@@ -429,11 +474,14 @@ def main(argv: list[str] | None = None) -> None:
                 arm_and_logit_results(spec, arms, args, train)
     vanilla = vanilla_runs(specs)
     curves = {key: curve_of(run) for key, run in vanilla.items()}
+    first = next(iter(specs.values()))
     meta = {
-        "machine": machine(), "device": args.device, "task": args.task, "base_lr": args.base_lr,
-        "seeds": args.seeds, "steps": args.steps, "jump": args.jump, "after": args.after, "note": args.note,
+        "machine": machine(), "device": args.device, "model": args.model, "task": args.task, "base_lr": args.base_lr,
+        "seeds": args.seeds, "steps": args.steps, "prompts": args.prompts, "generations": first.generations,
+        "heldout": len(get_task(args.task).heldout_problems()), "jump": args.jump, "after": args.after,
+        "note": args.note,
     }  # fmt: skip
-    name = results_name(args.task)
+    name = results_name(args.task, args.model, first.completions)
     previous = None if args.fresh else read_previous(args.out / f"{name}.json", meta)
     carried_curves = carry_curves(previous, curves, args.seeds)
     lrs = args.lrs or sorted({args.base_lr, best_rate(curves, args.jump + args.after, args.base_lr)})
@@ -452,9 +500,12 @@ def main(argv: list[str] | None = None) -> None:
     print(render(data))
 
 
-def results_name(task: str) -> str:
-    """The results files' stem: one set per task level (``steps_saved_smollm2_add2`` for ``math-add2``)."""
-    return NAME if task == TASK else f"{NAME}_{task.removeprefix('math-')}"
+def results_name(task: str, model: str = "smollm2", completions: int = 32) -> str:
+    """The results files' stem: one set per task level (``steps_saved_smollm2_add2`` for ``math-add2``) and for the
+    toy per batch (``steps_saved_toy_c256``)."""
+    if model == "toy":
+        return f"steps_saved_toy_c{completions}"
+    return NAME if task == SETTINGS["smollm2"].task else f"{NAME}_{task.removeprefix('math-')}"
 
 
 def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -463,7 +514,12 @@ def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     previous = json.loads(path.read_text())
     same = ("task", "base_lr", "steps", "jump", "after")
-    return previous if all(previous["meta"].get(k) == meta[k] for k in same) else None
+    before = previous["meta"].get("model", "smollm2")  # results from before the toy had no "model"
+    return (
+        previous
+        if before == meta.get("model", "smollm2") and all(previous["meta"].get(k) == meta[k] for k in same)
+        else None
+    )
 
 
 def source_of(previous: dict[str, Any]) -> str:
@@ -542,7 +598,7 @@ def arm_results(
 
 def logit_results(spec: forecast.RunSpec, train: bool) -> list[dict[str, Any]]:
     rows = []
-    for a, b in LOGIT_PAIRS:
+    for a, b in SETTINGS[spec.model].logit_pairs:
         for alpha in LOGIT_ALPHAS:
             accuracy = logit_accuracy(spec, a, b, alpha, train)
             if accuracy is not None:

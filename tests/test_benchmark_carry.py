@@ -47,7 +47,9 @@ def test_the_cache_lacks_rows_and_the_committed_ones_fill_them_in(tmp_path):
 
 def test_results_made_with_other_settings_are_not_carried(tmp_path):
     assert bench.read_previous(committed(tmp_path, jump=30), META) is None
+    assert bench.read_previous(committed(tmp_path), {**META, "model": "toy"}) is None  # no "model": smollm2
     assert bench.results_name("math-add") == "steps_saved_smollm2" != bench.results_name("math-add2")
+    assert bench.results_name("toy-arithmetic", "toy", 256) == "steps_saved_toy_c256"
     assert bench.read_previous(tmp_path / "missing.json", META) is None
 
 
