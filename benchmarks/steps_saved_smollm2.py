@@ -447,15 +447,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--after", type=int, help="GRPO steps after the jump (smollm2 20, toy 40)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="arms' rates (default: 1x and the best)")
     parser.add_argument("--quick", action="store_true", help="two arms only")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="where it trains (default: cuda when visible)")
     parser.add_argument("--note", default="")
     parser.add_argument(
         "--fresh", action="store_true", help="ignore the committed results (default: keep their rows the cache lacks)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    visible = "cuda" if torch.cuda.is_available() else "cpu"  # the runs train on a visible GPU (experiment.Run)
+    if args.device == "cuda" and visible == "cpu":
         parser.error("--device cuda: no CUDA device is visible here; drop the flag to run on the CPU")
+    if args.device == "cpu" and visible == "cuda":
+        parser.error("--device cpu: the runs use a visible GPU; hide it (CUDA_VISIBLE_DEVICES=) to train on the CPU")
+    args.device = visible
     setting = SETTINGS[args.model]
     if args.model == "toy" and args.task not in (None, setting.task):
         parser.error(f"--task {args.task}: the toy has one task ({setting.task}); drop --task or use --model smollm2")
