@@ -94,6 +94,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "auto jumps (re-grounding), gated": {
         **SNAPSHOTS, **GATED, "extrap_method": "relex", "extrap_keep_residual": True, "extrap_jump_at": "auto",
     },
+    "auto jumps (re-grounding, drift), gated": {
+        **SNAPSHOTS, **GATED, "extrap_method": "linear", "extrap_fit_window": 2, "extrap_jump_at": "auto",
+    },
     "relex keep-residual, horizon J, ungated": {
         **SNAPSHOTS, "extrap_method": "relex", "extrap_keep_residual": True, "extrap_jump_at": ["J"],
         "extrap_horizon": "J", "extrap_min_skill": None, "extrap_guard": False,
