@@ -993,7 +993,8 @@ def carry_runs(
     if not path.is_file():
         return {}
     previous = json.loads(path.read_text())
-    if previous["model"] != model or previous["quick"] != quick:
+    # a map without "model" is the toy's, written before the SmolLM2 maps existed
+    if previous.get("model", "toy") != model or previous["quick"] != quick:
         return {}
     have = {s["run"] for s in summaries}
     runs = [

@@ -87,3 +87,17 @@ def test_the_regime_map_keeps_the_committed_runs_its_cache_lacks(tmp_path):
 
     for args in (("toy", True, variants, ()), ("smollm2", False, variants, ()), ("toy", False, variants, ("x",))):
         assert forecast.carry_runs(tmp_path, "f", *args, [], []) == {}  # other settings, or not asked for
+
+
+def test_a_map_written_before_the_model_key_is_the_toys(tmp_path):
+    forecast_committed(tmp_path)
+    path = tmp_path / "f.json"
+    data = json.loads(path.read_text())
+    del data["model"]
+    path.write_text(json.dumps(data))
+    variants = {"linear": ("linear", {})}
+    assert forecast.carry_runs(tmp_path, "f", "toy", False, variants, (), [], []) == {
+        "r_seed0": "commit abc1234",
+        "r_seed1": "commit abc1234",
+    }
+    assert forecast.carry_runs(tmp_path, "f", "smollm2", False, variants, (), [], []) == {}
