@@ -520,13 +520,10 @@ def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
-    same = ("task", "base_lr", "steps", "jump", "after")
-    before = previous["meta"].get("model", "smollm2")  # results from before the toy had no "model"
-    return (
-        previous
-        if before == meta.get("model", "smollm2") and all(previous["meta"].get(k) == meta[k] for k in same)
-        else None
-    )
+    same = ("model", "task", "base_lr", "steps", "jump", "after")
+    before_toy = {"model": "smollm2"}  # results from before the toy had no "model"
+    was, now = before_toy | previous["meta"], before_toy | meta
+    return previous if all(was.get(k) == now[k] for k in same) else None
 
 
 def source_of(previous: dict[str, Any]) -> str:
