@@ -26,10 +26,18 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
     }
+
+
+def commit() -> str:
+    """The checkout's short commit; where there is no git repository (a copy of the tree sent to a GPU machine),
+    ``$RLVR_EXTRAP_COMMIT``, else "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:  # no git installed
+        head = ""
+    return head or os.environ.get("RLVR_EXTRAP_COMMIT", "unknown")
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str, out: Path = RESULTS) -> None:

@@ -286,7 +286,7 @@ class DenseSnapshotRecorder(SnapshotRecorder):
             raise RuntimeError("DenseSnapshotRecorder: W_0 was not captured (on_init_end did not run)")
         with torch.no_grad():
             deltas = {
-                n: (p.detach().float() - self.base[n]).to(torch.bfloat16).contiguous()
+                n: (p.detach().float() - self.base[n]).to("cpu", torch.bfloat16).contiguous()
                 for n, p in model.named_parameters()
                 if n in self.base
             }
@@ -393,6 +393,7 @@ class HeldoutEvaluator:
 
         settings = MODELS[spec.model].run
         model, self.tokenizer = load_model(settings.get("model", spec.model))
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the runs train (experiment.trainer_args)
         self.dense = spec.lora_rank is None
         if self.dense:  # full-parameter runs: every parameter is restored, the linear modules take the deltas
             self.model = model
@@ -420,7 +421,7 @@ class HeldoutEvaluator:
                     param.copy_(self.base[name])
                 named = {f"{name}.weight": to_dense(d) for name, d in deltas.items()} | (rest or {})
                 for name, delta in named.items():  # linear modules' weights, then the other parameters
-                    self.params[name].add_(delta.to(self.params[name].dtype))
+                    self.params[name].add_(delta.to(self.params[name].device, self.params[name].dtype))
             else:
                 for name, module in self.modules.items():
                     module.base_weight.copy_(self.base[name])
