@@ -564,6 +564,8 @@ HORIZONS = (10, 20, 30, 50, 70, 100)
 TABLE_HORIZONS = (10, 20, 50, 100)
 MIN_ORIGIN = 20  # the paper's relex fit needs two observed snapshots after the origin
 GATE_BARS = (0.0, 0.2)
+SWEEP_BARS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+"""Bars at which the gate's calls are also counted over the whole map (is some bar better than the default?)."""
 AXES = ("steps", "lr")
 
 
@@ -822,15 +824,15 @@ def summarise(specs: dict[str, RunSpec], records: list[dict[str, Any]], variants
                             )  # fmt: skip
     run_regime = {run_id: regime_of(spec) for run_id, spec in specs.items()}
     gates = []
-    for bar in GATE_BARS:
+    for bar in sorted(set(GATE_BARS) | set(SWEEP_BARS)):
         for source in ("backtest_headline", "backtest"):
             for truth in ("weights", "weights+accuracy"):
-                for group in [*regimes, None]:
+                for group in [*regimes, None] if bar in GATE_BARS else [None]:
                     pool = [r for r in records if group is None or run_regime[r["run"]] == group]
                     if entry := gate_calls(pool, bar, source, truth):
                         regime = None if group is None else {"learning_rate": group[0], "completions": group[1]}
                         gates.append({**entry, "regime": regime, "variant": None})
-                for variant in VARIANTS:
+                for variant in VARIANTS if bar in GATE_BARS else ():
                     if entry := gate_calls([r for r in records if r["variant"] == variant], bar, source, truth):
                         gates.append({**entry, "regime": None, "variant": variant})
     return {"skill": skill_table, "gates": gates, "regimes": regimes}
@@ -1247,6 +1249,26 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
             lines.append(
                 f"| {name} | {truth} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
             )
+    sweep = {
+        (g["bar"], g["truth"]): g
+        for g in data["gates"]
+        if g["source"] == "backtest_headline" and not g["regime"] and not g.get("variant")
+    }
+    lines += [
+        "",
+        "Other bars (all regimes, headline backtest): is some bar better than the default 0.2?",
+        "",
+        "| bar | weights: right | jumps | precision | weights+accuracy: right | jumps | precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bar in SWEEP_BARS:
+        cells = [sweep.get((bar, truth)) for truth in ("weights", "weights+accuracy")]
+        text = [
+            f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" if g else "– | – | –"
+            for g in cells
+        ]
+        if any(cells):
+            lines.append(f"| {bar:g} | " + " | ".join(text) + " |")
     lines += [
         "",
         "Per variant (all regimes, truth = weights, headline backtest):",
