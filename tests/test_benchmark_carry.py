@@ -101,3 +101,23 @@ def test_a_map_written_before_the_model_key_is_the_toys(tmp_path):
         "r_seed1": "commit abc1234",
     }
     assert forecast.carry_runs(tmp_path, "f", "smollm2", False, variants, (), [], []) == {}
+
+
+def test_the_gate_is_counted_at_every_sweep_bar_with_known_answers():
+    spec = forecast.RunSpec("toy", 1e-4, 4, 0)
+    backtests, skills = [0.05, 0.15, 0.25, 0.45], [0.3, -0.2, 0.1, 0.5]  # good jumps: 1st, 3rd, 4th
+    records = [
+        {"run": spec.run_id, "axis": "steps", "variant": "linear from origin", "origin": 20, "horizon": 10,
+         "error": 1.0, "persistence": 1.0, "skill": s, "backtest": b, "backtest_headline": b}
+        for b, s in zip(backtests, skills, strict=True)
+    ]  # fmt: skip
+    gates = forecast.summarise({spec.run_id: spec}, records, ["linear from origin"])["gates"]
+    overall = {
+        g["bar"]: g
+        for g in gates
+        if g["source"] == "backtest" and g["truth"] == "weights" and not g["regime"] and not g["variant"]
+    }
+    assert sorted(overall) == sorted(forecast.SWEEP_BARS)
+    # bar 0.1: jumps on 2nd-4th (one of them bad), misses the 1st: right 2 of 4, precision 2/3
+    assert overall[0.1]["right"] == 0.5 and math.isclose(overall[0.1]["precision"], 2 / 3)
+    assert overall[0.0]["right"] == 0.75 and overall[0.5]["jump_rate"] == 0.0 and overall[0.5]["right"] == 0.25
