@@ -903,6 +903,19 @@ def run_summary(run: CachedRun) -> dict[str, Any]:
     }
 
 
+def map_of(runs: list[CachedRun]) -> tuple[str, str]:
+    """(model, grid) of a regime map's runs: one model, and LoRA or full-parameter runs, not both."""
+    models = {run.spec.model for run in runs}
+    if len(models) > 1:
+        raise SystemExit(f"one model per regime map, got {sorted(models)}: pass --only <model>_ to pick one")
+    model = models.pop()
+    if len(full := {run.spec.lora_rank is None for run in runs}) > 1:
+        raise SystemExit(
+            "LoRA and full-parameter runs in one regime map: pass --only _full_ for the full-parameter ones"
+        )
+    return model, f"{model}-full" if full.pop() else model  # the grid's name in GRIDS: what collect trains
+
+
 def analyze(
     runs: list[CachedRun],
     quick: bool = False,
@@ -918,7 +931,8 @@ def analyze(
     """The regime map of ``runs`` (the cached runs whose id contains one of ``only``, all without it) and, unless
     ``fresh``, of the runs in the committed results the cache lacks (``carry_runs``)."""
     if not runs:
-        raise SystemExit(f"no cached runs under {CACHE}: run `python benchmarks/forecast.py collect` first")
+        raise SystemExit(f"no cached runs under {cache}: run `python benchmarks/forecast.py collect` first")
+    model, grid = map_of(runs) if not score_only else ("", "")  # before scoring: a mixed map fails at once
     import torch
 
     torch.set_num_threads(1)  # small tensors: more threads only slow down on a shared machine
@@ -933,15 +947,6 @@ def analyze(
         print(f"scored {run.spec.run_id} ({time.perf_counter() - t:.0f} s)", flush=True)
     if score_only:
         return
-    models = {run.spec.model for run in runs}
-    if len(models) > 1:
-        raise SystemExit(f"one model per regime map, got {sorted(models)}: pass --only <model>_ to pick one")
-    model = models.pop()
-    if len(full := {run.spec.lora_rank is None for run in runs}) > 1:
-        raise SystemExit(
-            "LoRA and full-parameter runs in one regime map: pass --only _full_ for the full-parameter ones"
-        )
-    grid = f"{model}-full" if full.pop() else model  # GRIDS' name: what collect trains
     summaries = [run_summary(run) for run in runs]
     carried: dict[str, str] = {}
     if not fresh:

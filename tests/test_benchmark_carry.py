@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import forecast  # noqa: E402
@@ -121,3 +123,16 @@ def test_the_gate_is_counted_at_every_sweep_bar_with_known_answers():
     # bar 0.1: jumps on 2nd-4th (one of them bad), misses the 1st: right 2 of 4, precision 2/3
     assert overall[0.1]["right"] == 0.5 and math.isclose(overall[0.1]["precision"], 2 / 3)
     assert overall[0.0]["right"] == 0.75 and overall[0.5]["jump_rate"] == 0.0 and overall[0.5]["right"] == 0.25
+
+
+def test_a_regime_map_holds_one_model_and_one_kind_of_training():
+    def run(model: str, lora_rank: int | None) -> forecast.CachedRun:
+        return forecast.CachedRun(forecast.RunSpec(model, 1e-5, 8, 0, lora_rank=lora_rank), [], {}, [], [], 0.0)
+
+    assert forecast.map_of([run("smollm2", 16), run("smollm2", 16)]) == ("smollm2", "smollm2")
+    assert forecast.map_of([run("smollm2", None)]) == ("smollm2", "smollm2-full")
+    assert set(forecast.GRIDS) >= {"smollm2", "smollm2-full"}  # what the md's collect command names
+    with pytest.raises(SystemExit, match="--only _full_"):
+        forecast.analyze([run("smollm2", 16), run("smollm2", None)])  # before any scoring
+    with pytest.raises(SystemExit, match="one model"):
+        forecast.map_of([run("toy", 8), run("smollm2", 16)])
