@@ -9,7 +9,7 @@
 
     # SmolLM2 LoRA on math-add (steps_saved_smollm2's vanilla runs, then 16 prompts x 4 completions): one worker
     python benchmarks/forecast.py collect --model smollm2 --workers 1
-    python benchmarks/forecast.py analyze --only smollm2-math-add --weights-only --name forecast_smollm2
+    python benchmarks/forecast.py analyze --only 'smollm2-math-add_lr*_r16' --weights-only --name forecast_smollm2
 
     # full-parameter SmolLM2 (no LoRA), lr 1e-5, seeds 0 and 1, 60 steps each: one worker (8.1 GiB peak memory),
     # 270 MB of bf16 snapshot per 10 steps and the last 2 trainer checkpoints (1.6 GB each) per run
@@ -41,7 +41,7 @@ different lengths are not prefixes of each other.
 
 Models (``MODELS``, grids in ``GRIDS``): ``toy`` (the embedded a+b model), ``smollm2`` (LoRA on ``math-add``,
 the vanilla runs of ``steps_saved_smollm2.py`` and a second batch size) and ``smollm2-full`` (full-parameter);
-the analysis reads any cached run (``--only smollm2-math-add`` for the LoRA map; constant rate: there the two
+the analysis reads any cached run (``--only 'smollm2-math-add_lr*_r16'`` for the LoRA map; constant rate: there the two
 time axes agree).
 
 Full-parameter runs (``RunSpec(lora_rank=None)``, grid ``smollm2-full``) have no factors: the trajectory is the
@@ -53,6 +53,7 @@ history); the analysis loads them all (about 270 MB per SmolLM2 snapshot) and ta
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import math
@@ -536,10 +537,15 @@ def load_run(path: Path) -> CachedRun:
     )
 
 
+def selected(run_id: str, only: tuple[str, ...]) -> bool:
+    """Whether ``run_id`` contains one of ``only`` (shell wildcards allowed: ``smollm2-math-add_lr*_r16``); all
+    runs without ``only``."""
+    return not only or any(fnmatch.fnmatchcase(run_id, f"*{o}*") for o in only)
+
+
 def load_cache(cache: Path = CACHE, only: tuple[str, ...] = ()) -> list[CachedRun]:
-    """The finished runs in ``cache``; ``only``: those whose run id (folder name) contains one of these."""
-    paths = sorted(cache.glob(f"*/{STATE_FILE}"))
-    return [load_run(p) for p in paths if not only or any(o in p.parent.name for o in only)]
+    """The finished runs in ``cache`` that ``only`` selects (the folder name is the run id)."""
+    return [load_run(p) for p in sorted(cache.glob(f"*/{STATE_FILE}")) if selected(p.parent.name, only)]
 
 
 # ---------------------------------------------------------------- analysis
@@ -911,7 +917,8 @@ def map_of(runs: list[CachedRun]) -> tuple[str, str]:
     model = models.pop()
     if len(full := {run.spec.lora_rank is None for run in runs}) > 1:
         raise SystemExit(
-            "LoRA and full-parameter runs in one regime map: pass --only _full_ for the full-parameter ones"
+            "LoRA and full-parameter runs in one regime map: pass --only _full_ for the full-parameter ones, "
+            "--only '<id part>*_r' for the LoRA ones"
         )
     return model, f"{model}-full" if full.pop() else model  # the grid's name in GRIDS: what collect trains
 
@@ -1014,7 +1021,7 @@ def carry_runs(
         return {}
     have = {s["run"] for s in summaries}
     runs = [
-        s for s in previous["runs"] if s["run"] not in have and (not only or any(o in s["run"] for o in only))
+        s for s in previous["runs"] if s["run"] not in have and selected(s["run"], only)
     ]  # fmt: skip
     if not runs:
         return {}
@@ -1368,7 +1375,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--quick", action="store_true", help="fewer variants and origins (a smoke test)")
     a.add_argument("--out", type=Path, default=RESULTS)
     a.add_argument("--name", default="forecast", help="results file stem (e.g. forecast_smollm2)")
-    a.add_argument("--only", action="append", default=[], help="only runs whose id contains this (repeatable)")
+    a.add_argument(
+        "--only", action="append", default=[], help="only runs whose id contains this (repeatable; wildcards: *)"
+    )
     a.add_argument("--note", default="", help="a paragraph for the top of the md (e.g. how the grid deviates)")
     a.add_argument("--rescore", action="store_true", help="ignore cached scores (after changing an extrapolator)")
     a.add_argument("--score-only", action="store_true", help="score the cached runs, write no results")

@@ -136,3 +136,15 @@ def test_a_regime_map_holds_one_model_and_one_kind_of_training():
         forecast.analyze([run("smollm2", 16), run("smollm2", None)])  # before any scoring
     with pytest.raises(SystemExit, match="one model"):
         forecast.map_of([run("toy", 8), run("smollm2", 16)])
+
+
+def test_runs_are_selected_by_id_part_or_wildcard():
+    lora, full = (
+        "smollm2-math-add_lr0.0001_c32_r16_constant_s60_seed0",
+        "smollm2-math-add_lr1e-05_c32_full_constant_s60_seed0",
+    )
+    add2 = "smollm2-math-add2_lr0.0001_c32_r16_constant_s100_seed0"
+    pick = ("smollm2-math-add_lr*_r16",)
+    assert [forecast.selected(r, pick) for r in (lora, full, add2)] == [True, False, False]
+    assert forecast.selected(full, ("_full_",)) and not forecast.selected(lora, ("_full_",))
+    assert all(forecast.selected(r, ()) for r in (lora, full, add2))
