@@ -41,8 +41,8 @@ different lengths are not prefixes of each other.
 
 Models (``MODELS``, grids in ``GRIDS``): ``toy`` (the embedded a+b model), ``smollm2`` (LoRA on ``math-add``,
 the vanilla runs of ``steps_saved_smollm2.py`` and a second batch size) and ``smollm2-full`` (full-parameter);
-the analysis reads any cached run (``--only 'smollm2-math-add_lr*_r16'`` for the LoRA map; constant rate: there the two
-time axes agree).
+the analysis reads any cached run (``--only 'smollm2-math-add_lr*_r16'`` for the LoRA map; constant rate:
+there the two time axes agree).
 
 Full-parameter runs (``RunSpec(lora_rank=None)``, grid ``smollm2-full``) have no factors: the trajectory is the
 dense ``W_t - W_0`` of the linear modules LoRA would adapt, stored in bf16 one file per snapshot
@@ -394,7 +394,7 @@ class HeldoutEvaluator:
 
         settings = MODELS[spec.model].run
         model, self.tokenizer = load_model(settings.get("model", spec.model))
-        model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the runs train (experiment.trainer_args)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # where experiment._run trains (use_cpu)
         self.dense = spec.lora_rank is None
         if self.dense:  # full-parameter runs: every parameter is restored, the linear modules take the deltas
             self.model = model
