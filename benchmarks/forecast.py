@@ -794,6 +794,13 @@ def _fmt(mean: float, spread: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread > 0 else "")
 
 
+def _gate_cells(gate: dict[str, Any] | None) -> str:
+    """A gate's right / jumps / precision as three markdown cells (dashes where it was not counted)."""
+    if gate is None:
+        return "– | – | –"
+    return f"{gate['right']:.2f} | {gate['jump_rate']:.2f} | {_fmt(gate['precision'], 0.0)}"
+
+
 def pooled_skill(records: list[dict[str, Any]]) -> float:
     """``1 - sum error / sum persistence`` over the records (origins pooled, as the backtest pools)."""
     return skill(sum(r["error"] for r in records), sum(r["persistence"] for r in records))
@@ -1275,15 +1282,10 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
             if not at[0]:
                 continue
             name = "all" if regime is None else _regime_name(*regime)
-            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            cells = [_gate_cells(g) for g in at]
             lines.append(
                 f"| {name} | {truth} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
             )
-    sweep = {
-        (g["bar"], g["truth"]): g
-        for g in data["gates"]
-        if g["source"] == "backtest_headline" and not g["regime"] and not g.get("variant")
-    }
     lines += [
         "",
         "Other bars (all regimes, headline backtest): is some bar better than the default 0.2?",
@@ -1292,13 +1294,9 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
         "|---|---|---|---|---|---|---|",
     ]
     for bar in SWEEP_BARS:
-        cells = [sweep.get((bar, truth)) for truth in ("weights", "weights+accuracy")]
-        text = [
-            f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" if g else "– | – | –"
-            for g in cells
-        ]
+        cells = [gates.get((bar, "backtest_headline", truth, None)) for truth in ("weights", "weights+accuracy")]
         if any(cells):
-            lines.append(f"| {bar:g} | " + " | ".join(text) + " |")
+            lines.append(f"| {bar:g} | " + " | ".join(map(_gate_cells, cells)) + " |")
     lines += [
         "",
         "Per variant (all regimes, truth = weights, headline backtest):",
@@ -1314,7 +1312,7 @@ def render_markdown(data: dict[str, Any], variants: dict[str, tuple[str, dict[st
     for variant in VARIANTS:
         at = [by_variant.get((bar, variant)) for bar in GATE_BARS]
         if at[0]:
-            cells = [f"{g['right']:.2f} | {g['jump_rate']:.2f} | {_fmt(g['precision'], 0.0)}" for g in at]
+            cells = [_gate_cells(g) for g in at]
             lines.append(
                 f"| {variant} | {at[0]['cases']} | {at[0]['good_jump_rate']:.2f} | " + " | ".join(cells) + " |"
             )
