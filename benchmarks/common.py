@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rlvr_extrap.io import atomic_write_text, write_json
+from rlvr_extrap.utils.files import atomic_write_text, write_json
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlvr_extrap.io import atomic_write_text
+from rlvr_extrap.utils.files import atomic_write_text
 
 
 def main() -> None:

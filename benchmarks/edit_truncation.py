@@ -18,9 +18,9 @@ import torch
 from common import machine, write_results
 
 from rlvr_extrap.extrapolators import get_extrapolator
-from rlvr_extrap.offsets import load_state
-from rlvr_extrap.trajectory import Trajectory
-from rlvr_extrap.worker import TrajectoryWorker
+from rlvr_extrap.runtime.state import load_state
+from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 CACHE = Path(__file__).parent / "cache" / "forecast"
 RANKS = (1, 2, 4, 8, 16)

@@ -97,11 +97,11 @@ def measure(
     import torch
 
     from rlvr_extrap.config import SNAPSHOT_DTYPES
-    from rlvr_extrap.lora import add_update
-    from rlvr_extrap.lowrank import LowRank
-    from rlvr_extrap.skill import measure_skill
-    from rlvr_extrap.spill import SnapshotSpill, parse_memory
-    from rlvr_extrap.worker import TrajectoryWorker
+    from rlvr_extrap.linalg.lowrank import LowRank
+    from rlvr_extrap.runtime.lora import add_update
+    from rlvr_extrap.runtime.worker import TrajectoryWorker
+    from rlvr_extrap.skill.forecast import measure_skill
+    from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
 
     dtype = SNAPSHOT_DTYPES[dtype_name]
     g = torch.Generator().manual_seed(0)
@@ -192,7 +192,7 @@ def _streamed_stall(worker, weights: dict, step: int, horizon: int) -> float:
     worker runs on 1 thread beside the edit, as in training (``extrap_worker_threads``)."""
     import torch
 
-    from rlvr_extrap.lora import add_update
+    from rlvr_extrap.runtime.lora import add_update
 
     threads = torch.get_num_threads()
     worker.set_threads(1).result()  # this benchmark's worker: every core for the rows above

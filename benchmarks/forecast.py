@@ -26,7 +26,7 @@ e.g. to score in two processes; ``--score-only`` writes no results.
 ``collect`` trains one GRPO run per ``RunSpec`` (learning rate x completions per step x seed) and saves,
 per run, the merged LoRA deltas ``s*B@A`` (factored) every ``snapshot_every`` steps including step 0,
 the held-out greedy accuracy at every snapshot and the learning rate of every optimizer step, in
-``benchmarks/cache/forecast/<run id>/extrap_state.safetensors`` (``rlvr_extrap.offsets`` format; the
+``benchmarks/cache/forecast/<run id>/extrap_state.safetensors`` (``rlvr_extrap.runtime.state`` format; the
 settings, accuracies and learning rates are its metadata). The file is written once, atomically, when
 the run ends: a run in the cache is complete and is skipped on the next ``collect``; an interrupted
 run resumes from its latest trainer checkpoint where its spec saves them (``save_every``), else restarts.
@@ -72,12 +72,12 @@ import torch
 from common import RESULTS, machine, write_results
 from transformers import TrainerCallback
 
+from rlvr_extrap.experiments.tasks import TOY_TASK
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
-from rlvr_extrap.io import atomic_write_text
-from rlvr_extrap.lora import find_lora_modules, snapshot_deltas
-from rlvr_extrap.lowrank import Delta, LowRank
-from rlvr_extrap.offsets import STATE_FILE, CallbackState, load_state, save_state
-from rlvr_extrap.skill import (
+from rlvr_extrap.linalg.lowrank import Delta, LowRank
+from rlvr_extrap.runtime.lora import find_lora_modules, snapshot_deltas
+from rlvr_extrap.runtime.state import STATE_FILE, CallbackState, load_state, save_state
+from rlvr_extrap.skill.forecast import (
     backtest_skill,
     drift_to_noise,
     forecast_errors,
@@ -87,8 +87,8 @@ from rlvr_extrap.skill import (
     skill,
     supports_backtest,
 )
-from rlvr_extrap.tasks import TOY_TASK
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.trajectory.trajectory import Trajectory
+from rlvr_extrap.utils.files import atomic_write_text
 
 CACHE = Path(__file__).parent / "cache" / "forecast"
 
@@ -109,7 +109,7 @@ class RunSpec:
     """None: full-parameter training; the trajectory is the dense ``W_t - W_0`` of the same linear modules
     (``DenseSnapshotRecorder``: bf16, one file per snapshot under ``<run>/snapshots/``)."""
     task: str = ""
-    """A level of ``rlvr_extrap.tasks``; empty: the model's default."""
+    """A level of ``rlvr_extrap.experiments.tasks``; empty: the model's default."""
     eval_every: int | None = None
     """Held-out accuracy every this many steps (a multiple of ``snapshot_every``); None: at every snapshot."""
     save_every: int | None = None
@@ -279,7 +279,7 @@ class DenseSnapshotRecorder(SnapshotRecorder):
     def _snapshot(self, step: int, model: Any) -> None:
         from safetensors.torch import save_file
 
-        from rlvr_extrap.io import atomic_path
+        from rlvr_extrap.utils.files import atomic_path
 
         if self.steps and self.steps[-1] == step:
             return
@@ -326,7 +326,7 @@ def latest_checkpoint(trainer_dir: Path) -> Path | None:
 
 def run_of(spec: RunSpec, **changes: Any) -> Any:
     """The ``experiment.Run`` that trains ``spec`` (``changes``: fields to override, e.g. for a branch of it)."""
-    from rlvr_extrap.experiment import Run
+    from rlvr_extrap.experiments.experiment import Run
 
     settings = MODELS[spec.model].run | ({"task": spec.task} if spec.task else {})
     run = Run(
@@ -352,7 +352,7 @@ def collect_run(spec: RunSpec, out: Path) -> None:
 
     With ``spec.save_every``, trainer checkpoints go to ``out/trainer`` and an interrupted run resumes there.
     """
-    from rlvr_extrap.experiment import run_experiment
+    from rlvr_extrap.experiments.experiment import run_experiment
 
     if spec.lora_rank is None:
         recorder: SnapshotRecorder = DenseSnapshotRecorder(spec.snapshot_every, out, spec.run_id)
@@ -389,8 +389,8 @@ class HeldoutEvaluator:
     def __init__(self, spec: RunSpec) -> None:
         from peft import LoraConfig, get_peft_model
 
-        from rlvr_extrap.models import load_model
-        from rlvr_extrap.tasks import get_task
+        from rlvr_extrap.experiments.models import load_model
+        from rlvr_extrap.experiments.tasks import get_task
 
         settings = MODELS[spec.model].run
         model, self.tokenizer = load_model(settings.get("model", spec.model))
@@ -412,9 +412,9 @@ class HeldoutEvaluator:
     def __call__(self, deltas: dict[str, Delta], rest: dict[str, torch.Tensor] | None = None) -> float:
         """Accuracy of base + ``deltas`` (module name -> delta); ``rest``: deltas of the other parameters of a
         full-parameter run (parameter name -> delta; the base value where missing)."""
-        from rlvr_extrap.evaluation import evaluate_accuracy
-        from rlvr_extrap.lora import add_to_bases
-        from rlvr_extrap.lowrank import to_dense
+        from rlvr_extrap.experiments.evaluation import evaluate_accuracy
+        from rlvr_extrap.linalg.lowrank import to_dense
+        from rlvr_extrap.runtime.lora import add_to_bases
 
         with torch.no_grad():
             if self.dense:
@@ -449,7 +449,7 @@ class ModelSupport:
     """(origin H, horizon h) where the held-out accuracy of the predicted weights is measured."""
 
 
-# SmolLM2: the demo's settings (rlvr_extrap.demo), two torch threads on 2 cores
+# SmolLM2: the demo's settings (rlvr_extrap.experiments.demo), two torch threads on 2 cores
 MODELS: dict[str, ModelSupport] = {
     "toy": ModelSupport({}),
     "smollm2": ModelSupport(
@@ -494,7 +494,7 @@ def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
     if not todo:
         return
     if "toy" in {s.model for s in todo}:
-        from rlvr_extrap.toy.model import load_toy_model
+        from rlvr_extrap.experiments.toy.model import load_toy_model
 
         load_toy_model()  # build the warm-started toy once, before the workers race to
     start = time.perf_counter()
@@ -1326,7 +1326,7 @@ def plot_skill(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlvr_extrap.io import save_figure
+    from rlvr_extrap.utils.figures import save_figure
 
     regimes = data["regimes"]
     lrs = sorted({lr for lr, _ in regimes}, reverse=True)

@@ -43,10 +43,10 @@ from forecast import CACHE, VARIANTS, RunSpec, latest_checkpoint, load_run, run_
 from safetensors.torch import load_file
 
 from rlvr_extrap.extrapolators import get_extrapolator
-from rlvr_extrap.lowrank import LowRank, inner
-from rlvr_extrap.offsets import STATE_FILE, load_state
-from rlvr_extrap.skill import forecast_errors, gram_distance, prediction_error, skill
-from rlvr_extrap.trajectory import FactorVelocity, Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank, inner
+from rlvr_extrap.runtime.state import STATE_FILE, load_state
+from rlvr_extrap.skill.forecast import forecast_errors, gram_distance, prediction_error, skill
+from rlvr_extrap.trajectory.trajectory import FactorVelocity, Trajectory
 
 HORIZONS = (5, 10, 20, 30, 50)
 COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -469,8 +469,8 @@ def verify_step(checkpoint: Path, out: Path | None = None) -> dict[str, Any]:
     ``u_{H+1}`` is read back from the new checkpoint's ``optimizer.pt`` with this module's mapping, ``p`` from the
     adapter files by name: a wrong index <-> name mapping cannot pass. The run's folder is only read.
     """
-    import rlvr_extrap.evaluation as evaluation
-    from rlvr_extrap.experiment import run_experiment
+    import rlvr_extrap.experiments.evaluation as evaluation
+    from rlvr_extrap.experiments.experiment import run_experiment
 
     run = checkpoint.parent.parent
     spec = load_spec(checkpoint)

@@ -38,10 +38,10 @@ from typing import Any
 from common import RESULTS, machine, write_results
 from transformers import TrainerCallback
 
-from rlvr_extrap.callback import ExtrapolationCallback
-from rlvr_extrap.demo import DEMO_MODELS, GATED_RELEX
-from rlvr_extrap.experiment import Run, run_experiment
-from rlvr_extrap.models import load_model
+from rlvr_extrap.experiments.demo import DEMO_MODELS, GATED_RELEX
+from rlvr_extrap.experiments.experiment import Run, run_experiment
+from rlvr_extrap.experiments.models import load_model
+from rlvr_extrap.runtime.callback import ExtrapolationCallback
 
 HOOK_SECONDS: dict[str, float] = defaultdict(float)  # ExtrapolationCallback hook name -> wall seconds, this run
 

@@ -25,7 +25,7 @@ from common import machine, write_results
 
 CONVERT = """
 import json, resource, time
-from rlvr_extrap.models import resolve_model
+from rlvr_extrap.experiments.models import resolve_model
 start = time.perf_counter()
 resolve_model("smollm2")
 print(json.dumps({"convert_seconds": time.perf_counter() - start,
@@ -37,8 +37,8 @@ def train(steps: int, jump: bool, out: str) -> dict[str, Any]:
     """One run with the demo's SmolLM2 settings; per-step wall times from a callback."""
     from transformers import TrainerCallback
 
-    from rlvr_extrap.demo import DEMO_MODELS
-    from rlvr_extrap.experiment import Run, run_experiment
+    from rlvr_extrap.experiments.demo import DEMO_MODELS
+    from rlvr_extrap.experiments.experiment import Run, run_experiment
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:

@@ -23,10 +23,11 @@ import torch
 from common import RESULTS, machine, write_results
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr_extrap.evaluation import encode_prompts, evaluate_accuracy, left_pad
-from rlvr_extrap.math_task import LEVELS
-from rlvr_extrap.models import SMOLLM2, load_model
-from rlvr_extrap.tasks import MATH_PREFIX, Task, get_task
+from rlvr_extrap.experiments.evaluation import evaluate_accuracy
+from rlvr_extrap.experiments.math_task import LEVELS
+from rlvr_extrap.experiments.models import SMOLLM2, load_model
+from rlvr_extrap.experiments.tasks import MATH_PREFIX, Task, get_task
+from rlvr_extrap.utils.generate import encode_prompts, left_pad
 
 BATCH_SIZE = 64
 GROUP = 4  # completions per prompt in the SmolLM2 recipe and benchmarks

@@ -25,9 +25,9 @@ from typing import Any
 
 from common import RESULTS, machine, write_results
 
-from rlvr_extrap.experiment import Run, run_experiment
-from rlvr_extrap.plots import plot_accuracy_curves
-from rlvr_extrap.toy.model import load_toy_model
+from rlvr_extrap.experiments.experiment import Run, run_experiment
+from rlvr_extrap.experiments.plots import plot_accuracy_curves
+from rlvr_extrap.experiments.toy.model import load_toy_model
 
 BASE = {
     "extrap_snapshot_every": 10,

@@ -28,7 +28,7 @@ For an arm ending at ``S`` actual GRPO steps with held-out accuracy ``a``: vanil
 n_own(a) / S``. Above 1: the jump saved steps. When vanilla never reaches ``a`` in its budget the ratio is a
 lower bound (``>``). Per arm: mean over seeds, spread, and a 95% t-interval.
 
-Output-space extrapolation (``rlvr_extrap.generation``) is scored at evaluation time: greedy decoding on
+Output-space extrapolation (``rlvr_extrap.experiments.generation``) is scored at evaluation time: greedy decoding on
 ``z_b + alpha (z_b - z_a)`` between vanilla checkpoints ``a`` and ``b``, against checkpoint ``b`` alone.
 
 Cost: a branch's wall time is compared with vanilla's own time for the same steps, both measured in this
@@ -51,8 +51,8 @@ import forecast
 import torch
 from common import RESULTS, machine, write_results
 
-from rlvr_extrap.io import write_json
-from rlvr_extrap.tasks import TOY_TASK, get_task
+from rlvr_extrap.experiments.tasks import TOY_TASK, get_task
+from rlvr_extrap.utils.files import write_json
 
 CACHE = Path(__file__).parent / "cache" / "steps_saved_smollm2"
 NAME = "steps_saved_smollm2"
@@ -154,7 +154,7 @@ def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool)
 
     None when it is not cached and ``train`` is off.
     """
-    from rlvr_extrap.experiment import run_experiment
+    from rlvr_extrap.experiments.experiment import run_experiment
 
     out = CACHE / spec.run_id / f"{arm_id(arm)}_j{jump}_a{after}"
     done = out / "result.json"
@@ -180,9 +180,9 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
     """
     from peft import PeftModel
 
-    from rlvr_extrap.evaluation import encode_prompts, left_pad
-    from rlvr_extrap.generation import extrapolated_generate
-    from rlvr_extrap.models import load_model
+    from rlvr_extrap.experiments.generation import extrapolated_generate
+    from rlvr_extrap.experiments.models import load_model
+    from rlvr_extrap.utils.generate import encode_prompts, left_pad
 
     out = CACHE / spec.run_id / f"logit_{a}_{b}_alpha{alpha:g}.json"
     if out.is_file():
@@ -418,7 +418,7 @@ def render(data: dict[str, Any]) -> str:
 
 def plot(data: dict[str, Any], path: Path) -> None:
     """Vanilla per rate and each arm, averaged over the seeds they have (one colour each)."""
-    from rlvr_extrap.plots import plot_accuracy_curves
+    from rlvr_extrap.experiments.plots import plot_accuracy_curves
 
     groups: dict[str, tuple[list[list], set[int]]] = {}  # name -> (curves, applied jump steps)
     for key, curve in data["vanilla"].items():

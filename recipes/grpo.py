@@ -24,11 +24,11 @@ from peft import LoraConfig
 from trl import GRPOTrainer, TrlParser
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError
-from rlvr_extrap.lora import NoLoraAdapterError
-from rlvr_extrap.models import SMOLLM2, TOY, ModelSourceError, load_model
-from rlvr_extrap.offsets import StateFileError
-from rlvr_extrap.rewards import math_verify_reward
-from rlvr_extrap.tasks import TOY_TASK, get_task, task_names
+from rlvr_extrap.experiments.models import SMOLLM2, TOY, ModelSourceError, load_model
+from rlvr_extrap.experiments.rewards import math_verify_reward
+from rlvr_extrap.experiments.tasks import TOY_TASK, get_task, task_names
+from rlvr_extrap.runtime.lora import NoLoraAdapterError
+from rlvr_extrap.runtime.state import StateFileError
 
 SYSTEM_PROMPT = "Solve the problem step by step, then give the final answer as \\boxed{...}."
 PROG = "grpo.py"

@@ -1,9 +1,9 @@
 """Trajectory extrapolation for RLVR: jump ahead in GRPO training from the fitted weight trajectory."""
 
-from .callback import ExtrapolationCallback
-from .config import ExtrapGRPOConfig, ExtrapolationArguments, ExtrapolationConfigError
-from .extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
-from .offsets import apply_offsets
+from rlvr_extrap.config import ExtrapGRPOConfig, ExtrapolationArguments, ExtrapolationConfigError
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
+from rlvr_extrap.runtime.callback import ExtrapolationCallback
+from rlvr_extrap.runtime.state import apply_offsets
 
 __all__ = [
     "EXTRAPOLATORS",

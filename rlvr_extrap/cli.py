@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import NoReturn
 
-from . import demo, offline
+from rlvr_extrap.experiments import demo
+from rlvr_extrap.offline import commands as offline
 
 SUBCOMMANDS = [demo, offline]
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from trl import GRPOConfig
 
-from .extrapolators import EXTRAPOLATORS, Extrapolator
-from .spill import parse_memory
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator
+from rlvr_extrap.trajectory.spill import parse_memory
 
 __all__ = [
     "OPTIMIZER_POLICIES",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from rlvr_extrap.models import load_model
+from rlvr_extrap.experiments.models import load_model
 
 
 def main() -> None:

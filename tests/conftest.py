@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_extrap.models import SMOLLM2_WHEEL, resolve_model
-from rlvr_extrap.toy import build_toy_model, default_toy_path
+from rlvr_extrap.experiments.models import SMOLLM2_WHEEL, resolve_model
+from rlvr_extrap.experiments.toy import build_toy_model, default_toy_path
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from peft import LoraConfig
 from trl import GRPOTrainer
 
 from rlvr_extrap import ExtrapGRPOConfig, get_extrapolator
-from rlvr_extrap.lora import find_lora_modules
-from rlvr_extrap.sharding import full_weights
-from rlvr_extrap.toy.tokenizer import build_char_tokenizer
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.runtime.lora import find_lora_modules
+from rlvr_extrap.runtime.sharding import full_weights
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
 def count_ones_reward(completions: list[str], **kwargs: Any) -> list[float]:

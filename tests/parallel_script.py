@@ -34,7 +34,7 @@ from grpo_utils import effective_weights, make_trainer
 from torch.nn.parallel import DistributedDataParallel
 
 from rlvr_extrap import ExtrapolationCallback
-from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.runtime.lora import find_lora_modules
 
 # generation_batch_size = per_device_train_batch_size (8) * num_processes (2) * steps_per_generation (1) = 16,
 # divisible by num_generations (4): 4 prompts per step, each rank computes the loss on 8 of the 16 completions.

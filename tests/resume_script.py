@@ -17,9 +17,9 @@ import torch
 import transformers
 from grpo_utils import make_trainer
 
-import rlvr_extrap.offsets
+import rlvr_extrap.runtime.state
 from rlvr_extrap import ExtrapolationCallback
-from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.runtime.lora import find_lora_modules
 
 SETTINGS = {
     "max_steps": 12,
@@ -49,7 +49,7 @@ def kill_while_writing(tensors: dict[str, torch.Tensor], filename: str, metadata
 
 def main(workdir: str, mode: str) -> None:
     if mode == "kill-in-save":
-        rlvr_extrap.offsets.save_file = kill_while_writing
+        rlvr_extrap.runtime.state.save_file = kill_while_writing
     callback = ExtrapolationCallback()
     extra = [KillAt()] if mode == "crash" else []
     trainer = make_trainer(Path(workdir), [callback, *extra], **SETTINGS)

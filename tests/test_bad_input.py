@@ -23,10 +23,10 @@ from transformers import Qwen2ForCausalLM
 
 from rlvr_extrap import ExtrapolationCallback
 from rlvr_extrap.cli import main
-from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.offsets import CallbackState, apply_offsets, load_state, save_state
-from rlvr_extrap.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.lora import NoLoraAdapterError, find_lora_modules
+from rlvr_extrap.runtime.state import CallbackState, apply_offsets, load_state, save_state
 
 ROOT = Path(__file__).parents[1]
 STEPS = (10, 20, 30)

@@ -11,10 +11,10 @@ import torch
 
 from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
 from rlvr_extrap.extrapolators import get_extrapolator
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.spill import SnapshotSpill, parse_memory
-from rlvr_extrap.trajectory import Trajectory
-from rlvr_extrap.worker import TrajectoryWorker
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
 def structured(points: int = 6, m: int = 40, n: int = 30, r: int = 3, noise: float = 0.0) -> list[LowRank]:

@@ -1,4 +1,4 @@
-"""Model caches are built once, by one process, and published only when complete (rlvr_extrap.io.build_once)."""
+"""Model caches are built once, by one process, and published only when complete (rlvr_extrap.utils.files.build_once)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_extrap.io import BuildError, build_once
-from rlvr_extrap.toy.model import default_toy_path, load_toy_model
+from rlvr_extrap.experiments.toy.model import default_toy_path, load_toy_model
+from rlvr_extrap.utils.build import BuildError, build_once
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -52,7 +52,7 @@ def test_two_ranks_racing_on_an_empty_cache_both_load_the_one_complete_toy(tmp_p
 BUILDER = """
 import sys, time
 from pathlib import Path
-from rlvr_extrap.io import build_once
+from rlvr_extrap.utils.build import build_once
 
 path, log = Path(sys.argv[1]), Path(sys.argv[2])
 def build(tmp):
@@ -93,7 +93,7 @@ def test_an_incomplete_build_is_never_published(tmp_path):
 
 KILLED = """
 import sys
-from rlvr_extrap.toy.model import load_toy_model
+from rlvr_extrap.experiments.toy.model import load_toy_model
 load_toy_model()
 """
 

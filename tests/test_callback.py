@@ -11,18 +11,13 @@ from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_mode
 from peft import PeftModel
 from trl import GRPOConfig, TrlParser
 
-from rlvr_extrap import (
-    ExtrapGRPOConfig,
-    ExtrapolationCallback,
-    ExtrapolationConfigError,
-    apply_offsets,
-)
+from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError, apply_offsets
 from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
-from rlvr_extrap.lora import NoLoraAdapterError, find_lora_modules
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.offsets import STATE_FILE
-from rlvr_extrap.skill import schedule_clock
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.lora import NoLoraAdapterError, find_lora_modules
+from rlvr_extrap.runtime.state import STATE_FILE
+from rlvr_extrap.skill.forecast import schedule_clock
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
 def run(tmp_path, **kwargs):

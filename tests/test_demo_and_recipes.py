@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_extrap import cli, demo
+from rlvr_extrap import cli
+from rlvr_extrap.experiments import demo
 
 ROOT = Path(__file__).parents[1]
 

@@ -21,8 +21,8 @@ import torch
 import torch.distributed
 
 from rlvr_extrap import get_extrapolator
-from rlvr_extrap.offsets import STATE_FILE
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.runtime.state import STATE_FILE
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 SCRIPT = Path(__file__).with_name("parallel_script.py")
 NPROC = 2

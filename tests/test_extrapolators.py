@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rlvr_extrap.extrapolators import fit_relex, get_extrapolator, linear_weights
-from rlvr_extrap.lowrank import LowRank, inner, lincomb
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank, inner, lincomb
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
 def rank1_linear_trajectory(steps, *, factored: bool, slope=0.3, intercept=-1.0, noise=0.0, seed=0):

@@ -7,7 +7,7 @@ import torch
 from grpo_utils import tiny_config
 from transformers import Qwen2ForCausalLM
 
-from rlvr_extrap.generation import extrapolate_logits, extrapolated_generate, sampling_probs
+from rlvr_extrap.experiments.generation import extrapolate_logits, extrapolated_generate, sampling_probs
 
 VOCAB, PAD = 20, 0
 

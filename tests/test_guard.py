@@ -41,7 +41,7 @@ class WeightReward:
         if jump_step not in self.before.at:
             return text
         live = self.trainer.model
-        from rlvr_extrap.lora import find_lora_modules
+        from rlvr_extrap.runtime.lora import find_lora_modules
 
         now = {n: m.effective_weight() for n, m in find_lora_modules(live).items()}
         dist = sum(float((now[n] - w).norm() ** 2) for n, w in self.before.at[jump_step].items()) ** 0.5
@@ -125,7 +125,8 @@ def test_sharded_runs_turn_the_guard_off_loudly_and_refuse_optimizer_resets(monk
 
     from accelerate.utils import DistributedType
 
-    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError, distributed
+    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError
+    from rlvr_extrap.runtime import distributed
 
     monkeypatch.setattr(distributed, "PartialState", lambda: SimpleNamespace(distributed_type=DistributedType[kind]))
     config = ExtrapolationArguments(extrap_method="linear")

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from rlvr_extrap import math_task
-from rlvr_extrap.tasks import MATH_PREFIX, get_task, task_names
+from rlvr_extrap.experiments import math_task
+from rlvr_extrap.experiments.tasks import MATH_PREFIX, get_task, task_names
 
 
 @pytest.mark.parametrize("level", list(math_task.LEVELS))

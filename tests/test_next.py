@@ -7,9 +7,9 @@ import torch
 
 from rlvr_extrap.extrapolators import NextConfig, NextExtrapolator, get_extrapolator
 from rlvr_extrap.extrapolators import next as next_module
-from rlvr_extrap.lowrank import LowRank, to_dense
-from rlvr_extrap.svd import align_sign, rank1_svd
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank, to_dense
+from rlvr_extrap.linalg.svd import align_sign, rank1_svd
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 FAST = {"epochs": 200, "lr": 3e-3, "hidden": 32}
 SHAPES = {"q": (12, 8), "k": (12, 8), "o": (8, 16), "up": (16, 12), "down": (12, 8)}

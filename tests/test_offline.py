@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from rlvr_extrap import offline
-from rlvr_extrap.checkpoints import CheckpointRun
 from rlvr_extrap.cli import main
-from rlvr_extrap.diagnostics import module_diagnostics
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.offline import commands as offline
+from rlvr_extrap.offline.checkpoints import CheckpointRun
+from rlvr_extrap.skill.diagnostics import module_diagnostics
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 VOCAB, STEPS, TARGET = 20, (10, 20, 30), 100
 SLOPE = 0.01

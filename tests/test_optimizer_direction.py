@@ -10,10 +10,10 @@ from grpo_utils import make_trainer
 
 from rlvr_extrap import ExtrapolationCallback, get_extrapolator
 from rlvr_extrap.extrapolators.optimizer import coasting_steps
-from rlvr_extrap.lora import adam_direction, factor_velocities
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.skill import backtest_skill, forecast_errors, skill, supports_backtest
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.lora import adam_direction, factor_velocities
+from rlvr_extrap.skill.forecast import backtest_skill, forecast_errors, skill, supports_backtest
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 SCALE = 2.0  # lora_alpha / r
 
@@ -142,7 +142,8 @@ def test_sharded_runs_refuse_the_optimizer_method(monkeypatch, kind):
 
     from accelerate.utils import DistributedType
 
-    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError, distributed
+    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError
+    from rlvr_extrap.runtime import distributed
 
     monkeypatch.setattr(distributed, "PartialState", lambda: SimpleNamespace(distributed_type=DistributedType[kind]))
     with pytest.raises(ExtrapolationConfigError, match="extrap_method='optimizer' reads AdamW's state.*sharded"):

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError, get_extrapolator
-from rlvr_extrap.lowrank import LowRank, inner, lincomb
-from rlvr_extrap.trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import LowRank, inner, lincomb
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 dims = st.integers(min_value=1, max_value=7)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr_extrap.offsets import STATE_FILE
+from rlvr_extrap.runtime.state import STATE_FILE
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 

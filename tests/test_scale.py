@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlvr_extrap.extrapolators import get_extrapolator
-from rlvr_extrap.lowrank import Combination, LowRank, inner, lincomb
-from rlvr_extrap.trajectory import Trajectory
-from rlvr_extrap.worker import TrajectoryWorker
+from rlvr_extrap.linalg.lowrank import Combination, LowRank, inner, lincomb
+from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
 def factors(g: torch.Generator, m: int, n: int, k: int, dtype=torch.float64) -> LowRank:

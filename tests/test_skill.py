@@ -11,16 +11,11 @@ from transformers import get_scheduler
 from trl import TrlParser
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError, get_extrapolator
-from rlvr_extrap.lowrank import LowRank
-from rlvr_extrap.skill import (
-    backtest_skill,
-    drift_to_noise,
-    forecast_errors,
-    lr_clock,
-    schedule_clock,
-)
-from rlvr_extrap.trajectory import Trajectory
-from rlvr_extrap.worker import JumpGate, JumpSkipped, TrajectoryWorker
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.plan import JumpGate, JumpSkipped
+from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.skill.forecast import backtest_skill, drift_to_noise, forecast_errors, lr_clock, schedule_clock
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 EVERY = 10  # steps between points
 

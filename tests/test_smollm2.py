@@ -17,12 +17,13 @@ import torch
 from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_model
 from transformers import AutoModelForCausalLM
 
-from rlvr_extrap import ExtrapolationCallback, cli, models
-from rlvr_extrap.io import BuildError
-from rlvr_extrap.lora import NoLoraAdapterError
-from rlvr_extrap.models import MARKER, ModelSourceError, check_trainable, load_model, resolve_model
-from rlvr_extrap.skill import schedule_clock
-from rlvr_extrap.toy import build_char_tokenizer
+from rlvr_extrap import ExtrapolationCallback, cli
+from rlvr_extrap.experiments import models
+from rlvr_extrap.experiments.models import MARKER, ModelSourceError, check_trainable, load_model, resolve_model
+from rlvr_extrap.experiments.toy import build_char_tokenizer
+from rlvr_extrap.runtime.lora import NoLoraAdapterError
+from rlvr_extrap.skill.forecast import schedule_clock
+from rlvr_extrap.utils.build import BuildError
 
 # Torch threads as the toy uses: one, so the test's time does not collapse when other processes share the cores.
 pytestmark = pytest.mark.usefixtures("one_thread")

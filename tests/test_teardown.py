@@ -12,7 +12,7 @@ CRASHED_RUN = textwrap.dedent(
     from pathlib import Path
 
     from rlvr_extrap import get_extrapolator
-    from rlvr_extrap.worker import TrajectoryWorker
+    from rlvr_extrap.runtime.worker import TrajectoryWorker
 
     out = Path(sys.argv[1])
     worker = TrajectoryWorker(get_extrapolator("linear"))

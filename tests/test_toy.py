@@ -9,8 +9,8 @@ from types import SimpleNamespace
 from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer
 
-from rlvr_extrap.rewards import math_verify_reward
-from rlvr_extrap.toy import (
+from rlvr_extrap.experiments.rewards import math_verify_reward
+from rlvr_extrap.experiments.toy import (
     HeldoutAccuracyCallback,
     build_char_tokenizer,
     build_toy_model,

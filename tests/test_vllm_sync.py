@@ -16,7 +16,7 @@ import transformers
 from grpo_utils import WeightProbe, make_trainer
 
 from rlvr_extrap import ExtrapolationCallback
-from rlvr_extrap.lora import find_lora_modules
+from rlvr_extrap.runtime.lora import find_lora_modules
 
 
 class FakeVLLMGeneration:

@@ -22,8 +22,8 @@ SCRIPT = textwrap.dedent(
     import json, os, sys, threading
     import torch
     from rlvr_extrap import get_extrapolator
-    from rlvr_extrap.lowrank import LowRank
-    from rlvr_extrap.worker import TrajectoryWorker
+    from rlvr_extrap.linalg.lowrank import LowRank
+    from rlvr_extrap.runtime.worker import TrajectoryWorker
 
     def os_threads():
         return len(os.listdir("/proc/self/task"))

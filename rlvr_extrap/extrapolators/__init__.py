@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Extrapolator, ExtrapolatorConfig
-from .linear import LinearConfig, LinearExtrapolator, linear_weights
-from .next import NextConfig, NextExtrapolator
-from .optimizer import OptimizerConfig, OptimizerExtrapolator
-from .relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
+from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.extrapolators.linear import LinearConfig, LinearExtrapolator, linear_weights
+from rlvr_extrap.extrapolators.next import NextConfig, NextExtrapolator
+from rlvr_extrap.extrapolators.optimizer import OptimizerConfig, OptimizerExtrapolator
+from rlvr_extrap.extrapolators.relex import RelexConfig, RelexExtrapolator, RelexFit, fit_relex
 
 EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
     "relex": RelexExtrapolator,

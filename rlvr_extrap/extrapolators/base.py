@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..lowrank import Delta
-from ..trajectory import Trajectory
+from rlvr_extrap.linalg.lowrank import Delta
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 __all__ = ["Extrapolator", "ExtrapolatorConfig"]
 

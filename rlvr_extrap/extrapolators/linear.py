@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
 
 __all__ = ["LinearConfig", "LinearExtrapolator", "linear_weights"]
 

@@ -25,10 +25,10 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from ..lowrank import Delta, LowRank, to_dense
-from ..svd import align_sign, rank1_svd
-from ..trajectory import Trajectory
-from .base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.linalg.lowrank import Delta, LowRank, to_dense
+from rlvr_extrap.linalg.svd import align_sign, rank1_svd
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 __all__ = ["NextConfig", "NextExtrapolator", "NextPredictor", "Triple"]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..lowrank import Combination, Delta, LowRank
-from ..trajectory import Trajectory
-from .base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank
+from rlvr_extrap.trajectory.trajectory import Trajectory
 
 __all__ = ["OptimizerConfig", "OptimizerExtrapolator", "coasting_steps"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Extrapolator, ExtrapolatorConfig
+from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
 
 __all__ = ["RelexConfig", "RelexExtrapolator", "RelexFit", "fit_relex"]
 

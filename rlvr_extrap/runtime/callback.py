@@ -1,0 +1,386 @@
+"""``ExtrapolationCallback``: train -> extrapolate -> train inside a (GRPO) Trainer."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from rlvr_extrap.config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
+from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support
+from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
+from rlvr_extrap.runtime.lora import LoraModule, add_to_bases, factor_velocities, find_lora_modules, snapshot_deltas
+from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
+from rlvr_extrap.runtime.state import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
+from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.skill.forecast import schedule_clock
+from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
+
+__all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
+
+logger = logging.get_logger(__name__)
+
+
+class ExtrapolationCallback(TrainerCallback):
+    """Snapshots the LoRA weights, fits their trajectory in a background thread, and jumps ahead.
+
+    Settings come from the trainer's ``args`` (``extrap_*`` fields, see ``ExtrapGRPOConfig``); keyword
+    arguments given here (without the prefix, e.g. ``method="relex"``) take precedence, for users who
+    keep a plain ``GRPOConfig``. With no method set the callback does nothing at all.
+
+    The trainer is found on ``on_train_begin`` (it is the caller); pass ``trainer=`` to be explicit.
+    It is used to log through ``Trainer.log`` and to force a vLLM weight sync after a jump.
+    """
+
+    def __init__(self, trainer: Trainer | None = None, **settings: Any) -> None:
+        ExtrapolationArguments.from_object(None, **settings)  # fail fast on unknown names
+        self.trainer = trainer
+        self.settings = settings
+        self.config: ExtrapolationArguments | None = None
+        self.modules: dict[str, LoraModule] = {}
+        self.worker: TrajectoryWorker | None = None  # main process only
+        self.model: torch.nn.Module | None = None
+        self.guard: JumpGuard | None = None
+        self.jumps: list[dict[str, Any]] = []
+        self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
+        self._skill_logged = 0  # worker.skill_records already in skill_history
+        self.snapshot_steps: list[int] = []
+        self.snapshot_seconds = 0.0
+        self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.modules)  # found at train begin only when a method is set; cleared at train end
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ):
+        self.config = ExtrapolationArguments.from_object(args, **self.settings)
+        self.config.validate_extrapolation()
+        if not self.config.enabled:
+            return
+        self.config.validate_for_training(args)
+        check_distributed_support(self.config)
+        late = [j for j in self.config.jump_steps if state.max_steps and j > state.max_steps]
+        if late:
+            logger.warning(f"extrap_jump_at: step(s) {late} come after max_steps={state.max_steps} and never run")
+        if not self.config.extrap_jump_at:
+            logger.warning(
+                "extrap_method is set but extrap_jump_at is empty: observing only (snapshots and forecast skill, "
+                "no jump); give extrap_jump_at steps or auto to jump"
+            )
+        clock = None
+        if self.config.extrap_time_axis == "lr":
+            clock = schedule_clock(kwargs.get("lr_scheduler"))
+            if clock is None:
+                logger.warning(
+                    "extrap_time_axis='lr': the trainer's scheduler is not a LambdaLR, so its future rates are "
+                    "unknown; fitting against steps instead"
+                )
+        self.trainer = self.trainer or _find_calling_trainer(self)
+        self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
+        self.modules = find_lora_modules(model)
+        if self.config.extrap_guard:
+            self.guard = self._build_guard(args)
+        if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
+            diagnostics_dir = os.path.join(args.output_dir, "extrap") if self.config.extrap_diagnostics else None
+            cfg = self.config
+            gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio, cfg.extrap_min_skill)
+            budget = parse_memory(cfg.extrap_snapshot_memory)
+            spill = None if budget is None else SnapshotSpill(os.path.join(args.output_dir, "extrap", "spill"), budget)
+            self.worker = TrajectoryWorker(
+                cfg.build_extrapolator(),
+                gate,
+                diagnostics_dir,
+                clock=clock,
+                skill_origins=cfg.extrap_skill_origins,
+                edit_rank=cfg.extrap_edit_rank,
+                spill=spill,
+                threads=cfg.extrap_worker_threads,
+            )
+        if state.global_step == 0 or not self._resume(args, state):
+            self._snapshot(state.global_step)
+        elif self._jump_due_at_resume(state.global_step):  # a branch from a run that had no jump here
+            optimizer = kwargs.get("optimizer")  # the Trainer loads the checkpoint's state before on_train_begin
+            if self.snapshot_steps[-1] != state.global_step:
+                self._snapshot(state.global_step, optimizer)
+            else:
+                self._attach_velocities(state.global_step, optimizer)
+            self._jump(state.global_step, state, optimizer)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        if not self.active:
+            return
+        cfg, step = self.config, state.global_step
+        snapshot_step = step % cfg.extrap_snapshot_every == 0
+        if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
+            self._snapshot(step, kwargs.get("optimizer"))
+        if snapshot_step:
+            self._log_skill(state)
+        if step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step)):
+            self._jump(step, state, kwargs.get("optimizer"))
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
+        if self.worker is not None:
+            self._save_state(_checkpoint_dir(args, state.global_step), state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.worker is not None:
+            try:
+                self._save_state(args.output_dir, state)
+                self.worker_cpu_seconds = self.worker.cpu_seconds().result()
+            finally:  # a failed save still ends the thread
+                self.worker.close()
+                self.worker = None
+        self.modules, self.model = {}, None
+
+    def _build_guard(self, args: TrainingArguments) -> JumpGuard:
+        try:
+            rows = probe_rows(self.trainer, self.config.extrap_guard_prompts, seed=args.seed)
+            return JumpGuard(self.trainer, self.modules, rows, getattr(args, "max_completion_length", None) or 256)
+        except ValueError as err:
+            raise ExtrapolationConfigError(str(err)) from None
+
+    def _log_skill(self, state: TrainerState) -> None:
+        """Log the forecast-skill backtests the worker finished since the last call (never waits for it)."""
+        if self.worker is None:
+            return
+        records = self.worker.skill_records[self._skill_logged :]
+        self._skill_logged += len(records)
+        horizon = self.config.extrap_horizon
+        for record in records:
+            self.skill_history.append(record.to_dict())
+            metrics = record.to_metrics(None if horizon == "auto" else horizon)
+            self._log(state, {**metrics, "extrap/skill_step": record.step})
+
+    def _auto_jump_due(self, step: int) -> bool:
+        """'auto' jumps are tried at snapshot steps at least ``min_jump_gap()`` after the last jump (or the start)."""
+        last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
+        return step - last >= self.config.min_jump_gap()
+
+    def _save_state(self, directory: str, state: TrainerState) -> None:
+        """Once the worker has caught up: log its finished backtests, then save offsets, trajectory and history."""
+        offsets, steps, deltas = self.worker.state_now().result()
+        self._log_skill(state)  # every backtest up to here goes into the saved history
+        history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps, "skill": self.skill_history}
+        path = save_state(CallbackState(offsets, steps, deltas, history), directory)
+        logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
+
+    def _jump_due_at_resume(self, step: int) -> bool:
+        """Whether ``extrap_jump_at`` names the resume step and the checkpoint's run made no jump there.
+
+        So a jump arm can branch from another run's checkpoint at its jump step (saved after that step's
+        update, before any jump), and resuming a run that did jump there does not jump twice.
+        """
+        return step in self.config.jump_steps and all(j["step"] != step for j in self.jumps)
+
+    def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
+        """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
+        directory = _resume_dir(args, state.global_step)
+        saved, error = None, None
+        if self.worker is not None:
+            try:
+                cfg = self.config  # 'auto' jumps may have happened from the first allowed step on
+                possible = [cfg.min_jump_gap()] if cfg.auto_jumps else cfg.jump_steps
+                saved = read_resume_state(directory, state.global_step, possible)
+            except StateFileError as err:
+                error = str(err)
+            if saved is None and error is None:
+                logger.warning(
+                    f"extrapolation: resuming at step {state.global_step} without {STATE_FILE} in {directory}; "
+                    "the trajectory starts afresh here (no jump was due before this step)"
+                )
+        outcome = (saved.offsets, saved.history, None) if saved else (None, None, error)
+        offsets, history, error = broadcast_from_main(outcome)
+        if error is not None:  # raised on every process: none may train on (nor wait in a collective for the others)
+            raise StateFileError(error)
+        if offsets is None:
+            return False
+        add_to_bases(self.modules, offsets, self.model)
+        self.snapshot_steps, self.jumps = history["snapshot_steps"], history["jumps"]
+        self.skill_history = history.get("skill", [])
+        if self.worker is not None:
+            self.worker.restore(saved.offsets, saved.steps, saved.deltas)
+            logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
+        return True
+
+    def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.
+
+        For a method that continues the optimizer's direction, the main process also reads AdamW's state of the
+        LoRA factors (one elementwise pass and a CPU copy, like the factors; not supported under sharding).
+        """
+        self.snapshot_steps.append(step)
+        start = time.perf_counter()
+        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        deltas = snapshot_deltas(self.modules, self.model, dtype)
+        velocities = None
+        if self.worker is not None and self.worker.extrapolator.needs_velocities and optimizer is not None:
+            velocities = factor_velocities(self.modules, optimizer, deltas, dtype)
+        self.snapshot_seconds += time.perf_counter() - start
+        if self.worker is not None:
+            self.worker.add_snapshot(step, deltas, velocities)
+
+    def _attach_velocities(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        """Give the restored last point AdamW's state (a saved trajectory has none) for the ``optimizer`` method."""
+        if self.worker is None or not self.worker.extrapolator.needs_velocities or optimizer is None:
+            return
+        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        deltas = snapshot_deltas(self.modules, self.model, dtype)
+        self.worker.set_velocities(step, factor_velocities(self.modules, optimizer, deltas, dtype))
+
+    def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
+        """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.
+
+        Returns (plan, why there is none, whether the skill gate turned it down, seconds waited).
+        """
+        plan, error, gated, wait_start = None, None, False, time.perf_counter()
+        if self.worker is not None:
+            cfg = self.config
+            # one process, no guard: the plan is edited as it comes, so the worker's reduction of the updates
+            # overlaps the edit (the guard probes whole plans; other processes get the plan pickled, whole)
+            stream = self.guard is None and PartialState().num_processes == 1
+            future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha, stream=stream)
+            try:
+                plan = future.result(timeout=cfg.extrap_fit_timeout)
+            except FutureTimeout:
+                error = f"the fit took longer than extrap_fit_timeout={cfg.extrap_fit_timeout}s"
+            except JumpSkipped as skip:
+                error, gated = str(skip), True
+            except Exception as err:  # the fit must never stop training
+                error = f"{type(err).__name__}: {err}"
+        plan, error, gated = broadcast_from_main((plan, error, gated))
+        return plan, error, gated, time.perf_counter() - wait_start
+
+    def _jump(self, step: int, state: TrainerState, optimizer: torch.optim.Optimizer | None) -> None:
+        cfg = self.config
+        plan, error, gated, wait = self._plan(step)
+        horizon = cfg.extrap_horizon if plan is None else plan.target_step - step
+        target = step + horizon if isinstance(horizon, int) else None
+        record: dict[str, Any] = {"step": step, "horizon": horizon, "target_step": target}
+        if plan is None:
+            if gated and cfg.auto_jumps:  # tried at every snapshot: the backtest itself is in skill_history
+                logger.info(f"extrapolation: no jump at step {step}: {error}")
+                return
+            if gated:
+                logger.info(f"extrapolation jump at step {step} not taken: {error}")
+            else:
+                logger.warning(f"extrapolation jump at step {step} skipped: {error}")
+            self.jumps.append({**record, "skipped": error})
+            self._log(state, {"extrap/jump_skipped": 1.0})
+            return
+        record["skill"] = plan.skill
+        if wait > 1.0:
+            logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
+        if self.guard is not None:
+            limit, ratio = cfg.extrap_max_update_ratio, plan.size_ratio
+            scales = [c for c in cfg.extrap_guard_scales if limit is None or ratio is None or c * ratio <= limit]
+            try:
+                decision = self.guard.decide(plan, scales, cfg.extrap_guard_tolerance)
+            except Exception as err:  # scoring failed: the weights were restored; do not jump blind
+                logger.warning(
+                    f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}"
+                )
+                self.jumps.append({**record, "skipped": f"guard: {type(err).__name__}: {err}"})
+                return
+            record.update(decision.to_metrics())
+            if decision.scale is None:
+                logger.warning(
+                    f"extrapolation jump at step {step} rolled back: no step size scored at least the pre-jump "
+                    f"probe score {decision.pre_score:.4g} - extrap_guard_tolerance ({decision.scores})"
+                )
+                self.jumps.append({**record, "skipped": "guard: no candidate beat the pre-jump score"})
+                self._log(state, {f"extrap/{k}": v for k, v in record.items()})
+                return
+            plan = plan.scaled(decision.scale)
+
+        apply_start = time.perf_counter()
+        add_to_bases(self.modules, plan.reduced_updates(), self.model)
+        plan.settled()
+        if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
+            params = [p for m in self.modules.values() for p in m.lora_parameters()]
+            reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
+        if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
+            self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
+        if self.worker is not None:
+            self.worker.commit_jump(plan)
+        record.update(
+            {
+                "update_norm": plan.update_norm,
+                "update_ratio": plan.size_ratio,
+                "fit_seconds": plan.fit_seconds,
+                "edit_rank": plan.edit_rank,
+                "edit_error": plan.edit_error,
+                "reduce_seconds": plan.reduce_seconds,
+                "reduce_error": plan.reduce_error,
+                "wait_seconds": wait,
+                "apply_seconds": time.perf_counter() - apply_start,
+                "modules_jumped": len(plan.updates),
+                "modules_held": len(plan.diagnostics) - len(plan.updates),
+                "energy_mean": statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
+                "r2_mean": statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
+            }
+        )
+        self.jumps.append(record)
+        self._log(state, {f"extrap/{k}": v for k, v in record.items()})
+
+    def _log(self, state: TrainerState, metrics: dict[str, Any]) -> None:
+        """Log the numbers in ``metrics`` through the trainer; text (reasons, errors) stays in the jump records."""
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # TensorBoard, W&B want numbers
+        if self.trainer is not None:
+            # The base log (GRPO's override would flush its own metrics). Its on_log clears should_log, which at a
+            # logging step would drop the trainer's own log (loss, reward) due right after this hook: keep it.
+            should_log = self.trainer.control.should_log
+            Trainer.log(self.trainer, metrics)
+            self.trainer.control.should_log = should_log
+        else:
+            state.log_history.append({**metrics, "step": state.global_step})
+            logger.info(str(metrics))
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], policy: str) -> None:
+    """Apply an ``extrap_optimizer_policy`` to the AdamW state of ``params`` in place."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    for p in params:
+        state = inner.state.get(p)
+        if not state:
+            continue
+        if "exp_avg" in state:
+            state["exp_avg"].zero_()
+        if policy == "reset":
+            if "exp_avg_sq" in state:
+                state["exp_avg_sq"].zero_()
+            if "step" in state:
+                state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
+
+
+def _checkpoint_dir(args: TrainingArguments, step: int) -> str:
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+
+
+def _resume_dir(args: TrainingArguments, step: int) -> str:
+    """The checkpoint resumed from: ``args.resume_from_checkpoint`` when it names a folder (another run's
+    checkpoint: a branch), else this run's ``checkpoint-<step>``."""
+    named = args.resume_from_checkpoint
+    return named if isinstance(named, str) and os.path.isdir(named) else _checkpoint_dir(args, step)
+
+
+def _find_calling_trainer(callback: TrainerCallback) -> Trainer | None:
+    """The Trainer whose callback handler is calling ``callback`` (found on the call stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
+            return candidate
+        frame = frame.f_back
+    return None

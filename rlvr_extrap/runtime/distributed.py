@@ -1,0 +1,53 @@
+"""What the callback needs from the process group: which settings each setup supports, and one broadcast.
+
+Every collective is entered by every process, on the training thread, at the same global step: the
+background worker never calls one.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from accelerate import PartialState
+from accelerate.utils import DistributedType, broadcast_object_list
+from transformers.utils import logging
+
+from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["broadcast_from_main", "check_distributed_support"]
+
+T = TypeVar("T")
+
+SHARDED = {DistributedType.DEEPSPEED: "DeepSpeed", DistributedType.FSDP: "FSDP"}
+
+
+def check_distributed_support(config: ExtrapolationArguments) -> None:
+    """Refuse settings the run's parallelism cannot honour; under DeepSpeed / FSDP the guard is turned off, loudly."""
+    kind = SHARDED.get(PartialState().distributed_type)
+    if kind is None:
+        return
+    if config.extrap_guard:
+        logger.warning(
+            f"extrap_guard is not supported under {kind} (the probe generates with the unwrapped model): jumps "
+            "will not be guarded. Set extrap_guard=False to silence this, or train with DDP to keep the guard"
+        )
+        config.extrap_guard = False
+    if config.enabled and config.build_extrapolator().needs_velocities:
+        raise ExtrapolationConfigError(
+            f"extrap_method={config.extrap_method!r} reads AdamW's state of the LoRA factors, which is sharded "
+            f"under {kind}; use relex or linear, or train with DDP"
+        )
+    if config.extrap_optimizer_policy != "keep":
+        raise ExtrapolationConfigError(
+            f"extrap_optimizer_policy={config.extrap_optimizer_policy!r} is not supported under {kind} (the "
+            "optimizer state is sharded); use 'keep', or train with DDP"
+        )
+
+
+def broadcast_from_main(obj: T) -> T:
+    """``obj`` as the main process has it, on every process (pickled; a no-op with one process)."""
+    if PartialState().num_processes == 1:
+        return obj
+    return broadcast_object_list([obj], from_process=0)[0]

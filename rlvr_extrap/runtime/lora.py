@@ -1,0 +1,237 @@
+"""Reading LoRA factors from a live PEFT model and writing a merged-space update into it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.sharding import add_whole, full_weights, whole
+from rlvr_extrap.trajectory.trajectory import FactorVelocity
+
+__all__ = [
+    "LoraModule",
+    "NoLoraAdapterError",
+    "adam_direction",
+    "add_to_bases",
+    "add_update",
+    "factor_velocities",
+    "find_lora_modules",
+    "snapshot_deltas",
+]
+
+
+class NoLoraAdapterError(ValueError):
+    """The model has no trainable LoRA module the callback can extrapolate."""
+
+
+@dataclass
+class LoraModule:
+    """One trainable LoRA linear layer: effective weight ``W_base + scale * B @ A`` (transposed if fan_in_fan_out)."""
+
+    name: str
+    layer: LoraLayer
+    adapter: str
+
+    @property
+    def base_weight(self) -> nn.Parameter:
+        return self.layer.get_base_layer().weight
+
+    @property
+    def scale(self) -> float:
+        return float(self.layer.scaling[self.adapter])
+
+    @property
+    def fan_in_fan_out(self) -> bool:
+        return bool(getattr(self.layer, "fan_in_fan_out", False))
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [self.layer.lora_A[self.adapter].weight, self.layer.lora_B[self.adapter].weight]
+
+    def lora_delta(self, dtype: torch.dtype = torch.float32) -> LowRank:
+        """The live ``scale * B @ A`` as detached CPU copies in ``dtype`` (in (out, in) orientation).
+
+        Under ZeRO-3 / FSDP1, call it inside ``sharding.full_weights``.
+        """
+        a, b = (whole(p.detach()) for p in self.lora_parameters())
+        return LowRank((b.float() * self.scale).to("cpu", dtype), a.to("cpu", dtype, copy=True))
+
+    def add_to_base(self, update: LowRank) -> None:
+        """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object)."""
+        add_update(self.base_weight, update, self.fan_in_fan_out)
+
+    def effective_weight(self) -> torch.Tensor:
+        """``W_base + scale * B @ A`` in float32 (for checks; materialises the matrix)."""
+        w = whole(self.base_weight.detach()).float().cpu()
+        delta = self.lora_delta().dense()
+        return w + (delta.T if self.fan_in_fan_out else delta)
+
+
+EDIT_BLOCK = 2**22
+"""Elements of the float32 product formed at a time when editing a whole (unsharded) weight."""
+
+
+def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> None:
+    """``weight += update`` (``update.T`` if ``transposed``): float32 matmuls of the factors on the weight's device.
+
+    A whole weight is edited in row blocks of about ``EDIT_BLOCK`` elements (the product rounded to the weight's
+    dtype, then added), so the edit never holds an ``m x n`` float32 matrix.
+    """
+    from torch.distributed.tensor import DTensor
+
+    left, right = update.left.to(weight.device, torch.float32), update.right.to(weight.device, torch.float32)
+    if transposed:
+        left, right = right.T, left.T
+    if isinstance(weight, DTensor):
+        add_whole(weight, left @ right)
+        return
+    rows = max(1, EDIT_BLOCK // max(weight.shape[1], 1))
+    for start in range(0, weight.shape[0], rows):
+        weight.data[start : start + rows].add_((left[start : start + rows] @ right).to(weight.dtype))
+
+
+def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
+    """Every LoRA linear layer with a trainable adapter; raises NoLoraAdapterError if there is none.
+
+    A trainable adapter on a layer whose base weight cannot take an in-place edit is refused by name, with
+    the fix (see ``_edit_refusal``): a jump must never be the first place that finds out.
+    """
+    modules: dict[str, LoraModule] = {}
+    refused: list[tuple[str, str]] = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        for adapter, lora_a in layer.lora_A.items():
+            if not lora_a.weight.requires_grad:
+                continue  # e.g. the frozen "ref" adapter GRPO adds when beta != 0
+            key = _unwrapped_name(name)
+            reason = _edit_refusal(layer, adapter)
+            if reason is not None:
+                refused.append((key, reason))
+            else:
+                modules[f"{key}.{adapter}" if len(layer.lora_A) > 1 else key] = LoraModule(key, layer, adapter)
+    if refused:
+        (first, reason), others = refused[0], [n for n, _ in refused[1:]]
+        more = f" ({len(others)} more LoRA module(s) alike, e.g. {others[:3]})" if others else ""
+        raise NoLoraAdapterError(f"LoRA module {first} cannot take an extrapolated update: {reason}{more}")
+    if not modules:
+        raise NoLoraAdapterError(
+            "the model has no trainable LoRA adapter: extrapolation works in the merged LoRA delta space. "
+            "Pass peft_config=LoraConfig(...) to GRPOTrainer (or a PeftModel as model), or set extrap_method=None"
+        )
+    return modules
+
+
+def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
+    """Why a jump cannot add to this layer's base weight in place, and the fix; None when it can."""
+    from torch.distributed.tensor import DTensor
+
+    base = layer.get_base_layer()
+    weight = getattr(base, "weight", None)
+    unquantized = "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit)"
+    if layer.use_dora.get(adapter, False):
+        return "it uses DoRA (the magnitude vector rescales the merged weight); set use_dora=False in the LoraConfig"
+    if not isinstance(layer, LoraLinear) or not isinstance(weight, torch.Tensor):
+        return (
+            f"it is a {type(layer).__name__} on a {type(base).__name__}, and only LoRA on plain linear layers can "
+            f"jump; leave it out of target_modules in the LoraConfig, or {unquantized}"
+        )
+    if not weight.is_floating_point():
+        return f"its base weight is {weight.dtype}, not a floating-point tensor (a quantized layer); {unquantized}"
+    if type(weight) not in (torch.Tensor, nn.Parameter, DTensor):
+        return (
+            f"its base weight is a {type(weight).__name__}, not a plain tensor (a quantized or wrapped weight that an "
+            f"in-place add cannot edit); {unquantized}"
+        )
+    if weight.device.type == "meta":
+        return (
+            "its base weight is on the meta device (offloaded: the real values live elsewhere and an edit would be "
+            "lost); load the whole model onto one device (no device_map offloading to CPU or disk)"
+        )
+    if weight.requires_grad:
+        return (
+            "its base weight is trainable (requires_grad=True): the optimizer also steps the weight a jump edits, "
+            "and the trajectory only follows the adapter; keep the base model frozen (get_peft_model freezes it: "
+            "do not set requires_grad on base layers afterwards)"
+        )
+    return None
+
+
+def snapshot_deltas(
+    modules: dict[str, LoraModule], model: nn.Module | None = None, dtype: torch.dtype = torch.float32
+) -> dict[str, LowRank]:
+    """Detached CPU copies of every module's ``scale * B @ A`` in ``dtype``: all the training thread pays per snapshot.
+
+    ``model`` is the module the trainer hands to callbacks (needed under FSDP1). Under ZeRO-3 and
+    FSDP this is a collective: every process calls it.
+    """
+    params = [p for m in modules.values() for p in m.lora_parameters()]
+    with full_weights(model, params):
+        return {name: module.lora_delta(dtype) for name, module in modules.items()}
+
+
+def adam_direction(param: torch.Tensor, state: dict, group: dict) -> torch.Tensor | None:
+    """AdamW's next update direction ``u`` of ``param`` (``p <- p - lr * u``) if its moments stayed as they are.
+
+    ``u = m_hat / (sqrt(v_hat) + eps) + wd * p`` with torch's bias corrections; None without Adam moments
+    (no step taken yet, or another optimizer).
+    """
+    if not state or "exp_avg" not in state or "exp_avg_sq" not in state:
+        return None
+    step = float(state["step"])
+    if step <= 0:
+        return None
+    beta1, beta2 = group["betas"]
+    second = state["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in state else state["exp_avg_sq"]
+    m_hat = state["exp_avg"].float() / (1 - beta1**step)
+    denom = second.float().sqrt() / math.sqrt(1 - beta2**step) + group["eps"]
+    return m_hat / denom + group.get("weight_decay", 0.0) * param.detach().float()
+
+
+def factor_velocities(
+    modules: dict[str, LoraModule], optimizer: torch.optim.Optimizer, deltas: dict[str, LowRank], dtype: torch.dtype
+) -> dict[str, FactorVelocity] | None:
+    """Each module's ``FactorVelocity`` at the snapshot ``deltas`` (whose factors it shares), from AdamW's state.
+
+    One elementwise pass over the LoRA parameters and a CPU copy of the result, like the snapshot itself. None
+    when any factor has no Adam state yet (before the first step) or the optimizer is not Adam-like.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    groups = {id(p): g for g in inner.param_groups for p in g["params"]}
+    out = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            a, b = module.lora_parameters()
+            if id(a) not in groups or id(b) not in groups:
+                return None
+            u_a = adam_direction(a, inner.state.get(a), groups[id(a)])
+            u_b = adam_direction(b, inner.state.get(b), groups[id(b)])
+            if u_a is None or u_b is None:
+                return None
+            d_left = (u_b * (-groups[id(b)]["lr"] * module.scale)).to("cpu", dtype)
+            d_right = (u_a * -groups[id(a)]["lr"]).to("cpu", dtype)
+            delta = deltas[name]
+            out[name] = FactorVelocity(delta.left, delta.right, d_left, d_right, float(groups[id(a)]["betas"][0]))
+    return out
+
+
+def add_to_bases(modules: dict[str, LoraModule], updates: dict[str, LowRank], model: nn.Module | None = None) -> None:
+    """Add each module's update into its base weight, in place (a jump, or saved offsets being restored).
+
+    Every process adds the same updates; under ZeRO-3 and FSDP this is a collective.
+    """
+    with torch.no_grad(), full_weights(model, [modules[n].base_weight for n in updates], writeback=True):
+        for name, update in updates.items():
+            modules[name].add_to_base(update)
+
+
+def _unwrapped_name(name: str) -> str:
+    """A module's name as in the plain PeftModel (FSDP1 and activation checkpointing insert wrapper modules)."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name

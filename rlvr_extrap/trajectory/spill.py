@@ -1,0 +1,117 @@
+"""Snapshots past a memory budget (``extrap_snapshot_memory``) move to memory-mapped safetensors files.
+
+The trajectory keeps every point's factors (relex fits its direction on all of them, and each new Gram row needs
+its inner products with all of them), so the budget does not drop snapshots: the oldest ones are written to disk
+and their tensors re-pointed, in place, at read-only memory maps of that file. Same values, same objects (every
+``Combination`` that references them keeps working); the pages are read from disk when a Gram row or a jump needs
+them and the kernel can drop them again under memory pressure, so they no longer count as the process's own memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rlvr_extrap.linalg.lowrank import LowRank
+
+__all__ = ["SnapshotSpill", "map_safetensors", "parse_memory"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def parse_memory(value: int | float | str | None) -> int | None:
+    """Bytes from ``4294967296``, ``"4GiB"``, ``"500MB"`` or ``"1.5e9"``; None stays None. Raises ValueError."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", value.lower())
+        if match is None or match.group(2) not in _UNITS:
+            raise ValueError(f"{value!r} is not a size (use bytes, or a number with B, KB, MB, GB, KiB, MiB, GiB)")
+        number, unit = float(match.group(1)), match.group(2)
+    size = number * _UNITS[unit]
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"{value!r}: a memory budget must be a positive size")
+    return int(size)
+
+
+def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a read-only view of a memory map of it (nothing is read yet)."""
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: reads share the page cache
+    header_len = int.from_bytes(mapped[:8], "little")
+    header = json.loads(mapped[8 : 8 + header_len])
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype, (start, end) = _DTYPES[info["dtype"]], info["data_offsets"]
+        if end == start:
+            out[key] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        count = (end - start) // dtype.itemsize
+        flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + header_len + start)
+        out[key] = flat.view(info["shape"])
+    return out
+
+
+class SnapshotSpill:
+    """Keeps the latest snapshots' factors in memory up to ``budget`` bytes; older ones are memory-mapped from disk."""
+
+    def __init__(self, directory: str | Path, budget: int) -> None:
+        self.directory = Path(directory)
+        self.budget = budget
+        self._resident: list[tuple[str, dict[str, LowRank]]] = []  # oldest first
+        self._files: list[Path] = []
+        self.spilled = 0  # snapshots written so far
+
+    def add(self, tag: str, factors: dict[str, LowRank]) -> None:
+        """Count a new snapshot's factors (``tag`` names its file), then spill the oldest while over the budget."""
+        self._resident.append((tag, factors))
+        while len(self._resident) > 1 and self.resident_bytes() > self.budget:
+            self._write(*self._resident.pop(0))
+
+    def resident_bytes(self) -> int:
+        return sum(_nbytes(f) for _, factors in self._resident for f in factors.values())
+
+    def _write(self, tag: str, factors: dict[str, LowRank]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{tag}-{self.spilled}.safetensors"
+        tensors = {}
+        for name, f in factors.items():
+            tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left.contiguous(), f.right.contiguous()
+        save_file(tensors, str(path))
+        mapped = map_safetensors(path)
+        for name, f in factors.items():  # same values: re-point the frozen factors, keeping the objects
+            object.__setattr__(f, "left", mapped[f"{name}.left"])
+            object.__setattr__(f, "right", mapped[f"{name}.right"])
+        self._files.append(path)
+        self.spilled += 1
+
+    def clear(self) -> None:
+        """Forget every snapshot (a new segment); their files are unlinked (maps still open stay readable)."""
+        for path in self._files:
+            path.unlink(missing_ok=True)
+        self._files.clear()
+        self._resident.clear()
+
+    def close(self) -> None:
+        """``clear``, then remove the directory when nothing else is in it."""
+        self.clear()
+        if self.directory.is_dir() and not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
+
+def _nbytes(f: LowRank) -> int:
+    return f.left.numel() * f.left.element_size() + f.right.numel() * f.right.element_size()
