@@ -372,7 +372,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import re, sys
     from pathlib import Path
-    from rlvr_extrap import offline
+    from rlvr_extrap.offline import commands as offline
 
     def status(field):
         return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
