@@ -219,10 +219,10 @@ def main(argv: list[str] | None = None) -> None:
             peft_config=LoraConfig(
                 r=script.lora_r, lora_alpha=script.lora_alpha, target_modules=target_modules, task_type="CAUSAL_LM"
             ),
-            callbacks=[ExtrapolationCallback()],
         )
     except ValueError as err:  # e.g. target modules the model lacks
         fail(f"cannot set up GRPO training: {' '.join(str(err).split())} (check --lora_target_modules and the model)")
+    trainer.add_callback(ExtrapolationCallback(trainer))
     try:
         trainer.train()
         trainer.save_model(args.output_dir)

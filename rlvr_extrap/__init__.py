@@ -3,6 +3,7 @@
 from rlvr_extrap.config import ExtrapGRPOConfig, ExtrapolationArguments, ExtrapolationConfigError
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
 from rlvr_extrap.runtime.callback import ExtrapolationCallback
+from rlvr_extrap.runtime.record import JumpRecord
 from rlvr_extrap.runtime.state import apply_offsets
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ExtrapolationCallback",
     "ExtrapolationConfigError",
     "Extrapolator",
+    "JumpRecord",
     "apply_offsets",
     "get_extrapolator",
 ]

@@ -32,14 +32,42 @@ class ExtrapolationConfigError(ValueError):
 
 @dataclass
 class ExtrapolationArguments:
-    """Trajectory-extrapolation settings. Every field is also a CLI flag through ``TrlParser``."""
+    """Trajectory-extrapolation settings. Every field is also a CLI flag through ``TrlParser``.
+
+    Groups, in the order docs/options.md shows the fields with their help (``python docs/make_options.py`` writes
+    the page from this list and the fields; the grouping lives here because HfArgumentParser hands every
+    ``field(metadata=...)`` key to argparse):
+
+    > What to extrapolate and when: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every,
+      extrap_alpha
+    > How the trajectory is fitted: extrap_fit_window, extrap_time_axis, extrap_rank, extrap_through_origin,
+      extrap_keep_residual, extrap_coast
+    > Gate: which jumps are refused: extrap_min_skill, extrap_skill_origins, extrap_min_energy, extrap_min_r2,
+      extrap_max_update_ratio
+    > Guard: probing a jump with rewards: extrap_guard, extrap_guard_scales, extrap_guard_prompts,
+      extrap_guard_tolerance
+    > Memory and speed: extrap_snapshot_dtype, extrap_snapshot_memory, extrap_edit_rank, extrap_worker_threads,
+      extrap_fit_timeout
+    > After a jump: extrap_optimizer_policy, extrap_diagnostics
+
+    Most users set: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every, extrap_alpha,
+    extrap_keep_residual, extrap_min_skill, extrap_guard
+    """
 
     extrap_method: str | None = field(
         default=None,
-        metadata={"help": f"Extrapolation method: one of {sorted(EXTRAPOLATORS)}; None disables the callback."},
+        metadata={
+            "help": f"Extrapolation method: one of {sorted(EXTRAPOLATORS)}; None disables the callback. Those that "
+            f"read AdamW's state ({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_optimizer_state)}) are "
+            "refused under DeepSpeed and FSDP."
+        },
     )
     extrap_snapshot_every: int = field(
-        default=10, metadata={"help": "Snapshot the LoRA weights every this many optimizer steps."}
+        default=10,
+        metadata={
+            "help": "Snapshot the LoRA weights every this many optimizer steps (at least 1). With extrap_jump_at "
+            "'auto' it must be a multiple of the generation period (optimizer steps between GRPO generations)."
+        },
     )
     extrap_snapshot_dtype: str = field(
         default="float32",
@@ -59,7 +87,7 @@ class ExtrapolationArguments:
     extrap_edit_rank: int | None = field(
         default=None,
         metadata={
-            "help": "Apply each module's jump update truncated to its best rank-N part (the edit of the base "
+            "help": "Apply each module's jump update truncated to its best rank-N part, N >= 1 (the edit of the base "
             "weights costs in proportion to the rank); the relative error is logged as extrap/edit_error. None: "
             "the exact update, at its true rank."
         },
@@ -67,11 +95,10 @@ class ExtrapolationArguments:
     extrap_worker_threads: int = field(
         default=1,
         metadata={
-            "help": "torch threads of the background worker (fits, backtests). 1 by default: a worker with its own "
-            "OpenMP team puts more OpenMP threads in the process than there are cores on a CPU-trained run, and "
-            "libgomp then stops spin-waiting for the training thread's team (measured: every SmolLM2 step 1.4x "
-            "slower on 2 cores, benchmarks/results/overhead.md). Raise it where training runs on a GPU and CPU "
-            "cores are free, to shorten the fit a jump waits for."
+            "help": "torch threads of the background worker (fits, backtests), at least 1. Keep 1 when training "
+            "runs on the CPU: a worker with its own OpenMP team puts more OpenMP threads in the process than there "
+            "are cores, and libgomp then stops spin-waiting for the training thread's team, which slows every "
+            "step. Raise it where training runs on a GPU and CPU cores are free, to shorten the fit a jump waits for."
         },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
@@ -81,20 +108,21 @@ class ExtrapolationArguments:
             "help": "Optimizer steps after which to jump (several = periodic re-grounding). "
             "Each must be on a generation-buffer boundary and at least extrap_snapshot_every steps "
             "after the previous jump (or the start). 'auto': at any snapshot step where the forecast-skill "
-            "backtest clears extrap_min_skill, at least a fit window after the previous jump."
+            "backtest clears extrap_min_skill, at least a fit window (extrap_fit_window snapshots, at least 3) "
+            "after the previous jump. Empty: snapshot and log the forecast skill, never jump."
         },
     )
     extrap_horizon: int | str | None = field(
         default=100,
         metadata={
-            "help": "How many training steps one jump skips: it predicts step t + horizon. 'auto': the longest "
-            "horizon whose backtest skill clears extrap_min_skill (0 when unset): never beyond what the run's "
-            "own history verifies."
+            "help": "How many training steps one jump skips (at least 1): it predicts step t + horizon. 'auto': "
+            "the longest horizon whose backtest skill clears extrap_min_skill (0 when unset): never beyond what the "
+            "run's own history verifies."
         },
     )
     extrap_alpha: float = field(
         default=1.0,
-        metadata={"help": "Scale of the applied update: W <- W + alpha * (W_predicted - W)."},
+        metadata={"help": "Scale of the applied update, finite and > 0: W <- W + alpha * (W_predicted - W)."},
     )
     extrap_fit_window: int | None = field(
         default=None,
@@ -137,15 +165,17 @@ class ExtrapolationArguments:
     extrap_min_skill: float | None = field(
         default=0.2,
         metadata={
-            "help": "Skip a planned jump whose forecast-skill backtest at its horizon is below this (1 perfect, "
-            "0 no better than not moving), or whose horizon is longer than the history can backtest; None: jump "
-            "without checking. Needs relex or linear (with next, set None). 0.2 kept 67% of jumps good against "
-            "59% at 0 in the toy regime map (benchmarks/results/forecast.md)."
+            "help": "Skip a planned jump whose forecast-skill backtest at its horizon is below this (at most 1: "
+            "1 perfect, 0 no better than not moving, below 0 worse), or whose horizon is longer than the history "
+            "can backtest; None: jump without checking. Only methods with a cheap backtest "
+            f"({sorted(n for n, c in EXTRAPOLATORS.items() if c.can_backtest)}) can be gated; with the others set None."
         },
     )
     extrap_skill_origins: int = field(
         default=3,
-        metadata={"help": "Latest snapshots the forecast-skill backtest scores (its errors pooled per horizon)."},
+        metadata={
+            "help": "Latest snapshots the forecast-skill backtest scores, at least 1 (its errors pooled per horizon)."
+        },
     )
     extrap_min_energy: float | None = field(
         default=None,
@@ -154,13 +184,14 @@ class ExtrapolationArguments:
     extrap_min_r2: float | None = field(
         default=None,
         metadata={
-            "help": "Only modules whose rank-1 coefficient fits its line with at least this R^2 jump; None: all."
+            "help": "Only modules whose rank-1 coefficient fits its line with at least this R^2 (at most 1) jump; "
+            "None: all."
         },
     )
     extrap_max_update_ratio: float | None = field(
         default=20.0,
         metadata={
-            "help": "Refuse a jump whose update norm exceeds this multiple of the distance the segment travelled "
+            "help": "Refuse a jump whose update norm exceeds this multiple (> 0) of the distance the segment travelled "
             "(||D_now - D_origin||); None: no limit. Updates with NaN/Inf are always refused."
         },
     )
@@ -169,29 +200,35 @@ class ExtrapolationArguments:
         metadata={
             "help": "Probe-guarded jump: score the pre-jump model and each candidate step size (extrap_guard_scales) "
             "with the trainer's reward functions on greedy completions of a few probe prompts; keep the best, or "
-            "do not jump when none scores at least the pre-jump score minus extrap_guard_tolerance. Costs about "
-            "1% of a run on the embedded toy (benchmarks/results/steps_saved_guard.md). Single process and DDP only."
+            "do not jump when none scores at least the pre-jump score minus extrap_guard_tolerance. Single process "
+            "and DDP only: turned off, with a warning, under DeepSpeed and FSDP."
         },
     )
     extrap_guard_scales: list[float] = field(
         default_factory=lambda: [0.5, 1.0, 1.5, 2.0],
-        metadata={"help": "Candidate step sizes the guard tries, as multiples of extrap_alpha's update."},
+        metadata={
+            "help": "Candidate step sizes the guard tries, as multiples of extrap_alpha's update: at least one, each "
+            "finite and > 0."
+        },
     )
     extrap_guard_prompts: int = field(
         default=32,
         metadata={
-            "help": "Probe prompts the guard scores (from the trainer's eval_dataset if it has one, else sampled "
-            "from the train set)."
+            "help": "Probe prompts the guard scores, at least 1 (from the trainer's eval_dataset if it has one, "
+            "else sampled from the train set)."
         },
     )
     extrap_guard_tolerance: float = field(
         default=0.0,
-        metadata={"help": "A candidate may score this much (mean reward) below the pre-jump model and still be kept."},
+        metadata={
+            "help": "A candidate may score this much (mean reward, finite and >= 0) below the pre-jump model and still "
+            "be kept."
+        },
     )
     extrap_fit_timeout: float | None = field(
         default=600.0,
         metadata={
-            "help": "Seconds the training thread waits for the fit at a jump step before skipping that jump "
+            "help": "Seconds (> 0) the training thread waits for the fit at a jump step before skipping that jump "
             "(training goes on); None waits for as long as it takes."
         },
     )
@@ -203,7 +240,7 @@ class ExtrapolationArguments:
         default="keep",
         metadata={
             "help": "AdamW state after a jump: 'keep', 'reset_momentum' (zero exp_avg) or 'reset' "
-            "(zero both moments and the step count)."
+            "(zero both moments and the step count). Only 'keep' under DeepSpeed and FSDP."
         },
     )
 
@@ -303,11 +340,12 @@ class ExtrapolationArguments:
             )
             if used
         ]
-        if needs_backtest and self.extrap_method == "next":
+        if needs_backtest and not EXTRAPOLATORS[self.extrap_method].can_backtest:
+            able = sorted(name for name, cls in EXTRAPOLATORS.items() if cls.can_backtest)
             raise ExtrapolationConfigError(
-                f"{', '.join(needs_backtest)}: the forecast-skill backtest needs a method whose prediction combines "
-                "the observed points (relex or linear), not next; change extrap_method, or for next set extrap_min_skill=None "
-                "with numeric extrap_horizon and extrap_jump_at"
+                f"{', '.join(needs_backtest)}: the forecast-skill backtest needs a method with a cheap backtest "
+                f"({', '.join(able)}), not {self.extrap_method}; change extrap_method, or for {self.extrap_method} set "
+                "extrap_min_skill=None with numeric extrap_horizon and extrap_jump_at"
             )
         if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
             raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")

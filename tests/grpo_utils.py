@@ -10,7 +10,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOTrainer
 
-from rlvr_extrap import ExtrapGRPOConfig, get_extrapolator
+from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, get_extrapolator
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
 from rlvr_extrap.runtime.lora import find_lora_modules
 from rlvr_extrap.runtime.sharding import full_weights
@@ -61,6 +61,8 @@ def make_trainer(
     """A real GRPOTrainer on CPU; ``extrap`` are ExtrapGRPOConfig fields (extrap_*) or GRPO overrides.
 
     The model is the tiny random Qwen2 with the char tokenizer unless ``model_and_tokenizer`` gives one.
+    An ``ExtrapolationCallback`` among ``callbacks`` (built first, to sit between probes) is given the trainer,
+    as ``callback.trainer = trainer``.
 
     The guard is off unless asked for: most tests check that a jump lands exactly where it was planned.
     """
@@ -93,7 +95,7 @@ def make_trainer(
         **{k: v for k, v in extrap.items() if k.startswith("extrap_")},
     )
     dataset = Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+6=", "7+8="] * 64})
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         model=model,
         args=args,
         reward_funcs=reward_funcs,
@@ -102,6 +104,10 @@ def make_trainer(
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=lora_targets, task_type="CAUSAL_LM") if lora else None,
         callbacks=list(callbacks),
     )
+    for callback in callbacks:
+        if isinstance(callback, ExtrapolationCallback):
+            callback.trainer = trainer
+    return trainer
 
 
 class WeightProbe(transformers.TrainerCallback):

@@ -185,9 +185,9 @@ def main() -> None:
         "callback_model_types": sorted(probe.callback_model_types),
         "callback_module_names": probe.callback_module_names,
         "completion_hashes": probe.completion_hashes,
-        "jumps": [j["step"] for j in callback.jumps],
-        "jump_records": [{k: v for k, v in j.items() if "seconds" not in k} for j in callback.jumps],
-        "jumps_skipped": [j["step"] for j in callback.jumps if "skipped" in j],
+        "jumps": [j.step for j in callback.jumps],
+        "jump_records": [{k: v for k, v in j.to_dict().items() if "seconds" not in k} for j in callback.jumps],
+        "jumps_skipped": [j.step for j in callback.jumps if not j.applied],
         "snapshot_steps": callback.snapshot_steps,
         "global_step": trainer.state.global_step,
     }

@@ -58,7 +58,13 @@ def main(workdir: str, mode: str) -> None:
     weights = {n: m.effective_weight() for n, m in find_lora_modules(trainer.model).items()}
     torch.save(weights, Path(workdir) / "final.pt")
     (Path(workdir) / "history.json").write_text(
-        json.dumps({"jumps": [j["step"] for j in callback.jumps], "snapshots": callback.snapshot_steps})
+        json.dumps(
+            {
+                "jumps": [j.step for j in callback.jumps],
+                "fields": [list(j.to_dict()) for j in callback.jumps],  # a restored record writes what it read
+                "snapshots": callback.snapshot_steps,
+            }
+        )
     )
 
 

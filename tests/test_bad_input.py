@@ -143,12 +143,12 @@ CLI_CASES: dict[str, tuple[Callable[[Path], object] | None, str, tuple[str, ...]
     "zero-byte checkpoint file": (
         lambda w: _truncate(w / "full" / "checkpoint-20" / "model.safetensors", 0),
         EXTRAPOLATE,
-        ("checkpoint-20/model.safetensors is corrupt or truncated", "leave its step out with --steps"),
+        ("checkpoint-20/model.safetensors: unreadable", "corrupt or truncated", "leave its step out with --steps"),
     ),
     "truncated checkpoint header": (
         lambda w: _truncate(w / "full" / "checkpoint-20" / "model.safetensors", 20),
         EXTRAPOLATE,
-        ("checkpoint-20/model.safetensors is corrupt or truncated", "--steps"),
+        ("checkpoint-20/model.safetensors: unreadable", "corrupt or truncated", "--steps"),
     ),
     "NaN in a checkpoint": (
         lambda w: _edit(w / "full" / "checkpoint-30" / "model.safetensors", lambda t: _poison(t, "norm.weight")),
@@ -185,7 +185,7 @@ CLI_CASES: dict[str, tuple[Callable[[Path], object] | None, str, tuple[str, ...]
     "base file truncated": (
         lambda w: _truncate(w / "base" / "model.safetensors"),
         EXTRAPOLATE,
-        ("base/model.safetensors is corrupt or truncated", "--base must be the model this run started from"),
+        ("base/model.safetensors: unreadable", "corrupt or truncated", "--base must be the model this run started from"),
     ),
     "base lacks a tensor": (
         lambda w: _edit(w / "base" / "model.safetensors", lambda t: t.pop("norm.weight")),

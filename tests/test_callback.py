@@ -41,8 +41,8 @@ def test_jumps_land_on_the_prediction_and_training_continues(tmp_path, method):
         extrap_fit_window=None,
     )
     assert callback.snapshot_steps == [0, 4, 8, 12, 16, 20, 24]  # after the last jump too: skill is measured
-    assert [j["step"] for j in callback.jumps] == [12, 20]
-    assert all("skipped" not in j for j in callback.jumps)
+    assert [j.step for j in callback.jumps] == [12, 20]
+    assert all(j.applied for j in callback.jumps)
 
     # First jump: segment from step 0 (W0) through step 12, fitted against the cumulative learning rate.
     clock = schedule_clock(trainer.lr_scheduler)
@@ -68,7 +68,8 @@ def test_jumps_land_on_the_prediction_and_training_continues(tmp_path, method):
 
 
 def test_disabled_callback_is_identical_to_no_callback(tmp_path):
-    with_cb = make_trainer(tmp_path, [ExtrapolationCallback()], max_steps=6)
+    with_cb = make_trainer(tmp_path, max_steps=6)
+    with_cb.add_callback(ExtrapolationCallback())  # no method set: it needs no trainer either
     with_cb.train()
     without = make_trainer(tmp_path, [], max_steps=6)
     without.train()
@@ -96,12 +97,22 @@ def test_optimizer_reset_policy_zeroes_adam_moments_at_the_jump(tmp_path):
 
 
 def test_constructor_settings_work_with_a_plain_grpo_config(tmp_path):
-    callback = ExtrapolationCallback(method="linear", jump_at=[4], snapshot_every=2, horizon=3)
-    trainer = make_trainer(tmp_path, [callback], max_steps=6)
+    trainer = make_trainer(tmp_path, max_steps=6)
+    callback = ExtrapolationCallback(trainer, method="linear", jump_at=[4], snapshot_every=2, horizon=3)
+    trainer.add_callback(callback)
     assert type(trainer.args) is ExtrapGRPOConfig  # args without extrap fields would work too:
     trainer.args.extrap_method = None  # the constructor's settings win over args
     trainer.train()
-    assert [j["step"] for j in callback.jumps] == [4]
+    assert [j.step for j in callback.jumps] == [4]
+    logged = [h for h in trainer.state.log_history if "extrap/update_norm" in h]
+    assert [h["extrap/step"] for h in logged] == [4]  # through the trainer it was given
+
+
+def test_an_active_callback_without_its_trainer_says_how_to_pass_it(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, extrap_method="linear", extrap_jump_at=[4], extrap_snapshot_every=2)
+    trainer.add_callback(ExtrapolationCallback())
+    with pytest.raises(ExtrapolationConfigError, match=r"pass the trainer: .*ExtrapolationCallback\(trainer\)\)$"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("error", [RuntimeError, torch.OutOfMemoryError, MemoryError])
@@ -115,7 +126,7 @@ def test_worker_failure_skips_the_jump_and_training_finishes(tmp_path, monkeypat
             tmp_path, max_steps=6, extrap_method="relex", extrap_jump_at=[4], extrap_snapshot_every=2
         )
     assert trainer.state.global_step == 6
-    assert "injected fit failure" in callback.jumps[0]["skipped"]
+    assert "injected fit failure" in callback.jumps[0].skipped
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
     assert "jump at step 4 skipped" in caplog.text
 
@@ -129,7 +140,7 @@ def test_a_failed_streamed_reduction_is_applied_exact_and_only_numbers_are_logge
         tmp_path, max_steps=6, extrap_method="relex", extrap_jump_at=[4], extrap_snapshot_every=2, extrap_edit_rank=1
     )
     jump = callback.jumps[0]
-    assert "skipped" not in jump and jump["reduce_error"] == "RuntimeError: injected reduce failure"
+    assert jump.applied and jump.figures.reduce_error == "RuntimeError: injected reduce failure"
     assert any(not torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])  # it jumped, exact
     logged = [h for h in trainer.state.log_history if any(k.startswith("extrap/") for k in h)]
     assert any("extrap/update_norm" in h for h in logged)
@@ -281,7 +292,7 @@ def test_nan_update_is_refused_and_training_goes_on(tmp_path, monkeypatch):
     trainer, callback, before, after = run(
         tmp_path, max_steps=6, extrap_method="linear", extrap_jump_at=[4], extrap_snapshot_every=2, extrap_horizon=4
     )
-    assert "NaN or Inf" in callback.jumps[0]["skipped"]
+    assert "NaN or Inf" in callback.jumps[0].skipped
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
@@ -297,5 +308,5 @@ def test_update_far_beyond_the_travelled_distance_is_refused(tmp_path):
         extrap_max_update_ratio=5.0,
         extrap_time_axis="steps",  # on the lr axis the decayed schedule barely moves past step 6
     )
-    assert "above extrap_max_update_ratio=5.0" in callback.jumps[0]["skipped"]  # horizon 100 from 4 steps: ~25x
+    assert "above extrap_max_update_ratio=5.0" in callback.jumps[0].skipped  # horizon 100 from 4 steps: ~25x
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])

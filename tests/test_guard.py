@@ -63,18 +63,18 @@ def guarded_run(tmp_path, sign: float, **settings):
 def test_guard_keeps_the_best_step_size(tmp_path):
     _, plain, before_plain, after_plain = guarded_run(tmp_path / "plain", +1.0)
     trainer, guarded, before, after = guarded_run(tmp_path / "guarded", +1.0, extrap_guard=True)
-    record = guarded.jumps[0]
+    decision = guarded.jumps[0].guard
     # the reward grows with the distance moved, so the largest candidate wins
-    assert record["guard_scale"] == 2.0
-    scores = [record[f"guard_score_x{c:g}"] for c in (0.5, 1.0, 1.5, 2.0)]
-    assert record["guard_score_pre"] < scores[0] < scores[1] < scores[2] < scores[3]
-    assert record["guard_prompts"] == 8
+    assert decision.scale == 2.0
+    scores = [decision.scores[c] for c in (0.5, 1.0, 1.5, 2.0)]
+    assert decision.pre_score < scores[0] < scores[1] < scores[2] < scores[3]
+    assert decision.prompts == 8
     for n, w in before.at[4].items():
         torch.testing.assert_close(before_plain.at[4][n], w)  # the same run up to the jump
         torch.testing.assert_close(after.at[4][n] - w, 2.0 * (after_plain.at[4][n] - w), rtol=1e-4, atol=1e-6)
     logged = [entry for entry in trainer.state.log_history if "extrap/guard_scale" in entry]
     assert logged and logged[0]["extrap/guard_scale"] == 2.0
-    assert plain.jumps[0].get("guard_scale") is None
+    assert plain.jumps[0].guard is None
 
 
 def test_guard_rolls_back_when_every_candidate_is_worse(tmp_path, caplog):
@@ -84,11 +84,12 @@ def test_guard_rolls_back_when_every_candidate_is_worse(tmp_path, caplog):
         )
     assert trainer.state.global_step == 10
     first, second = callback.jumps
-    assert first["guard_scale"] == 0.0 and "guard" in first["skipped"]
-    assert all(first[f"guard_score_x{c:g}"] < first["guard_score_pre"] for c in (0.5, 1.0, 1.5, 2.0))
+    assert first.guard.scale is None and "guard" in first.skipped
+    assert all(first.guard.scores[c] < first.guard.pre_score for c in (0.5, 1.0, 1.5, 2.0))
+    assert first.to_dict()["guard_scale"] == 0.0  # on disk and in the logs, as before
     for n, w in before.at[4].items():
         assert torch.equal(after.at[4][n], w)  # exactly the pre-jump weights
-    assert "guard_score_pre" in second  # the trajectory went on: the next jump was fitted and scored
+    assert second.guard is not None  # the trajectory went on: the next jump was fitted and scored
     assert "rolled back" in caplog.text
 
 
@@ -114,7 +115,7 @@ def test_slow_fit_times_out_and_training_goes_on(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         trainer.train()
     assert trainer.state.global_step == 6
-    assert "extrap_fit_timeout=0.5" in callback.jumps[0]["skipped"]
+    assert "extrap_fit_timeout=0.5" in callback.jumps[0].skipped
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
     assert "jump at step 4 skipped" in caplog.text
 
@@ -142,8 +143,8 @@ def test_sharded_runs_turn_the_guard_off_loudly_and_refuse_optimizer_resets(monk
 
 def test_guard_never_tries_a_step_beyond_the_update_size_limit(tmp_path):
     _, plain, _, _ = guarded_run(tmp_path / "plain", +1.0)
-    ratio = plain.jumps[0]["update_ratio"]
+    ratio = plain.jumps[0].figures.update_ratio
     _, guarded, _, _ = guarded_run(tmp_path / "guarded", +1.0, extrap_guard=True, extrap_max_update_ratio=1.2 * ratio)
-    record = guarded.jumps[0]
-    assert {k for k in record if k.startswith("guard_score_x")} == {"guard_score_x0.5", "guard_score_x1"}
-    assert record["guard_scale"] == 1.0  # 1.5x and 2x would pass the limit; the reward would have preferred them
+    decision = guarded.jumps[0].guard
+    assert set(decision.scores) == {0.5, 1.0}
+    assert decision.scale == 1.0  # 1.5x and 2x would pass the limit; the reward would have preferred them

@@ -12,7 +12,7 @@ from rlvr_extrap import ExtrapolationCallback, get_extrapolator
 from rlvr_extrap.extrapolators.optimizer import coasting_steps
 from rlvr_extrap.linalg.lowrank import LowRank
 from rlvr_extrap.runtime.lora import adam_direction, factor_velocities
-from rlvr_extrap.skill.forecast import backtest_skill, forecast_errors, skill, supports_backtest
+from rlvr_extrap.skill.forecast import backtest_skill, forecast_errors, skill
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
 SCALE = 2.0  # lora_alpha / r
@@ -81,7 +81,7 @@ def test_constant_gradient_is_predicted_exactly_and_linear_fits_are_not():
     trajectory, _, _ = adam_trajectory(steps=40, every=5)
     assert trajectory.velocities[0] is None and all(v is not None for v in trajectory.velocities[1:])
     exact = get_extrapolator("optimizer", coast=False)
-    assert supports_backtest(exact)
+    assert exact.can_backtest
     for origin, target in ((1, 2), (2, 8), (4, 8)):
         error, persistence = forecast_errors(trajectory, exact, origin, target)
         assert skill(error, persistence) > 1 - 1e-6, (origin, target)
@@ -130,8 +130,8 @@ def test_the_callback_hands_the_worker_the_optimizer_direction_and_jumps(tmp_pat
         extrap_horizon=4,
     )
     trainer.train()
-    applied = [j for j in callback.jumps if "skipped" not in j]
-    assert [j["step"] for j in applied] == [8] and applied[0]["update_norm"] > 0
+    applied = [j for j in callback.jumps if j.applied]
+    assert [j.step for j in applied] == [8] and applied[0].figures.update_norm > 0
     # the fit needs the velocity at the jump step (it refuses without), and the backtest ran on the predictions
     assert len(callback.skill_history) >= 3 and all(r["skill"] for r in callback.skill_history)
 

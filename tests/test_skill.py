@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -225,7 +226,7 @@ def run_auto(tmp_path, reward, **settings):
 
 def test_unpredictable_run_never_jumps_and_logs_its_skill(tmp_path):
     callback, logged = run_auto(tmp_path, noise_reward, learning_rate=5e-3)
-    assert callback.jumps == [] or all("skipped" in j for j in callback.jumps)
+    assert not any(j.applied for j in callback.jumps)
     assert logged and all("extrap/skill" in row for row in logged)  # every snapshot's backtest reached the logs
     assert max(row["extrap/skill"] for row in logged) < 0.5
     assert [r["step"] for r in callback.skill_history] == [2 * k for k in range(2, 21)]
@@ -233,8 +234,34 @@ def test_unpredictable_run_never_jumps_and_logs_its_skill(tmp_path):
 
 def test_auto_jumps_land_a_fit_window_apart_at_a_verified_horizon(tmp_path):
     callback, logged = run_auto(tmp_path, noise_reward, learning_rate=5e-3, extrap_min_skill=-1e9)
-    taken = [j for j in callback.jumps if "skipped" not in j]
-    assert [j["step"] for j in taken] == [6, 12, 18, 24, 30, 36]  # every min_jump_gap() = 3 snapshots of 2 steps
+    taken = [j for j in callback.jumps if j.applied]
+    assert [j.step for j in taken] == [6, 12, 18, 24, 30, 36]  # every min_jump_gap() = 3 snapshots of 2 steps
     # each jump's horizon is the longest its own segment had backtested: 2 snapshots back from a 4-point segment
-    assert all(j["horizon"] == 4 and j["target_step"] == j["step"] + 4 for j in taken)
-    assert all(j["skill"] is not None for j in taken)
+    assert all(j.horizon == 4 and j.target_step == j.step + 4 for j in taken)
+    assert all(j.skill is not None for j in taken)
+
+
+def test_a_refused_jump_says_why_by_default_only_when_asked_for_by_step(tmp_path, caplog):
+    """A refused jump that extrap_jump_at named warns with the reason; a refused 'auto' jump is said at INFO."""
+    gate = {"extrap_method": "linear", "extrap_snapshot_every": 2, "extrap_min_skill": 1.0}  # a bar no fit reaches
+
+    def said(jump_at, **settings) -> tuple[ExtrapolationCallback, list[dict], list[tuple[int, str]]]:
+        caplog.clear()
+        callback = ExtrapolationCallback()
+        trainer = make_trainer(
+            tmp_path / str(jump_at), [callback], max_steps=8, extrap_jump_at=jump_at, **gate, **settings
+        )
+        with caplog.at_level(logging.INFO, logger="rlvr_extrap"):
+            trainer.train()
+        messages = [(r.levelno, r.getMessage()) for r in caplog.records if "jump at step" in r.getMessage()]
+        return callback, trainer.state.log_history, messages
+
+    callback, logged, messages = said([4], extrap_horizon=2)
+    assert [level for level, _ in messages] == [logging.WARNING]
+    assert "jump at step 4 not taken" in messages[0][1] and "extrap_min_skill=1.0" in messages[0][1]
+    assert [(j.step, j.applied) for j in callback.jumps] == [(4, False)]
+    assert any(row.get("extrap/jump_skipped") == 1.0 for row in logged)
+
+    callback, logged, messages = said("auto", extrap_horizon="auto")
+    assert messages and {level for level, _ in messages} == {logging.INFO}  # tried at steps 6 and 8
+    assert callback.jumps == [] and not any("extrap/jump_skipped" in row for row in logged)

@@ -122,7 +122,7 @@ def test_grpo_on_smollm2_jumps_onto_the_prediction(smollm2_path: Path, tmp_path)
         extrap_fit_window=None,
     )
     trainer.train()
-    assert [j["step"] for j in callback.jumps] == [2] and "skipped" not in callback.jumps[0]
+    assert [j.step for j in callback.jumps] == [2] and callback.jumps[0].applied
     clock = schedule_clock(trainer.lr_scheduler)  # the default time axis: the cumulative learning rate
     expected = expected_after_jump(before, before.start, [0, 1, 2], "linear", 4, 1.0, None, clock)
     assert len(expected) == 2 * 30  # q_proj and v_proj of every layer

@@ -6,8 +6,9 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr_extrap.experiments.rewards import math_verify_reward
 from rlvr_extrap.experiments.toy import (
@@ -67,13 +68,22 @@ def test_math_verify_reward() -> None:
     assert result == [[1.0, 0.0]]
 
 
+# The built toy (150 SFT steps, seed 0, on one thread: bit-reproducible) answers 21 of its 80 held-out problems
+# (0.2625, torch 2.13 on CPU); 30 SFT steps answer 3 (0.0375), random weights none. GRPO needs room both ways.
+TOY_ACCURACY = (0.15, 0.45)
+
+
 def test_toy_model_loads_with_partial_accuracy(toy_model_path: Path) -> None:
     assert toy_model_path == default_toy_path()
     model, tokenizer = load_toy_model()
+    low, high = TOY_ACCURACY
     accuracy = evaluate_accuracy(model, tokenizer, heldout_problems())
-    assert 0.05 < accuracy < 0.95
-    model.train()
-    assert evaluate_accuracy(model, tokenizer, heldout_problems()[:8], batch_size=3) >= 0.0
+    assert low <= accuracy <= high, f"toy held-out accuracy {accuracy} is outside {TOY_ACCURACY}"
+    torch.manual_seed(0)
+    untrained = AutoModelForCausalLM.from_config(model.config)  # same config, random weights: the bound fails
+    assert not low <= evaluate_accuracy(untrained, tokenizer, heldout_problems()) <= high
+    model.train()  # other batches, train mode: the same greedy answers, and the mode is left as it was
+    assert evaluate_accuracy(model, tokenizer, heldout_problems(), batch_size=7) == accuracy
     assert model.training
 
 

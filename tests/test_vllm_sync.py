@@ -64,7 +64,7 @@ def test_next_generation_after_a_jump_syncs_the_jumped_weights(tmp_path):
     trainer.add_callback(loaded)
     trainer.train()
 
-    assert callback.jumps[0]["step"] == 4 and "skipped" not in callback.jumps[0]
+    assert callback.jumps[0].step == 4 and callback.jumps[0].applied
     assert loaded.at[4] == -1 and loaded.at[3] == 2  # the jump forced a re-sync; TRL's own bookkeeping otherwise
     synced = dict(fake.syncs)
     assert sorted(synced) == [0, 1, 2, 3, 4, 5]  # one sync per generation, before it

@@ -32,14 +32,18 @@ class Extrapolator(ABC):
     ``fit`` returns per-module diagnostics (plain floats); ``predict_module`` returns the predicted
     global delta ``D_hat`` of one module, in the same representation as the trajectory's deltas
     (factored for LoRA, dense otherwise), without materialising factored ones: a combination of the
-    observed points is a lazy ``Combination`` that references them.
+    observed points is a lazy ``Combination`` that references them. What a method can do is declared once, on
+    its class: ``can_backtest``, ``can_stream``, ``needs_optimizer_state``.
     """
 
     config_class: ClassVar[type[ExtrapolatorConfig]] = ExtrapolatorConfig
-    backtestable: ClassVar[bool] = False
-    """Whether a forecast's error is cheap without a combination of the points (a few inner products on factors)."""
-    needs_velocities: ClassVar[bool] = False
-    """Whether the fit needs the optimizer's velocity of the LoRA factors at its last point (``Trajectory.velocities``)."""
+    can_backtest: ClassVar[bool] = False
+    """Whether a forecast-skill backtest is cheap (inner products on factors, no refit of a network): needed by
+    ``extrap_min_skill``, ``extrap_horizon=auto`` and ``extrap_jump_at=auto``."""
+    can_stream: ClassVar[bool] = False
+    """Whether each module is fitted on its own, so the offline tools can stream checkpoints module by module."""
+    needs_optimizer_state: ClassVar[bool] = False
+    """Whether the fit reads the optimizer's state of the LoRA factors at its last point (``Trajectory.velocities``)."""
 
     def __init__(self, config: ExtrapolatorConfig | None = None) -> None:
         self.config = config or self.config_class()

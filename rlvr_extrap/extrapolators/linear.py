@@ -32,6 +32,8 @@ class LinearConfig(ExtrapolatorConfig):
 
 class LinearExtrapolator(Extrapolator):
     config_class = LinearConfig
+    can_backtest = True  # the prediction combines the points: its error is a quadratic form in their Gram matrix
+    can_stream = True
 
     def _fit_module(self, name: str) -> dict[str, float]:
         return {}

@@ -183,6 +183,8 @@ class NextExtrapolator(Extrapolator):
     """
 
     config_class = NextConfig
+    can_backtest = False  # a backtest would train the predictors again at every forecast origin
+    can_stream = False  # one predictor is shared by every module of a size
     config: NextConfig
 
     def __init__(self, config: NextConfig | None = None) -> None:

@@ -33,8 +33,9 @@ class OptimizerConfig(ExtrapolatorConfig):
 
 class OptimizerExtrapolator(Extrapolator):
     config_class = OptimizerConfig
-    backtestable = True  # a prediction's error is a few inner products of its factors with the points
-    needs_velocities = True  # the callback reads the optimizer state at each snapshot
+    can_backtest = True  # a prediction's error is a few inner products of its factors with the points
+    can_stream = False  # saved checkpoints hold no optimizer state to continue
+    needs_optimizer_state = True  # the callback reads the optimizer state at each snapshot
 
     def fit(self, trajectory: Trajectory) -> dict[str, dict[str, float]]:
         if len(trajectory) and trajectory.velocities[-1] is None:

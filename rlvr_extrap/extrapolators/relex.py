@@ -89,6 +89,8 @@ class RelexConfig(ExtrapolatorConfig):
 
 class RelexExtrapolator(Extrapolator):
     config_class = RelexConfig
+    can_backtest = True  # the prediction combines the points: its error is a quadratic form in their Gram matrix
+    can_stream = True
 
     def __init__(self, config: RelexConfig | None = None) -> None:
         super().__init__(config)

@@ -28,18 +28,17 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from peft.utils.other import get_pattern_key
-from safetensors import SafetensorError, safe_open
 
 from rlvr_extrap.linalg.lowrank import Delta, LowRank
 from rlvr_extrap.trajectory.trajectory import Trajectory
+from rlvr_extrap.utils.safetensors_io import read_header, read_tensor
 
 __all__ = [
     "CheckpointRun",
@@ -50,26 +49,9 @@ __all__ = [
     "find_snapshots",
     "natural_key",
     "read_json",
-    "write_safetensors",
 ]
 
 Kind = Literal["full", "lora"]
-
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 LAYOUTS: dict[str, re.Pattern[str]] = {
     "checkpoint-N": re.compile(r"checkpoint-(\d+)"),
@@ -121,7 +103,9 @@ class SafetensorsFiles:
         self.files = files
         self.headers: dict[str, tuple[Path, torch.dtype, tuple[int, ...]]] = {}
         for file in files:
-            for key, (dtype, shape) in _read_header(file, fix).items():
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing (the shard index names it); {fix}")
+            for key, (dtype, shape) in read_header(file, fix).items():
                 self.headers[key] = (file, dtype, shape)
         self.keys = sorted(self.headers, key=natural_key)
 
@@ -136,14 +120,7 @@ class SafetensorsFiles:
 
     def get(self, key: str) -> torch.Tensor:
         """Read one tensor (its file is opened for this read only)."""
-        file = self.headers[key][0]
-        try:
-            with safe_open(file, framework="pt") as f:
-                return f.get_tensor(key)
-        except (SafetensorError, OSError) as err:
-            raise ValueError(
-                f"{file}: cannot read tensor {key!r} ({err}); the file is corrupt or truncated: {self.fix}"
-            ) from None
+        return read_tensor(self.headers[key][0], key, self.fix)
 
     def get_finite(self, key: str) -> torch.Tensor:
         """``get`` that refuses NaN or Inf values (a diverged run), naming the file and the fix."""
@@ -151,48 +128,6 @@ class SafetensorsFiles:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{self.headers[key][0]}: tensor {key!r} has NaN or Inf values; {self.fix}")
         return tensor
-
-
-def _read_header(file: Path, fix: str = CHECKPOINT_FIX) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing (the shard index names it); {fix}")
-    try:
-        with safe_open(file, framework="pt") as f:
-            keys = f.keys()
-            slices = {key: f.get_slice(key) for key in keys}
-            header = {key: (s.get_dtype(), tuple(s.get_shape())) for key, s in slices.items()}
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{file} is corrupt or truncated ({err}); {fix}") from None
-    unknown = sorted({dtype for dtype, _ in header.values()} - set(DTYPES))
-    if unknown:
-        raise ValueError(
-            f"{file} has tensors of dtype {unknown}, which rlvr-extrap cannot read; supported: {sorted(DTYPES)}"
-        )
-    return {key: (DTYPES[dtype], shape) for key, (dtype, shape) in header.items()}
-
-
-def write_safetensors(
-    path: Path, specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]], tensors: Iterable[torch.Tensor]
-) -> None:
-    """Write a safetensors file one tensor at a time: the header comes from ``specs``, data from ``tensors``.
-
-    ``tensors`` is consumed lazily in the order of ``specs`` (a generator keeps one tensor alive at a time).
-    """
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for key, dtype, shape in specs:
-        nbytes = math.prod(shape) * dtype.itemsize
-        header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for (key, dtype, shape), tensor in zip(specs, tensors, strict=True):
-            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                raise ValueError(f"{key}: got {tensor.dtype} {tuple(tensor.shape)}, expected {dtype} {tuple(shape)}")
-            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 @dataclass(frozen=True)

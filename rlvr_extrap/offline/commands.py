@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from rlvr_extrap.extrapolators import Extrapolator, ExtrapolatorConfig, get_extrapolator
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, ExtrapolatorConfig, get_extrapolator
 from rlvr_extrap.linalg.lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
-from rlvr_extrap.offline.checkpoints import CheckpointRun, write_safetensors
+from rlvr_extrap.offline.checkpoints import CheckpointRun
 from rlvr_extrap.skill.diagnostics import (
     ModuleDiagnostics,
     module_diagnostics,
@@ -48,12 +48,12 @@ from rlvr_extrap.skill.diagnostics import (
 )
 from rlvr_extrap.skill.forecast import backtest_errors, skill
 from rlvr_extrap.utils.files import check_output_dir, make_output_dir
+from rlvr_extrap.utils.safetensors_io import write_streaming
 
 __all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
 
-STREAMABLE_METHODS = ("linear", "relex")
-"""Methods that fit each tensor on its own, so they can stream tensor by tensor (NExt shares one predictor
-across modules)."""
+STREAMABLE_METHODS = tuple(sorted(name for name, cls in EXTRAPOLATORS.items() if cls.can_stream))
+"""Methods that fit each tensor on its own, so they can stream tensor by tensor (``Extrapolator.can_stream``)."""
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
 _NOT_COPIED = {"adapter_config.json", "trainer_state.json"}
@@ -100,7 +100,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         required=True,
         choices=STREAMABLE_METHODS,
-        help="extrapolation method (next is not offered: it shares one predictor across modules)",
+        help="extrapolation method, one that fits each tensor on its own (next shares one predictor across modules, "
+        "optimizer needs the optimizer's state)",
     )
     extrapolate_parser.add_argument("--target-step", type=int, required=True, help="step to predict (>= the last step)")
     extrapolate_parser.add_argument("--out", type=Path, required=True, help="output dir (must not exist)")
@@ -274,7 +275,8 @@ def extrapolate(
     extrapolator = get_extrapolator(method, fit_window=fit_window)
     if method not in STREAMABLE_METHODS:
         raise ValueError(
-            f"--method {method} fits across modules and cannot stream tensor by tensor; use one of {list(STREAMABLE_METHODS)}"
+            f"--method {method} cannot stream tensor by tensor (it fits across modules or needs the optimizer's "
+            f"state); use one of {list(STREAMABLE_METHODS)}"
         )
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"--alpha {alpha}: must be a finite number > 0")
@@ -333,7 +335,7 @@ def _write_model(run: CheckpointRun, predict: Predict, directory: Path) -> dict[
         for file in run.base.files:
             keys = run.base.keys_in(file)
             specs = [(key, run.base.dtype(key), run.base.shape(key)) for key in keys]
-            write_safetensors(directory / file.name, specs, (tensor(key, progress) for key in keys))
+            write_streaming(directory / file.name, specs, (tensor(key, progress) for key in keys))
     if run.base.index is not None:
         shutil.copy2(run.base.index, directory / run.base.index.name)
     _copy_other_files(run.base_dir, directory)

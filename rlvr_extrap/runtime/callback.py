@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
-import sys
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -20,6 +18,7 @@ from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distribut
 from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
 from rlvr_extrap.runtime.lora import LoraModule, add_to_bases, factor_velocities, find_lora_modules, snapshot_deltas
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
+from rlvr_extrap.runtime.record import JumpFigures, JumpRecord
 from rlvr_extrap.runtime.state import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.skill.forecast import schedule_clock
@@ -33,12 +32,16 @@ logger = logging.get_logger(__name__)
 class ExtrapolationCallback(TrainerCallback):
     """Snapshots the LoRA weights, fits their trajectory in a background thread, and jumps ahead.
 
+    Add it to the trainer it runs in: ``trainer.add_callback(ExtrapolationCallback(trainer))``. The trainer
+    logs its metrics (``Trainer.log``), gives the guard its rewards and re-syncs vLLM weights after a jump.
+    A callback that must sit at a given place among ``callbacks=[...]`` can be built first and given its
+    trainer as ``callback.trainer = trainer`` before training starts.
+
     Settings come from the trainer's ``args`` (``extrap_*`` fields, see ``ExtrapGRPOConfig``); keyword
     arguments given here (without the prefix, e.g. ``method="relex"``) take precedence, for users who
     keep a plain ``GRPOConfig``. With no method set the callback does nothing at all.
 
-    The trainer is found on ``on_train_begin`` (it is the caller); pass ``trainer=`` to be explicit.
-    It is used to log through ``Trainer.log`` and to force a vLLM weight sync after a jump.
+    ``jumps`` holds a ``JumpRecord`` per planned jump: applied, or skipped with the reason.
     """
 
     def __init__(self, trainer: Trainer | None = None, **settings: Any) -> None:
@@ -50,7 +53,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.worker: TrajectoryWorker | None = None  # main process only
         self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
-        self.jumps: list[dict[str, Any]] = []
+        self.jumps: list[JumpRecord] = []
         self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
         self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
@@ -68,6 +71,11 @@ class ExtrapolationCallback(TrainerCallback):
         self.config.validate_extrapolation()
         if not self.config.enabled:
             return
+        if self.trainer is None:
+            raise ExtrapolationConfigError(
+                "ExtrapolationCallback has no trainer: pass the trainer: "
+                "trainer.add_callback(ExtrapolationCallback(trainer))"
+            )
         self.config.validate_for_training(args)
         check_distributed_support(self.config)
         late = [j for j in self.config.jump_steps if state.max_steps and j > state.max_steps]
@@ -86,7 +94,6 @@ class ExtrapolationCallback(TrainerCallback):
                     "extrap_time_axis='lr': the trainer's scheduler is not a LambdaLR, so its future rates are "
                     "unknown; fitting against steps instead"
                 )
-        self.trainer = self.trainer or _find_calling_trainer(self)
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
         self.modules = find_lora_modules(model)
         if self.config.extrap_guard:
@@ -115,7 +122,7 @@ class ExtrapolationCallback(TrainerCallback):
                 self._snapshot(state.global_step, optimizer)
             else:
                 self._attach_velocities(state.global_step, optimizer)
-            self._jump(state.global_step, state, optimizer)
+            self._jump(state.global_step, optimizer)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
@@ -125,19 +132,19 @@ class ExtrapolationCallback(TrainerCallback):
         if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
             self._snapshot(step, kwargs.get("optimizer"))
         if snapshot_step:
-            self._log_skill(state)
+            self._log_skill()
         if step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step)):
-            self._jump(step, state, kwargs.get("optimizer"))
+            self._jump(step, kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
         if self.worker is not None:
-            self._save_state(_checkpoint_dir(args, state.global_step), state)
+            self._save_state(_checkpoint_dir(args, state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.worker is not None:
             try:
-                self._save_state(args.output_dir, state)
+                self._save_state(args.output_dir)
                 self.worker_cpu_seconds = self.worker.cpu_seconds().result()
             finally:  # a failed save still ends the thread
                 self.worker.close()
@@ -151,7 +158,7 @@ class ExtrapolationCallback(TrainerCallback):
         except ValueError as err:
             raise ExtrapolationConfigError(str(err)) from None
 
-    def _log_skill(self, state: TrainerState) -> None:
+    def _log_skill(self) -> None:
         """Log the forecast-skill backtests the worker finished since the last call (never waits for it)."""
         if self.worker is None:
             return
@@ -161,18 +168,19 @@ class ExtrapolationCallback(TrainerCallback):
         for record in records:
             self.skill_history.append(record.to_dict())
             metrics = record.to_metrics(None if horizon == "auto" else horizon)
-            self._log(state, {**metrics, "extrap/skill_step": record.step})
+            self._log({**metrics, "extrap/skill_step": record.step})
 
     def _auto_jump_due(self, step: int) -> bool:
         """'auto' jumps are tried at snapshot steps at least ``min_jump_gap()`` after the last jump (or the start)."""
-        last = max([j["step"] for j in self.jumps if "skipped" not in j], default=0)
+        last = max([j.step for j in self.jumps if j.applied], default=0)
         return step - last >= self.config.min_jump_gap()
 
-    def _save_state(self, directory: str, state: TrainerState) -> None:
+    def _save_state(self, directory: str) -> None:
         """Once the worker has caught up: log its finished backtests, then save offsets, trajectory and history."""
         offsets, steps, deltas = self.worker.state_now().result()
-        self._log_skill(state)  # every backtest up to here goes into the saved history
-        history = {"snapshot_steps": self.snapshot_steps, "jumps": self.jumps, "skill": self.skill_history}
+        self._log_skill()  # every backtest up to here goes into the saved history
+        jumps = [j.to_dict() for j in self.jumps]
+        history = {"snapshot_steps": self.snapshot_steps, "jumps": jumps, "skill": self.skill_history}
         path = save_state(CallbackState(offsets, steps, deltas, history), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
@@ -182,7 +190,7 @@ class ExtrapolationCallback(TrainerCallback):
         So a jump arm can branch from another run's checkpoint at its jump step (saved after that step's
         update, before any jump), and resuming a run that did jump there does not jump twice.
         """
-        return step in self.config.jump_steps and all(j["step"] != step for j in self.jumps)
+        return step in self.config.jump_steps and all(j.step != step for j in self.jumps)
 
     def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
         """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
@@ -207,7 +215,8 @@ class ExtrapolationCallback(TrainerCallback):
         if offsets is None:
             return False
         add_to_bases(self.modules, offsets, self.model)
-        self.snapshot_steps, self.jumps = history["snapshot_steps"], history["jumps"]
+        self.snapshot_steps = history["snapshot_steps"]
+        self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
         self.skill_history = history.get("skill", [])
         if self.worker is not None:
             self.worker.restore(saved.offsets, saved.steps, saved.deltas)
@@ -225,7 +234,7 @@ class ExtrapolationCallback(TrainerCallback):
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
         deltas = snapshot_deltas(self.modules, self.model, dtype)
         velocities = None
-        if self.worker is not None and self.worker.extrapolator.needs_velocities and optimizer is not None:
+        if self.worker is not None and self.worker.extrapolator.needs_optimizer_state and optimizer is not None:
             velocities = factor_velocities(self.modules, optimizer, deltas, dtype)
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
@@ -233,7 +242,7 @@ class ExtrapolationCallback(TrainerCallback):
 
     def _attach_velocities(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
         """Give the restored last point AdamW's state (a saved trajectory has none) for the ``optimizer`` method."""
-        if self.worker is None or not self.worker.extrapolator.needs_velocities or optimizer is None:
+        if self.worker is None or not self.worker.extrapolator.needs_optimizer_state or optimizer is None:
             return
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
         deltas = snapshot_deltas(self.modules, self.model, dtype)
@@ -262,47 +271,45 @@ class ExtrapolationCallback(TrainerCallback):
         plan, error, gated = broadcast_from_main((plan, error, gated))
         return plan, error, gated, time.perf_counter() - wait_start
 
-    def _jump(self, step: int, state: TrainerState, optimizer: torch.optim.Optimizer | None) -> None:
+    def _jump(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
         cfg = self.config
         plan, error, gated, wait = self._plan(step)
-        horizon = cfg.extrap_horizon if plan is None else plan.target_step - step
-        target = step + horizon if isinstance(horizon, int) else None
-        record: dict[str, Any] = {"step": step, "horizon": horizon, "target_step": target}
+        # Why a jump did not happen is said by default (WARNING) when it failed or extrap_jump_at asked for it by
+        # step; an 'auto' jump the gate or the guard turned down is routine (INFO).
+        refused = logging.INFO if cfg.auto_jumps else logging.WARNING
         if plan is None:
             if gated and cfg.auto_jumps:  # tried at every snapshot: the backtest itself is in skill_history
                 logger.info(f"extrapolation: no jump at step {step}: {error}")
                 return
+            horizon = cfg.extrap_horizon
+            record = JumpRecord(step, horizon, step + horizon if isinstance(horizon, int) else None, skipped=error)
             if gated:
-                logger.info(f"extrapolation jump at step {step} not taken: {error}")
+                self._skip(record, refused, f"not taken: {error}")
             else:
-                logger.warning(f"extrapolation jump at step {step} skipped: {error}")
-            self.jumps.append({**record, "skipped": error})
-            self._log(state, {"extrap/jump_skipped": 1.0})
+                self._skip(record, logging.WARNING, f"skipped: {error}")
             return
-        record["skill"] = plan.skill
+        record = JumpRecord(step, plan.target_step - step, plan.target_step, planned=True, skill=plan.skill)
         if wait > 1.0:
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
         if self.guard is not None:
             limit, ratio = cfg.extrap_max_update_ratio, plan.size_ratio
             scales = [c for c in cfg.extrap_guard_scales if limit is None or ratio is None or c * ratio <= limit]
             try:
-                decision = self.guard.decide(plan, scales, cfg.extrap_guard_tolerance)
+                record.guard = self.guard.decide(plan, scales, cfg.extrap_guard_tolerance)
             except Exception as err:  # scoring failed: the weights were restored; do not jump blind
-                logger.warning(
-                    f"extrapolation jump at step {step} skipped: the guard failed: {type(err).__name__}: {err}"
-                )
-                self.jumps.append({**record, "skipped": f"guard: {type(err).__name__}: {err}"})
+                record.skipped = f"guard: {type(err).__name__}: {err}"
+                self._skip(record, logging.WARNING, f"skipped: the guard failed: {type(err).__name__}: {err}")
                 return
-            record.update(decision.to_metrics())
-            if decision.scale is None:
-                logger.warning(
-                    f"extrapolation jump at step {step} rolled back: no step size scored at least the pre-jump "
-                    f"probe score {decision.pre_score:.4g} - extrap_guard_tolerance ({decision.scores})"
+            if record.guard.scale is None:
+                record.skipped = "guard: no candidate beat the pre-jump score"
+                self._skip(
+                    record,
+                    refused,
+                    f"rolled back: no step size scored at least the pre-jump probe score {record.guard.pre_score:.4g} "
+                    f"- extrap_guard_tolerance ({record.guard.scores})",
                 )
-                self.jumps.append({**record, "skipped": "guard: no candidate beat the pre-jump score"})
-                self._log(state, {f"extrap/{k}": v for k, v in record.items()})
                 return
-            plan = plan.scaled(decision.scale)
+            plan = plan.scaled(record.guard.scale)
 
         apply_start = time.perf_counter()
         add_to_bases(self.modules, plan.reduced_updates(), self.model)
@@ -310,42 +317,28 @@ class ExtrapolationCallback(TrainerCallback):
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
             params = [p for m in self.modules.values() for p in m.lora_parameters()]
             reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
-        if self.trainer is not None and hasattr(self.trainer, "_last_loaded_step"):
+        if hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
         if self.worker is not None:
             self.worker.commit_jump(plan)
-        record.update(
-            {
-                "update_norm": plan.update_norm,
-                "update_ratio": plan.size_ratio,
-                "fit_seconds": plan.fit_seconds,
-                "edit_rank": plan.edit_rank,
-                "edit_error": plan.edit_error,
-                "reduce_seconds": plan.reduce_seconds,
-                "reduce_error": plan.reduce_error,
-                "wait_seconds": wait,
-                "apply_seconds": time.perf_counter() - apply_start,
-                "modules_jumped": len(plan.updates),
-                "modules_held": len(plan.diagnostics) - len(plan.updates),
-                "energy_mean": statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
-                "r2_mean": statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
-            }
-        )
+        record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start)
         self.jumps.append(record)
-        self._log(state, {f"extrap/{k}": v for k, v in record.items()})
+        self._log(record.to_metrics())
 
-    def _log(self, state: TrainerState, metrics: dict[str, Any]) -> None:
+    def _skip(self, record: JumpRecord, level: int, why: str) -> None:
+        """Keep the record of a jump that did not happen, say ``why`` at ``level``, and log ``extrap/jump_skipped``."""
+        logger.log(level, f"extrapolation jump at step {record.step} {why}")
+        self.jumps.append(record)
+        self._log({**record.to_metrics(), "extrap/jump_skipped": 1.0})
+
+    def _log(self, metrics: dict[str, Any]) -> None:
         """Log the numbers in ``metrics`` through the trainer; text (reasons, errors) stays in the jump records."""
         metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}  # TensorBoard, W&B want numbers
-        if self.trainer is not None:
-            # The base log (GRPO's override would flush its own metrics). Its on_log clears should_log, which at a
-            # logging step would drop the trainer's own log (loss, reward) due right after this hook: keep it.
-            should_log = self.trainer.control.should_log
-            Trainer.log(self.trainer, metrics)
-            self.trainer.control.should_log = should_log
-        else:
-            state.log_history.append({**metrics, "step": state.global_step})
-            logger.info(str(metrics))
+        # The base log (GRPO's override would flush its own metrics). Its on_log clears should_log, which at a
+        # logging step would drop the trainer's own log (loss, reward) due right after this hook: keep it.
+        should_log = self.trainer.control.should_log
+        Trainer.log(self.trainer, metrics)
+        self.trainer.control.should_log = should_log
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], policy: str) -> None:
@@ -373,14 +366,3 @@ def _resume_dir(args: TrainingArguments, step: int) -> str:
     checkpoint: a branch), else this run's ``checkpoint-<step>``."""
     named = args.resume_from_checkpoint
     return named if isinstance(named, str) and os.path.isdir(named) else _checkpoint_dir(args, step)
-
-
-def _find_calling_trainer(callback: TrainerCallback) -> Trainer | None:
-    """The Trainer whose callback handler is calling ``callback`` (found on the call stack)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
-            return candidate
-        frame = frame.f_back
-    return None

@@ -34,7 +34,7 @@ def check_distributed_support(config: ExtrapolationArguments) -> None:
             "will not be guarded. Set extrap_guard=False to silence this, or train with DDP to keep the guard"
         )
         config.extrap_guard = False
-    if config.enabled and config.build_extrapolator().needs_velocities:
+    if config.enabled and config.build_extrapolator().needs_optimizer_state:
         raise ExtrapolationConfigError(
             f"extrap_method={config.extrap_method!r} reads AdamW's state of the LoRA factors, which is sharded "
             f"under {kind}; use relex or linear, or train with DDP"

@@ -40,6 +40,14 @@ class GuardDecision:
         out["guard_scale"] = 0.0 if self.scale is None else self.scale
         return out
 
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> GuardDecision:
+        """The decision ``to_metrics`` wrote (other keys in ``metrics`` are ignored)."""
+        prefix = "guard_score_x"
+        scores = {float(k[len(prefix) :]): v for k, v in metrics.items() if k.startswith(prefix)}
+        scale = metrics["guard_scale"] or None  # 0.0: no candidate kept (candidates are > 0)
+        return cls(metrics["guard_score_pre"], scores, scale, metrics["guard_seconds"], metrics["guard_prompts"])
+
 
 def probe_rows(trainer: Any, count: int, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` rows for the probe: from the trainer's eval dataset if it has one, else sampled from the train set.

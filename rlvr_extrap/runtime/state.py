@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from rlvr_extrap.linalg.lowrank import LowRank
 from rlvr_extrap.runtime.lora import NoLoraAdapterError, add_to_bases, find_lora_modules
 from rlvr_extrap.utils.files import atomic_path
+from rlvr_extrap.utils.safetensors_io import read_tensors
 
 __all__ = [
     "STATE_FILE",
@@ -78,12 +78,7 @@ def load_state(path: str | Path) -> CallbackState:
             f"{path}: no {STATE_FILE} here; pass the output_dir or checkpoint-N/ dir the callback wrote it to"
         )
     damaged = "use the copy in an earlier checkpoint-N/ (or retrain from there)"
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as err:
-        raise ValueError(f"{path}: unreadable ({err}); the file is corrupt or truncated: {damaged}") from None
+    tensors, meta = read_tensors(path, damaged)
     if meta.get("format") != "rlvr_extrap.state.v1":
         raise ValueError(
             f"{path}: not an rlvr_extrap state file (format {meta.get('format')!r}); pass the {STATE_FILE} "

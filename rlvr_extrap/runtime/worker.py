@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from rlvr_extrap.extrapolators import Extrapolator
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator
 from rlvr_extrap.linalg.lowrank import Combination, LowRank, weighted_terms
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.reduction import Reduction
@@ -179,9 +179,10 @@ class TrajectoryWorker:
         if horizon != "auto" and bar is None:  # ungated: the skill is only reported
             return int(horizon), None if record is None else record.at(int(horizon))
         if record is None or record.step != step or not record.skill:
+            able = ", ".join(name for name, cls in EXTRAPOLATORS.items() if cls.can_backtest)
             raise JumpSkipped(
                 f"no forecast-skill backtest at step {step} yet (it needs 3 trajectory points and a method "
-                "with a cheap backtest: relex, linear or optimizer)"
+                f"with a cheap backtest: {able})"
             )
         if horizon == "auto":
             best = record.longest_horizon(0.0 if bar is None else bar)

@@ -36,18 +36,12 @@ __all__ = [
     "lr_clock",
     "prediction_error",
     "skill",
-    "supports_backtest",
 ]
 
 
 def skill(error: float, persistence: float) -> float:
     """``1 - error / persistence``; NaN when nothing moved between the two points."""
     return 1.0 - error / persistence if persistence > 0 else math.nan
-
-
-def supports_backtest(extrapolator: Extrapolator) -> bool:
-    """Backtests are cheap for methods whose prediction is a combination of the observed points, or says so."""
-    return type(extrapolator).combination is not Extrapolator.combination or extrapolator.backtestable
 
 
 def forecast_errors(
@@ -108,7 +102,7 @@ def backtest_errors(
     fits: dict[int, Extrapolator] = {}  # one fit per origin, shared by its targets
     for target in range(max(min_points, n - origins), n):
         for origin in range(min_points - 1, target):
-            if extrapolator.needs_velocities and trajectory.velocities[origin] is None:
+            if extrapolator.needs_optimizer_state and trajectory.velocities[origin] is None:
                 continue  # no optimizer state at that point (e.g. restored on resume): nothing to continue
             if origin not in fits:
                 fits[origin] = _fitted(trajectory, extrapolator, origin)
@@ -219,7 +213,7 @@ class SkillRecord:
 
 def measure_skill(trajectory: Trajectory, extrapolator: Extrapolator, origins: int = 3) -> SkillRecord | None:
     """The backtest at the trajectory's last point; None while too short (3 points) or for costly methods."""
-    if len(trajectory) < 3 or not supports_backtest(extrapolator):
+    if len(trajectory) < 3 or not extrapolator.can_backtest:
         return None
     window = extrapolator.config.fit_window
     return SkillRecord(

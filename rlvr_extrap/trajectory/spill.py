@@ -2,29 +2,28 @@
 
 The trajectory keeps every point's factors (relex fits its direction on all of them, and each new Gram row needs
 its inner products with all of them), so the budget does not drop snapshots: the oldest ones are written to disk
-and their tensors re-pointed, in place, at read-only memory maps of that file. Same values, same objects (every
-``Combination`` that references them keeps working); the pages are read from disk when a Gram row or a jump needs
-them and the kernel can drop them again under memory pressure, so they no longer count as the process's own memory.
+and their tensors re-pointed, in place, at a private memory map of that file (``safe_open``). Same values, same
+objects (every ``Combination`` that references them keeps working); the pages are read from disk when a Gram row or a
+jump needs them and the kernel can drop them again under memory pressure, so they no longer count as the process's
+own memory.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import mmap
 import re
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.utils.safetensors_io import read_tensors
 
-__all__ = ["SnapshotSpill", "map_safetensors", "parse_memory"]
+__all__ = ["SnapshotSpill", "parse_memory"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SPILL_FIX = "the disk under output_dir failed or filled up: free space there, or raise extrap_snapshot_memory"
 
 
 def parse_memory(value: int | float | str | None) -> int | None:
@@ -44,26 +43,6 @@ def parse_memory(value: int | float | str | None) -> int | None:
     if not math.isfinite(size) or size <= 0:
         raise ValueError(f"{value!r}: a memory budget must be a positive size")
     return int(size)
-
-
-def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file as a read-only view of a memory map of it (nothing is read yet)."""
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: reads share the page cache
-    header_len = int.from_bytes(mapped[:8], "little")
-    header = json.loads(mapped[8 : 8 + header_len])
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype, (start, end) = _DTYPES[info["dtype"]], info["data_offsets"]
-        if end == start:
-            out[key] = torch.empty(info["shape"], dtype=dtype)
-            continue
-        count = (end - start) // dtype.itemsize
-        flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + header_len + start)
-        out[key] = flat.view(info["shape"])
-    return out
 
 
 class SnapshotSpill:
@@ -92,7 +71,7 @@ class SnapshotSpill:
         for name, f in factors.items():
             tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left.contiguous(), f.right.contiguous()
         save_file(tensors, str(path))
-        mapped = map_safetensors(path)
+        mapped, _ = read_tensors(path, _SPILL_FIX)
         for name, f in factors.items():  # same values: re-point the frozen factors, keeping the objects
             object.__setattr__(f, "left", mapped[f"{name}.left"])
             object.__setattr__(f, "right", mapped[f"{name}.right"])

@@ -1,1 +1,1 @@
-"""Small helpers every layer may use: atomic file writes, cache builds, figures, greedy generation."""
+"""Small helpers every layer may use: atomic file writes, safetensors I/O, cache builds, figures, greedy generation."""
