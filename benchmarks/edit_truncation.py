@@ -2,9 +2,10 @@
 
     python benchmarks/edit_truncation.py
 
-Reads the trajectories ``forecast.py`` recorded (``benchmarks/cache/forecast/<run>/extrap_state.safetensors``:
-the toy's runs, LoRA r=8, 20 snapshots), plans the jump the worker would make at step 140 predicting 240 (relex,
-relex with the residual kept, linear) and reduces every module's update to rank p with the trajectory's bases.
+Reads the trajectories the regime map (``benchmarks/forecast``) recorded
+(``benchmarks/cache/forecast/<run>/extrap_state.safetensors``: the toy's runs, LoRA r=8, 20 snapshots), plans the
+jump the worker would make at step 140 predicting 240 (relex, relex with the residual kept, linear) and reduces every
+module's update to rank p with the trajectory's bases.
 Reported: the update's numerical rank (the largest over modules) against the columns of its terms, and
 ``||applied - planned|| / ||planned||`` pooled over the modules for each p, as the worker logs it.
 """
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import torch
 from common import machine, write_results
+from forecast.grids import CACHE
 
 from rlvr_extrap.extrapolators import get_extrapolator
 from rlvr_extrap.runtime.state import load_state
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
-CACHE = Path(__file__).parent / "cache" / "forecast"
 RANKS = (1, 2, 4, 8, 16)
 METHODS = {"relex": {}, "relex, residual kept": {"keep_residual": True}, "linear": {}}
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jump", type=int, default=140)
     parser.add_argument("--horizon", type=int, default=100)
-    parser.add_argument("--cache", type=Path, default=CACHE, help="forecast.py's cache of recorded trajectories")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="the regime map's cache of recorded trajectories")
     args = parser.parse_args()
     rows = []
     for path in sorted(args.cache.glob("toy_*_s200_seed0/extrap_state.safetensors")):

@@ -1,4 +1,5 @@
-"""A short full-parameter SmolLM2 probe through forecast.py's collector: how far does one step move the weights?
+"""A short full-parameter SmolLM2 probe through the regime map's collector (``benchmarks/forecast``): how far does
+one step move the weights?
 
     nice -n 10 python benchmarks/full_param_probe.py --lr 1e-5 --steps 2
 
@@ -22,7 +23,10 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, machine, write_results
-from forecast import RunSpec, collect_run, gram_distance, load_run, trajectory_of
+from forecast.grids import RunSpec
+from forecast.recording import collect_run, load_run, trajectory_of
+
+from rlvr_extrap.skill.forecast import gram_distance
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ At a trainer checkpoint ``H`` (adapter weights + ``optimizer.pt``), AdamW's next
 ``measure`` scores it at every checkpoint ``H`` and horizon ``h`` in {5, 10, 20, 30, 50} whose snapshot ``H + h``
 the run's trajectory has (the finished run's ``extrap_state.safetensors``, or while it runs the latest
 checkpoint's, which holds every snapshot so far), with the regime map's weight-space skill against persistence,
-``1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2``, next to the same (H, h) of forecast.py's
+``1 - sum_modules ||P - D_T||^2 / sum_modules ||D_H - D_T||^2``, next to the same (H, h) of the regime map's
 variants. It also reports the cosine between the predicted move ``P - D_H`` and the actual one ``D_T - D_H``:
 the skill of the best multiple of a predicted move is ``cos^2`` (an oracle bound: the step length is not known
 in advance), so a predictor with the right direction but the wrong length shows a positive cosine.
@@ -39,7 +39,9 @@ from typing import Any
 
 import torch
 from common import RESULTS, machine, write_results
-from forecast import CACHE, VARIANTS, RunSpec, latest_checkpoint, load_run, run_of, trajectory_of
+from forecast.grids import CACHE, GRIDS, RunSpec
+from forecast.recording import latest_checkpoint, load_run, run_of, trajectory_of
+from forecast.scoring import VARIANTS
 from safetensors.torch import load_file
 
 from rlvr_extrap.extrapolators import get_extrapolator
@@ -56,7 +58,7 @@ COMPARED: dict[str, tuple[str, dict[str, Any]]] = {
     "relex keep residual": VARIANTS["relex keep residual"],
     "relex (paper)": VARIANTS["relex (paper)"],
 }
-"""forecast.py's variants scored at the same (H, h). Its names count steps at the toy's 10-step snapshots; on the
+"""the regime map's variants scored at the same (H, h). Its names count steps at the toy's 10-step snapshots; on the
 SmolLM2 grid (snapshots every 5 steps) its "drift, last 10 steps" (fit_window 2) spans the last 5 steps."""
 OPTIMIZER = "optimizer direction"
 COASTING = "optimizer direction, momentum coasting"
@@ -220,7 +222,7 @@ def score_optimizer(
 
 
 def score_variant(trajectory: Trajectory, method: str, config: dict[str, Any], i: int, j: int) -> dict[str, float]:
-    """The same sums for a forecast.py variant fitted on points ``0..i`` (a combination of the points)."""
+    """The same sums for a regime-map variant fitted on points ``0..i`` (a combination of the points)."""
     model = get_extrapolator(method, **config)
     model.fit(trajectory.prefix(i + 1))
     total = dict.fromkeys(("error", "persistence", "dot", "move"), 0.0)
@@ -394,12 +396,12 @@ def render(data: dict[str, Any]) -> str:
         f"Command: `{data['command']}` · machine: {m['processor']}, {m['cpu_count']} cores (shared with the SmolLM2 "
         f"collection), torch {m['torch']} · commit {m['commit']} · {data['seconds'] / 60:.1f} min",
         "",
-        "At each trainer checkpoint H of a SmolLM2 LoRA run (`benchmarks/forecast.py`'s grid: math-mul, LoRA r16, "
+        "At each trainer checkpoint H of a SmolLM2 LoRA run (`benchmarks/forecast`'s grid: math-mul, LoRA r16, "
         "constant lr, 8 prompts x 4 completions, snapshots every 5 steps), AdamW's next update per factor, "
         "`u = m_hat / (sqrt(v_hat) + eps) + wd p` from `optimizer.pt`, continued for h steps: "
         "`P = s (B - h lr u_B)(A - h lr u_A)` (exact in the merged space, rank 16). Skill against persistence "
         "(`1 - sum ||P - D_T||^2 / sum ||D_H - D_T||^2`, 1 perfect, 0 = not moving, < 0 worse) pooled over the "
-        "origins H, next to forecast.py's variants at the same (H, h). `cos` = cosine between the predicted move "
+        "origins H, next to the regime map's variants at the same (H, h). `cos` = cosine between the predicted move "
         "`P - D_H` and the actual `D_T - D_H` (pooled); the best multiple of a predicted move would reach "
         "skill `cos^2` (an oracle: the length is not known in advance).",
         "",
@@ -518,14 +520,12 @@ def verify_step(checkpoint: Path, out: Path | None = None) -> dict[str, Any]:
 
 def load_spec(checkpoint: Path) -> RunSpec:
     """The ``RunSpec`` of the run a checkpoint belongs to, from its folder name (the run id) and the grids."""
-    from forecast import GRIDS
-
     run_id = checkpoint.parent.parent.name
     for grid in GRIDS.values():
         for spec in grid():
             if spec.run_id == run_id:
                 return spec
-    raise ValueError(f"{run_id}: not a run of forecast.py's default grids")
+    raise ValueError(f"{run_id}: not a run of the regime map's default grids")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
     python benchmarks/steps_saved.py            # the full sweep (3 seeds), about 30 minutes on 2 CPU cores
     python benchmarks/steps_saved.py --quick    # a few arms, 2 seeds
     python benchmarks/steps_saved.py --guard    # with and without the probe-guarded jump (extrap_guard), 3 seeds
+    python benchmarks/steps_saved.py --guard --render   # only steps_saved_guard.md again, from its committed json
 
 Every arm uses the same seeds, the same prompt order (a fixed dataset, constant learning rate) and the
 same held-out problems (never trained on). Vanilla runs once per (learning rate, LoRA rank) to the
@@ -11,6 +12,7 @@ longest budget; with a constant learning rate, reading it at step S is the same 
 For an arm that ends at ``S`` actual GRPO steps with held-out accuracy ``a``, per seed:
 ``steps ratio = (first vanilla step whose accuracy >= a) / S``; above 1 means jumping saved steps.
 If vanilla never reaches ``a`` within its budget the ratio is a lower bound (reported with ``>``).
+Per arm: the mean over seeds ± its 95% t-interval.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, machine, write_results
+from stats import INTERVAL, first_step_reaching, mean_with_interval
 
 from rlvr_extrap.experiments.experiment import Run, run_experiment
 from rlvr_extrap.experiments.plots import plot_accuracy_curves
 from rlvr_extrap.experiments.toy.model import load_toy_model
+from rlvr_extrap.utils.files import atomic_write_text
 
 BASE = {
     "extrap_snapshot_every": 10,
@@ -89,11 +93,6 @@ def _run(job: tuple[str, dict[str, Any], float, int, int, int]) -> dict[str, Any
     return result
 
 
-def steps_to_reach(history: list[tuple[int, float]], accuracy: float) -> int | None:
-    """First evaluated step of a vanilla curve at or above ``accuracy``."""
-    return next((step for step, acc in history if acc >= accuracy - 1e-9), None)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -101,12 +100,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--from-runs", type=Path, help="summarise a saved *_runs.json instead of training")
+    parser.add_argument("--render", action="store_true", help="only write the md again from the committed json")
     args = parser.parse_args()
     arms = GUARD_ARMS if args.guard else QUICK_ARMS if args.quick else FULL_ARMS
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
     vanilla_steps = 300
     variant = "--guard" if args.guard else "--quick" if args.quick else ""
     out_name = "steps_saved" + variant.replace("--", "_")
+    if args.render:
+        data = json.loads((RESULTS / f"{out_name}.json").read_text())
+        atomic_write_text(RESULTS / f"{out_name}.md", render_markdown(data))
+        return
     if args.from_runs:  # re-summarise saved runs without training again
         results = json.loads(args.from_runs.read_text())["runs"]
     else:
@@ -128,7 +132,7 @@ def main() -> None:
         ratios, bounded, accs, vanilla_accs = [], False, [], []
         for run, base in zip(by_arm[name], vanilla, strict=True):
             acc = run["heldout_accuracy"]
-            reached = steps_to_reach(base["history"], acc)
+            reached = first_step_reaching(base["history"], acc)
             bounded |= reached is None
             ratios.append((vanilla_steps if reached is None else reached) / steps)
             accs.append(acc)
@@ -181,20 +185,22 @@ def guard_summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mean_spread(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.pstdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+def _cell(values: list[float]) -> str:
+    return mean_with_interval(values, 3)
 
 
 def render_markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
+    command = f"python benchmarks/steps_saved.py {data.get('variant', '')}".rstrip()
     lines = [
         "# Steps saved by jumping, embedded toy (a+b, tiny Qwen2, LoRA, GRPO)",
         "",
-        f"Command: `python benchmarks/steps_saved.py {data.get('variant', '')}` · machine: {m['processor']}, "
+        f"Command: `{command}` · machine: {m['processor']}, "
         f"{m['cpu_count']} cores, torch {m['torch']}, {'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'} · "
         f"seeds {data['seeds']} · vanilla budget {data['vanilla_steps']} steps · commit {m['commit']}",
         "",
-        "Accuracy: held-out greedy accuracy (80 problems never trained on), mean ± std over seeds. "
+        "Accuracy: held-out greedy accuracy (80 problems never trained on); it and the steps ratio are the mean "
+        f"over seeds {INTERVAL} (Student's t; the value alone for one seed). "
         "Steps ratio: vanilla steps to reach the arm's final accuracy / the arm's actual GRPO steps "
         "(> 1: jumping saved steps; `>` marks a lower bound, vanilla never got there).",
         "",
@@ -205,8 +211,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         bound = ">" if r["steps_ratio_lower_bound"] else ""
         lines.append(
             f"| {r['arm']} | {r['learning_rate']:g} | {r['lora_rank']} | {r['grpo_steps']} | {r['effective_steps']:g} | "
-            f"{_mean_spread(r['accuracy'])} | {_mean_spread(r['vanilla_accuracy_same_steps'])} | "
-            f"{bound}{_mean_spread(r['steps_ratio'])} |"
+            f"{_cell(r['accuracy'])} | {_cell(r['vanilla_accuracy_same_steps'])} | {bound}{_cell(r['steps_ratio'])} |"
         )
     guarded = [r for r in data["rows"] if r.get("guard")]
     if guarded:
@@ -214,7 +219,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             "",
             "Guard: step size kept per seed (0 = rolled back), best candidate's probe reward minus the pre-jump one, "
             "and the probe's cost (5 greedy passes over 32 train prompts) in training steps of the same run "
-            "(step time includes the periodic held-out evaluation) and as a fraction of the run.",
+            f"(step time includes the periodic held-out evaluation) and as a fraction of the run; {INTERVAL} over the "
+            "seeds' jumps.",
             "",
             "| arm | scale kept | probe gain | cost (steps) | cost (fraction of run) |",
             "|---|---|---|---|---|",
@@ -223,8 +229,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             g = r["guard"]
             lines.append(
                 f"| {r['arm']} | {[s for x in g for s in x['scales']]} | "
-                f"{_mean_spread([v for x in g for v in x['score_gain']])} | "
-                f"{_mean_spread([x['cost_in_steps'] for x in g])} | {_mean_spread([x['cost_fraction'] for x in g])} |"
+                f"{_cell([v for x in g for v in x['score_gain']])} | "
+                f"{_cell([x['cost_in_steps'] for x in g])} | {_cell([x['cost_fraction'] for x in g])} |"
             )
     return "\n".join(lines) + "\n"
 

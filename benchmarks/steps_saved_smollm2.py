@@ -3,6 +3,7 @@
     python benchmarks/steps_saved_smollm2.py run              # train what is missing (resumable), then analyze
     python benchmarks/steps_saved_smollm2.py run --seeds 0    # one seed first
     python benchmarks/steps_saved_smollm2.py analyze          # from the cache: steps_saved_smollm2.{md,json,png}
+    python benchmarks/steps_saved_smollm2.py render --task math-add2   # only the md again, from the committed json
     python benchmarks/steps_saved_smollm2.py run --device cuda --prompts 32 --steps 200   # a GPU, larger
     python benchmarks/steps_saved_smollm2.py run --task math-add2 --steps 100 --jump 40   # another level: its own
     # results files (steps_saved_smollm2_add2.*) and cached runs
@@ -12,9 +13,9 @@
 SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, a level of the math task (default ``math-add``: a + b,
 256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
 
-Vanilla: ``forecast.py``'s SmolLM2 runs on that level (one per learning rate x seed; 1x, 2x and 4x
-``--base-lr``), which save a trainer checkpoint every 10 steps with their snapshots. The default base rate,
-5e-5, is a quarter of the recipe's 2e-4, at which ``math-add`` climbs from 0.37 to about 0.75 within 24 steps:
+Vanilla: the regime map's (``benchmarks/forecast``) SmolLM2 runs on that level (one per learning rate x seed;
+1x, 2x and 4x ``--base-lr``), which save a trainer checkpoint every 10 steps with their snapshots. The default base
+rate, 5e-5, is a quarter of the recipe's 2e-4, at which ``math-add`` climbs from 0.37 to about 0.75 within 24 steps:
 at 1x vanilla climbs for longer, and 4x (the recipe's rate) is the fast alternative a jump must beat.
 ``math-mul`` (``--task math-mul --base-lr 2e-4 --steps 100 --jump 40``) stayed flat on greedy held-out
 accuracy at 1x-2x and collapsed at 4x (``results/smollm2_vanilla_partial.md``). Every jump arm **branches** from the
@@ -26,7 +27,8 @@ For an arm ending at ``S`` actual GRPO steps with held-out accuracy ``a``: vanil
 ``n_L(a)`` steps to first reach ``a`` (linear interpolation between its evaluations, every 10 steps);
 ``steps ratio vs best = min_L n_L(a) / S`` (the best rate for that accuracy) and ``vs own rate =
 n_own(a) / S``. Above 1: the jump saved steps. When vanilla never reaches ``a`` in its budget the ratio is a
-lower bound (``>``). Per arm: mean over seeds, spread, and a 95% t-interval.
+lower bound (``>``). Per arm: mean over seeds, sd and the half-width of a 95% t-interval (the JSON); the md
+writes the mean ± that half-width.
 
 Output-space extrapolation (``rlvr_extrap.experiments.generation``) is scored at evaluation time: greedy decoding on
 ``z_b + alpha (z_b - z_a)`` between vanilla checkpoints ``a`` and ``b``, against checkpoint ``b`` alone.
@@ -47,12 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import forecast
 import torch
 from common import RESULTS, machine, write_results
+from forecast import grids, recording
+from stats import INTERVAL, mean_interval, ratio_of, with_interval
 
 from rlvr_extrap.experiments.tasks import TOY_TASK, get_task
-from rlvr_extrap.utils.files import write_json
+from rlvr_extrap.runtime.state import STATE_FILE
+from rlvr_extrap.utils.files import atomic_write_text, write_json
 
 CACHE = Path(__file__).parent / "cache" / "steps_saved_smollm2"
 NAME = "steps_saved_smollm2"
@@ -115,19 +119,19 @@ QUICK_ARMS = (
 LOGIT_ALPHAS = (1.5, 2.0)
 
 
-def vanilla_spec(model: str, learning_rate: float, prompts: int, seed: int, steps: int, task: str) -> forecast.RunSpec:
+def vanilla_spec(model: str, learning_rate: float, prompts: int, seed: int, steps: int, task: str) -> grids.RunSpec:
     """The forecast run that is vanilla GRPO at ``learning_rate`` (constant), with a trainer checkpoint every 10 steps."""
     if model == "toy":
-        return forecast.RunSpec(
+        return grids.RunSpec(
             "toy", learning_rate, prompts, seed, steps=steps, snapshot_every=5, lr_schedule="constant",
             eval_every=10, save_every=10,
         )  # fmt: skip
-    return forecast.smollm2_spec(learning_rate, prompts, seed, steps, task)
+    return grids.smollm2_spec(learning_rate, prompts, seed, steps, task)
 
 
 def vanilla_specs(
     model: str, seeds: list[int], steps: int, prompts: int, task: str, base_lr: float
-) -> dict[tuple[float, int], forecast.RunSpec]:
+) -> dict[tuple[float, int], grids.RunSpec]:
     """(learning rate, seed) -> the forecast run that is vanilla there, seed by seed, 1x and 4x first."""
     return {
         (base_lr * k, seed): vanilla_spec(model, base_lr * k, prompts, seed, steps, task)
@@ -149,7 +153,7 @@ def arm_id(arm: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in arm.lower()).strip("-")
 
 
-def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool) -> dict[str, Any] | None:
+def branch(spec: grids.RunSpec, arm: str, jump: int, after: int, train: bool) -> dict[str, Any] | None:
     """Resume ``spec``'s vanilla checkpoint at ``jump`` with ``arm``'s settings, train ``after`` steps (cached).
 
     None when it is not cached and ``train`` is off.
@@ -162,10 +166,12 @@ def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool)
         return json.loads(done.read_text())
     if not train:
         return None
-    checkpoint = forecast.run_dir(spec) / "trainer" / f"checkpoint-{jump}"
-    if not (checkpoint / forecast.STATE_FILE).is_file():
-        raise FileNotFoundError(f"{checkpoint}: no vanilla checkpoint to branch from; run forecast.py collect first")
-    run = forecast.run_of(spec, name=arm, grpo_steps=jump + after, extrap=arm_settings(arm, jump), save_every=None)
+    checkpoint = grids.run_dir(spec) / "trainer" / f"checkpoint-{jump}"
+    if not (checkpoint / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"{checkpoint}: no vanilla checkpoint to branch from; run `python benchmarks/forecast collect` first"
+        )
+    run = recording.run_of(spec, name=arm, grpo_steps=jump + after, extrap=arm_settings(arm, jump), save_every=None)
     start = time.perf_counter()
     result = run_experiment(run, out / "trainer", resume_from=checkpoint)
     result["wall_seconds"] = time.perf_counter() - start
@@ -173,7 +179,7 @@ def branch(spec: forecast.RunSpec, arm: str, jump: int, after: int, train: bool)
     return result
 
 
-def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: bool) -> float | None:
+def logit_accuracy(spec: grids.RunSpec, a: int, b: int, alpha: float, train: bool) -> float | None:
     """Greedy held-out accuracy decoding on extrapolated logits of vanilla checkpoints ``a`` and ``b`` (cached).
 
     None when it is not cached and ``train`` is off.
@@ -189,7 +195,7 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
         return json.loads(out.read_text())["accuracy"]
     if not train:
         return None
-    trainer = forecast.run_dir(spec) / "trainer"
+    trainer = grids.run_dir(spec) / "trainer"
     models = []
     for step in (a, b):
         base, tokenizer = load_model(spec.model)
@@ -216,52 +222,19 @@ def logit_accuracy(spec: forecast.RunSpec, a: int, b: int, alpha: float, train: 
 # ---------------------------------------------------------------- analysis
 
 
-def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
-    """First step at which ``curve`` reaches ``target``, interpolated between evaluations; None if never."""
-    for (s0, a0), (s1, a1) in zip(curve, curve[1:], strict=False):
-        if a0 >= target:
-            return float(s0)
-        if a1 >= target:
-            return s0 + (s1 - s0) * (target - a0) / (a1 - a0)
-    return float(curve[-1][0]) if curve and curve[-1][1] >= target else None
-
-
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample standard deviation and the half-width of a 95% t-interval (nan where n < 2)."""
-    t95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 8: 2.36, 10: 2.26}
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan, math.nan
-    sd = statistics.stdev(values)
-    return mean, sd, t95.get(n, 2.0) * sd / math.sqrt(n)
-
-
-def vanilla_runs(specs: dict[tuple[float, int], forecast.RunSpec]) -> dict[tuple[float, int], forecast.CachedRun]:
+def vanilla_runs(specs: dict[tuple[float, int], grids.RunSpec]) -> dict[tuple[float, int], recording.CachedRun]:
     """The cached vanilla runs, read once: their accuracy curves and step times both come from here."""
-    return {key: forecast.load_run(forecast.run_dir(spec)) for key, spec in specs.items() if forecast.is_cached(spec)}
+    return {key: recording.load_run(grids.run_dir(spec)) for key, spec in specs.items() if grids.is_cached(spec)}
 
 
-def curve_of(run: forecast.CachedRun) -> list[tuple[int, float]]:
+def curve_of(run: recording.CachedRun) -> list[tuple[int, float]]:
     """(step, held-out accuracy) at the steps the run evaluated."""
     return [(s, a) for s, a in zip(run.steps, run.accuracy, strict=True) if a is not None]
 
 
-def step_seconds(run: forecast.CachedRun) -> float:
+def step_seconds(run: recording.CachedRun) -> float:
     """Vanilla's wall seconds per step (evaluations included, as in a branch), over the steps its last process ran."""
     return run.train_seconds / (run.spec.steps - run.resumed_at)
-
-
-def ratio_of(curves: dict[float, list], accuracy: float, steps: int) -> tuple[float, bool, float | None]:
-    """(steps ratio, whether it is a lower bound, the rate that reached ``accuracy`` first) over ``curves``."""
-    reached = {lr: steps_to_reach(c, accuracy) for lr, c in curves.items()}
-    hits = {lr: n for lr, n in reached.items() if n is not None}
-    if not hits:
-        return max(c[-1][0] for c in curves.values()) / steps, True, None
-    best = min(hits, key=hits.get)
-    return hits[best] / steps, False, best
 
 
 def jump_seconds(result: dict[str, Any]) -> float:
@@ -321,7 +294,40 @@ def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, 
     return {"meta": meta, "rows": rows, "vanilla": vanilla, "logits": logits}
 
 
+TRIPLES = (
+    "accuracy",
+    "vanilla_same_steps",
+    "ratio_vs_best",
+    "ratio_vs_own",
+    "wall_ratio",
+    "jump_seconds",
+    "jump_share",
+)
+"""An arm row's (mean, sd, 95% half-width) entries, as ``analyze`` writes them."""
+LOGIT_NUMBERS = ("at_b", "vanilla_at_aim", "ratio_vs_best")
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Committed results as ``render`` reads them: the JSON writes NaN as null, back to NaN in the arm rows'
+    (mean, sd, half-width) and the logit rows' numbers."""
+    data = json.loads(path.read_text())
+    for row in data["rows"]:
+        for key in TRIPLES:
+            row[key] = [math.nan if x is None else x for x in row[key]]
+    for row in data["logits"]:
+        for key in LOGIT_NUMBERS:
+            row[key] = math.nan if row[key] is None else row[key]
+    return data
+
+
 def render(data: dict[str, Any]) -> str:
+    """The results' markdown: setup, vanilla's curves, the arms, the logit extrapolation, the note."""
+    lines = [*_setup_section(data), *_arms_section(data), *_logit_section(data), "", data["meta"].get("note", "")]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_section(data: dict[str, Any]) -> list[str]:
+    """Title, command and machine, the setup, vanilla's held-out accuracy per rate and seed, what was carried."""
     m = data["meta"]
     base = m["base_lr"]
     label = SETTINGS[m.get("model", "smollm2")].label
@@ -359,11 +365,23 @@ def render(data: dict[str, Any]) -> str:
             f"Carried from the committed results, their cache not being on this machine (every row keeps its "
             f"`source` in the JSON): vanilla {where or 'none'}; {carried.get('rows', 0)} arm and logit rows.",
         ]
-    lines += [
+    return lines
+
+
+def _interval(triple: list[float]) -> str:
+    """An arm row's (mean, sd, 95% half-width) as ``mean ± half-width`` (the mean alone for one seed)."""
+    mean, _, half = triple
+    return with_interval(mean, half, 3)
+
+
+def _arms_section(data: dict[str, Any]) -> list[str]:
+    """One row per arm and rate: accuracy, vanilla's, the steps ratios, wall ratio and the jumps, ± 95% intervals."""
+    lines = [
         "",
         "## Arms",
         "",
-        "Mean ± sd (95% interval half-width) over seeds. Steps ratio: vanilla steps to reach the arm's accuracy "
+        f"Mean over seeds {INTERVAL} (Student's t; the mean alone for one seed). Steps ratio: vanilla steps to "
+        "reach the arm's accuracy "
         "/ the arm's actual steps (> 1: steps saved); `vs best`: the learning rate that got there first, over the "
         "seeds with vanilla runs at every rate (their number in brackets where fewer than the arm's; '–' in the "
         "logit table: that seed lacks a rate). Wall ratio: "
@@ -376,44 +394,44 @@ def render(data: dict[str, Any]) -> str:
         "| jump s (share of wall) | jumps |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def f(x: list[float]) -> str:
-        mean, sd, half = x
-        return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f} ({half:.3f})"
-
     for r in data["rows"]:
         bound = ">" if r["lower_bound"] else ""
         jumps = "; ".join(", ".join(f"{s}+{h}: {w}" for s, h, w in js) or "none" for js in r["jumps"])
         n_best = r["seeds_vs_best"]
-        best_cell = "–" if n_best == 0 else f"{bound}{f(r['ratio_vs_best'])}"
+        best_cell = "–" if n_best == 0 else f"{bound}{_interval(r['ratio_vs_best'])}"
         best_cell += f" [{n_best} seed{'s' if n_best != 1 else ''}]" if 0 < n_best < r["seeds"] else ""
         lines.append(
-            f"| {r['arm']} | {r['learning_rate']:g} | {r['seeds']} | {f(r['accuracy'])} | "
-            f"{f(r['vanilla_same_steps'])} | {best_cell} | {bound}{f(r['ratio_vs_own'])} | "
-            f"{f(r['wall_ratio'])} | {r['jump_seconds'][0]:.1f} ({r['jump_share'][0]:.1%}) | {jumps} |"
+            f"| {r['arm']} | {r['learning_rate']:g} | {r['seeds']} | {_interval(r['accuracy'])} | "
+            f"{_interval(r['vanilla_same_steps'])} | {best_cell} | {bound}{_interval(r['ratio_vs_own'])} | "
+            f"{_interval(r['wall_ratio'])} | {r['jump_seconds'][0]:.1f} ({r['jump_share'][0]:.1%}) | {jumps} |"
         )
-    if data["logits"]:
-        lines += [
-            "",
-            "## Output-space (logit) extrapolation between vanilla checkpoints",
-            "",
-            "Greedy decoding on `z_a + alpha (z_b - z_a)`, no weight change; it aims at step a + alpha (b - a). "
-            "Steps ratio: as for the arms, with b actual GRPO steps (decoding runs both models).",
-            "",
-            "| lr | seed | a -> b | alpha | aims at step | b alone | vanilla at that step | extrapolated "
-            "| steps ratio vs best |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in data["logits"]:
-            bound = ">" if row["lower_bound"] else ""
-            ratio = "–" if math.isnan(row["ratio_vs_best"]) else f"{bound}{row['ratio_vs_best']:.2f}"
-            lines.append(
-                f"| {row['learning_rate']:g} | {row['seed']} | {row['a']} -> {row['b']} | {row['alpha']:g} | "
-                f"{row['aims_at']:g} | {row['at_b']:.3f} | {row['vanilla_at_aim']:.3f} | {row['accuracy']:.3f} | "
-                f"{ratio} |"
-            )
-    lines += ["", m.get("note", "")]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _logit_section(data: dict[str, Any]) -> list[str]:
+    """One row per logit extrapolation between vanilla checkpoints; none where there are none."""
+    if not data["logits"]:
+        return []
+    lines = [
+        "",
+        "## Output-space (logit) extrapolation between vanilla checkpoints",
+        "",
+        "Greedy decoding on `z_a + alpha (z_b - z_a)`, no weight change; it aims at step a + alpha (b - a). "
+        "Steps ratio: as for the arms, with b actual GRPO steps (decoding runs both models).",
+        "",
+        "| lr | seed | a -> b | alpha | aims at step | b alone | vanilla at that step | extrapolated "
+        "| steps ratio vs best |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["logits"]:
+        bound = ">" if row["lower_bound"] else ""
+        ratio = "–" if math.isnan(row["ratio_vs_best"]) else f"{bound}{row['ratio_vs_best']:.2f}"
+        lines.append(
+            f"| {row['learning_rate']:g} | {row['seed']} | {row['a']} -> {row['b']} | {row['alpha']:g} | "
+            f"{row['aims_at']:g} | {row['at_b']:.3f} | {row['vanilla_at_aim']:.3f} | {row['accuracy']:.3f} | "
+            f"{ratio} |"
+        )
+    return lines
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -439,7 +457,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "analyze"))
+    parser.add_argument("command", choices=("run", "analyze", "render"), help="render: the md from the json only")
     parser.add_argument("--model", choices=sorted(SETTINGS), default="smollm2", help="the defaults below follow it")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--task", help="level of the math task (math-add, math-mul, ...; smollm2 only)")
@@ -472,23 +490,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.jump % 10 or not 0 < args.jump < args.steps:
         parser.error(f"--jump {args.jump}: must be a multiple of 10 (a vanilla checkpoint) between 0 and --steps")
     specs = vanilla_specs(args.model, args.seeds, args.steps, args.prompts, args.task, args.base_lr)
+    first = next(iter(specs.values()))
+    name = results_name(args.task, args.model, first.completions)
+    if args.command == "render":
+        atomic_write_text(args.out / f"{name}.md", render(load_results(args.out / f"{name}.json")))
+        return
     train = args.command == "run"
     arms = QUICK_ARMS if args.quick else tuple(ARMS)
     if train:  # vanilla run by run, the given (default: 1x) rate's arms right after its vanilla run
         for (lr, _seed), spec in specs.items():
-            forecast.collect([spec], workers=1)
+            recording.collect([spec], workers=1)
             if any(math.isclose(lr, x) for x in args.lrs or [args.base_lr]):
                 arm_and_logit_results(spec, arms, args, train)
     vanilla = vanilla_runs(specs)
     curves = {key: curve_of(run) for key, run in vanilla.items()}
-    first = next(iter(specs.values()))
     meta = {
         "machine": machine(), "device": args.device, "model": args.model, "task": args.task, "base_lr": args.base_lr,
         "seeds": args.seeds, "steps": args.steps, "prompts": args.prompts, "generations": first.generations,
         "heldout": len(get_task(args.task).heldout_problems()), "jump": args.jump, "after": args.after,
         "note": args.note,
     }  # fmt: skip
-    name = results_name(args.task, args.model, first.completions)
     previous = None if args.fresh else read_previous(args.out / f"{name}.json", meta)
     carried_curves = carry_curves(previous, curves, args.seeds)
     lrs = args.lrs or sorted({args.base_lr, best_rate(curves, args.jump + args.after, args.base_lr)})
@@ -572,15 +593,15 @@ def carry_rows(
 
 
 def arm_and_logit_results(
-    spec: forecast.RunSpec, arms: tuple[str, ...], args: argparse.Namespace, train: bool
+    spec: grids.RunSpec, arms: tuple[str, ...], args: argparse.Namespace, train: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The arms branched from ``spec``'s vanilla run and its logit extrapolations."""
-    vanilla = forecast.load_run(forecast.run_dir(spec))
+    vanilla = recording.load_run(grids.run_dir(spec))
     return arm_results(spec, vanilla, arms, args, train), logit_results(spec, train)
 
 
 def arm_results(
-    spec: forecast.RunSpec, vanilla: forecast.CachedRun, arms: tuple[str, ...], args: argparse.Namespace, train: bool
+    spec: grids.RunSpec, vanilla: recording.CachedRun, arms: tuple[str, ...], args: argparse.Namespace, train: bool
 ) -> list[dict[str, Any]]:
     """One row per arm branched from this vanilla run (trained first when ``train``)."""
     rows = []
@@ -600,7 +621,7 @@ def arm_results(
     return rows
 
 
-def logit_results(spec: forecast.RunSpec, train: bool) -> list[dict[str, Any]]:
+def logit_results(spec: grids.RunSpec, train: bool) -> list[dict[str, Any]]:
     rows = []
     for a, b in SETTINGS[spec.model].logit_pairs:
         for alpha in LOGIT_ALPHAS:

@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-import forecast  # noqa: E402
 import steps_saved_smollm2 as bench  # noqa: E402
+from forecast import grids, recording, rendering, scoring, summaries  # noqa: E402
 
 META = {"task": "math-add", "base_lr": 5e-5, "steps": 60, "jump": 20, "after": 20, "machine": {"commit": "abc1234"}}
 ARM = "relex keep-residual, horizon J, ungated"
@@ -57,9 +57,9 @@ def test_results_made_with_other_settings_are_not_carried(tmp_path):
 
 def forecast_committed(tmp_path: Path, quick: bool = False) -> None:
     """A regime map of two runs, one of them (seed 1) since lost from the cache."""
-    variants = forecast.variant_table({"linear": ("linear", {}), "relex": ("relex", {"fit_window": 3})})
+    variants = summaries.variant_table({"linear": ("linear", {}), "relex": ("relex", {"fit_window": 3})})
     runs = [{"run": f"r_seed{s}", "spec": {"model": "toy", "seed": s}} for s in (0, 1)]
-    columns = list(forecast.RECORD_COLUMNS)
+    columns = list(scoring.RECORD_COLUMNS)
     base = {"axis": "steps", "origin": 20, "horizon": 10, "error": 1.0, "persistence": 2.0, "skill": 0.75,
             "backtest": None, "backtest_headline": 0.5}  # fmt: skip
     rows = [
@@ -79,16 +79,16 @@ def forecast_committed(tmp_path: Path, quick: bool = False) -> None:
 def test_the_regime_map_keeps_the_committed_runs_its_cache_lacks(tmp_path):
     forecast_committed(tmp_path)
     variants = {"linear": ("linear", {}), "relex": ("relex", {"fit_window": 4})}
-    summaries = [{"run": "r_seed0", "spec": {"model": "toy", "seed": 0}}]
+    runs = [{"run": "r_seed0", "spec": {"model": "toy", "seed": 0}}]
     records: list[dict] = []
-    carried = forecast.carry_runs(tmp_path, "f", "toy", False, variants, (), summaries, records)
+    carried = summaries.carry_runs(tmp_path, "f", "toy", False, variants, (), runs, records)
     assert carried == {"r_seed1": "commit abc1234"}
-    assert [s["run"] for s in summaries] == ["r_seed0", "r_seed1"]
+    assert [s["run"] for s in runs] == ["r_seed0", "r_seed1"]
     assert len(records) == 1 and records[0]["variant"] == "linear" and records[0]["horizon"] == 10
     assert math.isnan(records[0]["backtest"]) and records[0]["accuracy_predicted"] == 0.5  # null: NaN
 
     for args in (("toy", True, variants, ()), ("smollm2", False, variants, ()), ("toy", False, variants, ("x",))):
-        assert forecast.carry_runs(tmp_path, "f", *args, [], []) == {}  # other settings, or not asked for
+        assert summaries.carry_runs(tmp_path, "f", *args, [], []) == {}  # other settings, or not asked for
 
 
 def test_a_map_written_before_the_model_key_is_the_toys(tmp_path):
@@ -98,44 +98,44 @@ def test_a_map_written_before_the_model_key_is_the_toys(tmp_path):
     del data["model"]
     path.write_text(json.dumps(data))
     variants = {"linear": ("linear", {})}
-    assert forecast.carry_runs(tmp_path, "f", "toy", False, variants, (), [], []) == {
+    assert summaries.carry_runs(tmp_path, "f", "toy", False, variants, (), [], []) == {
         "r_seed0": "commit abc1234",
         "r_seed1": "commit abc1234",
     }
-    assert forecast.carry_runs(tmp_path, "f", "smollm2", False, variants, (), [], []) == {}
+    assert summaries.carry_runs(tmp_path, "f", "smollm2", False, variants, (), [], []) == {}
 
 
 def test_the_gate_is_counted_at_every_sweep_bar_with_known_answers():
-    spec = forecast.RunSpec("toy", 1e-4, 4, 0)
+    spec = grids.RunSpec("toy", 1e-4, 4, 0)
     backtests, skills = [0.05, 0.15, 0.25, 0.45], [0.3, -0.2, 0.1, 0.5]  # good jumps: 1st, 3rd, 4th
     records = [
         {"run": spec.run_id, "axis": "steps", "variant": "linear from origin", "origin": 20, "horizon": 10,
          "error": 1.0, "persistence": 1.0, "skill": s, "backtest": b, "backtest_headline": b}
         for b, s in zip(backtests, skills, strict=True)
     ]  # fmt: skip
-    gates = forecast.summarise({spec.run_id: spec}, records, ["linear from origin"])["gates"]
+    gates = summaries.summarise({spec.run_id: spec}, records, ["linear from origin"])["gates"]
     overall = {
         g["bar"]: g
         for g in gates
         if g["source"] == "backtest" and g["truth"] == "weights" and not g["regime"] and not g["variant"]
     }
-    assert sorted(overall) == sorted(forecast.SWEEP_BARS)
+    assert sorted(overall) == sorted(summaries.SWEEP_BARS)
     # bar 0.1: jumps on 2nd-4th (one of them bad), misses the 1st: right 2 of 4, precision 2/3
     assert overall[0.1]["right"] == 0.5 and math.isclose(overall[0.1]["precision"], 2 / 3)
     assert overall[0.0]["right"] == 0.75 and overall[0.5]["jump_rate"] == 0.0 and overall[0.5]["right"] == 0.25
 
 
 def test_a_regime_map_holds_one_model_and_one_kind_of_training():
-    def run(model: str, lora_rank: int | None) -> forecast.CachedRun:
-        return forecast.CachedRun(forecast.RunSpec(model, 1e-5, 8, 0, lora_rank=lora_rank), [], {}, [], [], 0.0)
+    def run(model: str, lora_rank: int | None) -> recording.CachedRun:
+        return recording.CachedRun(grids.RunSpec(model, 1e-5, 8, 0, lora_rank=lora_rank), [], {}, [], [], 0.0)
 
-    assert forecast.map_of([run("smollm2", 16), run("smollm2", 16)]) == ("smollm2", "smollm2")
-    assert forecast.map_of([run("smollm2", None)]) == ("smollm2", "smollm2-full")
-    assert set(forecast.GRIDS) >= {"smollm2", "smollm2-full"}  # what the md's collect command names
+    assert summaries.map_of([run("smollm2", 16), run("smollm2", 16)]) == ("smollm2", "smollm2")
+    assert summaries.map_of([run("smollm2", None)]) == ("smollm2", "smollm2-full")
+    assert set(grids.GRIDS) >= {"smollm2", "smollm2-full"}  # what the md's collect command names
     with pytest.raises(SystemExit, match="--only _full_"):
-        forecast.analyze([run("smollm2", 16), run("smollm2", None)])  # before any scoring
+        rendering.analyze([run("smollm2", 16), run("smollm2", None)])  # before any scoring
     with pytest.raises(SystemExit, match="one model"):
-        forecast.map_of([run("toy", 8), run("smollm2", 16)])
+        summaries.map_of([run("toy", 8), run("smollm2", 16)])
 
 
 def test_runs_are_selected_by_id_part_or_wildcard():
@@ -145,6 +145,6 @@ def test_runs_are_selected_by_id_part_or_wildcard():
     )
     add2 = "smollm2-math-add2_lr0.0001_c32_r16_constant_s100_seed0"
     pick = ("smollm2-math-add_lr*_r16",)
-    assert [forecast.selected(r, pick) for r in (lora, full, add2)] == [True, False, False]
-    assert forecast.selected(full, ("_full_",)) and not forecast.selected(lora, ("_full_",))
-    assert all(forecast.selected(r, ()) for r in (lora, full, add2))
+    assert [recording.selected(r, pick) for r in (lora, full, add2)] == [True, False, False]
+    assert recording.selected(full, ("_full_",)) and not recording.selected(lora, ("_full_",))
+    assert all(recording.selected(r, ()) for r in (lora, full, add2))
