@@ -71,12 +71,36 @@ def plot_jump_and_gate(
         2, 1, figsize=(12, 7.5), sharex=True, layout="constrained", gridspec_kw={"height_ratios": [3, 2]}
     )
     end = max(vanilla[0])
-    wrap = partial(textwrap.fill, width=38)
-    legend = {"fontsize": 8.5, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "labelspacing": 0.9}  # beside
-    top.plot(
-        *vanilla, color="C0", marker="o", ms=4, label=wrap(f"vanilla GRPO (on to step {end}: the steps a jump skips)")
+    for ax in (top, bottom):
+        ax.axvline(jump_step, color="grey", ls=":", lw=1.2)
+        ax.grid(alpha=0.3)
+    _accuracy_panel(top, vanilla, gated, ungated, jump_step, horizon, gated_verdict, ungated_verdict)
+    top.set_title(title, pad=18)
+    _skill_panel(bottom, skill, jump_step, horizon, bar)
+    bottom.set_xlim(-end * 0.02, end * 1.02)
+    return save_figure(fig, path)
+
+
+_wrap = partial(textwrap.fill, width=38)
+_LEGEND = {"fontsize": 8.5, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "labelspacing": 0.9}  # beside
+
+
+def _accuracy_panel(
+    ax: Any,
+    vanilla: Series,
+    gated: Series,
+    ungated: Series,
+    jump_step: int,
+    horizon: int,
+    gated_verdict: str,
+    ungated_verdict: str,
+) -> None:
+    """Held-out accuracy of the three arms, the jump drawn as an arrow at its step."""
+    end = max(vanilla[0])
+    ax.plot(
+        *vanilla, color="C0", marker="o", ms=4, label=_wrap(f"vanilla GRPO (on to step {end}: the steps a jump skips)")
     )
-    top.plot(
+    ax.plot(
         *gated,
         color="C1",
         marker="s",
@@ -85,38 +109,37 @@ def plot_jump_and_gate(
         mew=1.6,
         ls="--",
         lw=2,
-        label=wrap(f"the jump with the skill gate (the default): {gated_verdict}"),
+        label=_wrap(f"the jump with the skill gate (the default): {gated_verdict}"),
     )
-    top.plot(
-        *ungated, color="C3", marker="^", ms=6, lw=2, label=wrap(f"the same jump without the gate: {ungated_verdict}")
+    ax.plot(
+        *ungated, color="C3", marker="^", ms=6, lw=2, label=_wrap(f"the same jump without the gate: {ungated_verdict}")
     )
     before = dict(zip(*vanilla, strict=True)).get(jump_step)
     after = dict(zip(*ungated, strict=True)).get(jump_step)
     if before is not None and after is not None and before != after:  # the jump itself, at its step
-        top.annotate(
+        ax.annotate(
             "", xy=(jump_step, after), xytext=(jump_step, before), arrowprops={"arrowstyle": "->", "color": "C3"}
         )
-    for ax in (top, bottom):
-        ax.axvline(jump_step, color="grey", ls=":", lw=1.2)
-        ax.grid(alpha=0.3)
-    top.text(
+    ax.text(
         jump_step,
         1.01,
         f"jump at step {jump_step}, {horizon} steps ahead",
-        transform=top.get_xaxis_transform(),
+        transform=ax.get_xaxis_transform(),
         ha="center",
         va="bottom",
         fontsize=9,
         color="dimgrey",
     )
-    top.legend(**legend)
-    top.set_ylabel("held-out greedy accuracy")
-    top.set_title(title, pad=18)
+    ax.legend(**_LEGEND)
+    ax.set_ylabel("held-out greedy accuracy")
 
+
+def _skill_panel(ax: Any, skill: dict[int, Series], jump_step: int, horizon: int, bar: float | None) -> None:
+    """Backtest skill per horizon over the run, the gate's bar, and the value the gate read at the jump."""
     for h, (steps, values) in sorted(skill.items()):
         main = h == horizon
         label = f"backtest skill {h} steps ahead" + (" (the jump's horizon)" if main else "")
-        bottom.plot(
+        ax.plot(
             steps,
             values,
             color="C0" if main else "grey",
@@ -124,21 +147,21 @@ def plot_jump_and_gate(
             marker="o",
             ms=4 if main else 2,
             alpha=1 if main else 0.7,
-            label=wrap(label),
+            label=_wrap(label),
         )
-    bottom.axhline(0, color="black", lw=0.8, label=wrap("0: a forecast no better than not moving"))
+    ax.axhline(0, color="black", lw=0.8, label=_wrap("0: a forecast no better than not moving"))
     if bar is not None:
-        bottom.axhline(
+        ax.axhline(
             bar,
             color="C3",
             ls="--",
             lw=1.5,
-            label=wrap(f"the gate's bar: a jump needs skill >= {bar:g} (extrap_min_skill)"),
+            label=_wrap(f"the gate's bar: a jump needs skill >= {bar:g} (extrap_min_skill)"),
         )
     read = dict(zip(*skill.get(horizon, ((), ())), strict=True)).get(jump_step)
     if read is not None:
-        bottom.plot([jump_step], [read], marker="*", ms=16, color="C3", zorder=5, ls="none")
-        bottom.annotate(
+        ax.plot([jump_step], [read], marker="*", ms=16, color="C3", zorder=5, ls="none")
+        ax.annotate(
             f"the gate read {read:.2f}",
             xy=(jump_step, read),
             xytext=(12, 8),
@@ -147,10 +170,8 @@ def plot_jump_and_gate(
             color="C3",
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
-    bottom.legend(**legend)
+    ax.legend(**_LEGEND)
     shown = [v for _, values in skill.values() for v in values if v >= CLIP_SKILL] + [0.0, bar or 0.0]
-    bottom.set_ylim(min(shown) - 0.15, max(shown) + 0.15)  # a skill below CLIP_SKILL is off the chart
-    bottom.set_ylabel("forecast skill (1 = perfect)")
-    bottom.set_xlabel("actual GRPO steps")
-    bottom.set_xlim(-end * 0.02, end * 1.02)
-    return save_figure(fig, path)
+    ax.set_ylim(min(shown) - 0.15, max(shown) + 0.15)  # a skill below CLIP_SKILL is off the chart
+    ax.set_ylabel("forecast skill (1 = perfect)")
+    ax.set_xlabel("actual GRPO steps")
