@@ -106,8 +106,14 @@ def _cell(text: str) -> str:
     return "".join(f"`{part}`" if i % 2 else part.replace("<", "&lt;") for i, part in enumerate(parts))
 
 
-def _type(f: Field) -> str:
-    return " or ".join(f"`{part}`" for part in str(f.type).split(" | "))
+def _type(f: Field, cls: type) -> str:
+    # The annotation as written (a string under ``from __future__ import annotations``), not ``f.type``: transformers'
+    # HfArgumentParser replaces ``f.type`` with the resolved class in place, so it depends on what ran before.
+    annotation = next(
+        k.__dict__["__annotations__"][f.name] for k in cls.__mro__ if f.name in k.__dict__.get("__annotations__", {})
+    )
+    annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return " or ".join(f"`{part}`" for part in annotation.split(" | "))
 
 
 def _default(f: Field) -> str:
@@ -143,7 +149,9 @@ def render(cls: type = ExtrapolationArguments) -> str:
     ]
     for group, group_fields in groups.items():
         lines += ["", f"## {group}", "", "| flag | type | default | what it does |", "|---|---|---|---|"]
-        lines += [f"| `--{f.name}` | {_type(f)} | {_default(f)} | {_cell(f.metadata['help'])} |" for f in group_fields]
+        lines += [
+            f"| `--{f.name}` | {_type(f, cls)} | {_default(f)} | {_cell(f.metadata['help'])} |" for f in group_fields
+        ]
     notes = [(name, NOTES[name]) for name in group_of if name in NOTES]
     if notes:
         lines += ["", "## Notes", "", "Measurements behind some defaults, copied from the results files named."]

@@ -84,3 +84,9 @@ def test_help_strings_hold_no_measurements_and_the_cli_help_prints():
         assert "benchmarks/results" not in f.metadata["help"] and "measured" not in f.metadata["help"], f.name
     text = TrlParser((ExtrapGRPOConfig,)).format_help()  # argparse %-formats every help string
     assert all(f"--{name}" in text for name in NAMES)
+
+
+def test_the_page_does_not_depend_on_what_parsed_the_config_before():
+    """HfArgumentParser resolves each field's type in place; the page reads the annotations as written."""
+    TrlParser((ExtrapGRPOConfig,))
+    assert make_options.PAGE.read_text() == make_options.render()
