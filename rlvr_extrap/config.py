@@ -22,6 +22,7 @@ __all__ = [
 
 OPTIMIZER_POLICIES = ("keep", "reset_momentum", "reset")
 TIME_AXES = ("lr", "steps")
+JUMP_INTO = ("auto", "base", "offset")
 SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO = "auto"
 
@@ -48,7 +49,7 @@ class ExtrapolationArguments:
       extrap_guard_tolerance
     > Memory and speed: extrap_snapshot_dtype, extrap_snapshot_memory, extrap_edit_rank, extrap_worker_threads,
       extrap_fit_timeout
-    > After a jump: extrap_optimizer_policy, extrap_diagnostics
+    > After a jump: extrap_optimizer_policy, extrap_diagnostics, extrap_jump_into, extrap_offset_rank
 
     Most users set: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every, extrap_alpha,
     extrap_keep_residual, extrap_min_skill, extrap_guard
@@ -244,6 +245,27 @@ class ExtrapolationArguments:
         },
     )
 
+    extrap_jump_into: str = field(
+        default="auto",
+        metadata={
+            "help": "Where a jump lands: 'base' adds it into the frozen base weights, in their dtype (a bfloat16 "
+            "weight keeps 8 bits: most of a small update is rounded away); 'offset' holds the jumps as a frozen "
+            "float32 low-rank offset beside the LoRA path (the layer computes W_base x + s B A x + offset x; a small "
+            "matmul per forward pass; merges and the vLLM sync include it); 'auto': 'offset' when a base weight is "
+            "not float32, else 'base' (a float32 base keeps the update to round-off). Under DeepSpeed and FSDP "
+            "jumps go into the base (offsets are not supported there; a warning says so). What landed is logged as "
+            "extrap/landed_fraction and extrap/landed_noise."
+        },
+    )
+    extrap_offset_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest rank of a module's jump offset (extrap_jump_into 'offset'), >= 1: after each jump the "
+            "offset is compacted and cut to its best rank-N part; the dropped relative norm is logged as "
+            "extrap/offset_truncation. None: 4 x the module's LoRA rank."
+        },
+    )
+
     @classmethod
     def from_object(cls, obj: Any, **overrides: Any) -> ExtrapolationArguments:
         """Read the ``extrap_*`` attributes of ``obj`` (e.g. a GRPOConfig), then apply ``overrides``.
@@ -281,6 +303,18 @@ class ExtrapolationArguments:
         """Check every setting on its own; raises ExtrapolationConfigError naming the field and the fix."""
         if not self.enabled:
             return
+        self._validate_what_and_when()
+        self._validate_memory_and_speed()
+        self._validate_gate()
+        self._validate_guard()
+        self._validate_after_jump()
+        self._validate_jump_steps()
+        try:
+            self.build_extrapolator()
+        except ValueError as err:
+            raise ExtrapolationConfigError(str(err)) from None
+
+    def _validate_what_and_when(self) -> None:
         if self.extrap_method not in EXTRAPOLATORS:
             raise ExtrapolationConfigError(
                 f"extrap_method={self.extrap_method!r} is not a known method; choose one of "
@@ -295,6 +329,12 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_horizon={self.extrap_horizon}: a jump must skip at least 1 step; use a positive value"
             )
+        if self.extrap_time_axis not in TIME_AXES:
+            raise ExtrapolationConfigError(
+                f"extrap_time_axis={self.extrap_time_axis!r}: choose one of {list(TIME_AXES)}"
+            )
+
+    def _validate_memory_and_speed(self) -> None:
         if self.extrap_snapshot_dtype not in SNAPSHOT_DTYPES:
             raise ExtrapolationConfigError(
                 f"extrap_snapshot_dtype={self.extrap_snapshot_dtype!r}: choose one of {list(SNAPSHOT_DTYPES)}"
@@ -316,10 +356,12 @@ class ExtrapolationArguments:
                 f"extrap_worker_threads={self.extrap_worker_threads!r}: give a number of threads >= 1 (1 unless "
                 "training runs on a GPU and CPU cores are free)"
             )
-        if self.extrap_time_axis not in TIME_AXES:
+        if self.extrap_fit_timeout is not None and not self.extrap_fit_timeout > 0:
             raise ExtrapolationConfigError(
-                f"extrap_time_axis={self.extrap_time_axis!r}: choose one of {list(TIME_AXES)}"
+                f"extrap_fit_timeout={self.extrap_fit_timeout}: must be a number of seconds > 0, or None to wait"
             )
+
+    def _validate_gate(self) -> None:
         if self.extrap_min_skill is not None and not (
             math.isfinite(self.extrap_min_skill) and self.extrap_min_skill <= 1.0
         ):
@@ -347,12 +389,6 @@ class ExtrapolationArguments:
                 f"({', '.join(able)}), not {self.extrap_method}; change extrap_method, or for {self.extrap_method} set "
                 "extrap_min_skill=None with numeric extrap_horizon and extrap_jump_at"
             )
-        if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
-            raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")
-        if self.extrap_optimizer_policy not in OPTIMIZER_POLICIES:
-            raise ExtrapolationConfigError(
-                f"extrap_optimizer_policy={self.extrap_optimizer_policy!r}: choose one of {list(OPTIMIZER_POLICIES)}"
-            )
         if self.extrap_min_energy is not None and not 0.0 <= self.extrap_min_energy <= 1.0:
             raise ExtrapolationConfigError(
                 f"extrap_min_energy={self.extrap_min_energy}: an energy fraction lies in [0, 1]; use e.g. 0.8, or None"
@@ -365,6 +401,8 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_max_update_ratio={self.extrap_max_update_ratio}: must be > 0 (e.g. 20), or None for no limit"
             )
+
+    def _validate_guard(self) -> None:
         scales = list(self.extrap_guard_scales)
         if not scales or not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in scales):
             raise ExtrapolationConfigError(
@@ -378,15 +416,24 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_guard_tolerance={self.extrap_guard_tolerance}: must be a finite number >= 0 (reward units)"
             )
-        if self.extrap_fit_timeout is not None and not self.extrap_fit_timeout > 0:
+
+    def _validate_after_jump(self) -> None:
+        if not (math.isfinite(self.extrap_alpha) and self.extrap_alpha > 0):
+            raise ExtrapolationConfigError(f"extrap_alpha={self.extrap_alpha}: must be a finite number > 0")
+        if self.extrap_optimizer_policy not in OPTIMIZER_POLICIES:
             raise ExtrapolationConfigError(
-                f"extrap_fit_timeout={self.extrap_fit_timeout}: must be a number of seconds > 0, or None to wait"
+                f"extrap_optimizer_policy={self.extrap_optimizer_policy!r}: choose one of {list(OPTIMIZER_POLICIES)}"
             )
-        self._validate_jump_steps()
-        try:
-            self.build_extrapolator()
-        except ValueError as err:
-            raise ExtrapolationConfigError(str(err)) from None
+        if self.extrap_jump_into not in JUMP_INTO:
+            raise ExtrapolationConfigError(
+                f"extrap_jump_into={self.extrap_jump_into!r}: choose one of {list(JUMP_INTO)} ('auto' unless you "
+                "need one)"
+            )
+        if self.extrap_offset_rank is not None and not _is_count(self.extrap_offset_rank):
+            raise ExtrapolationConfigError(
+                f"extrap_offset_rank={self.extrap_offset_rank!r}: give a rank >= 1 (e.g. 32), or None for 4 x the "
+                "LoRA rank"
+            )
 
     def _normalise_horizon_and_jumps(self) -> None:
         """CLI strings (and Python values) to an int or 'auto' horizon and a list of ints or 'auto' jump steps."""

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
-from grpo_utils import effective_weights, make_trainer
+from grpo_utils import effective_weights, make_trainer, tiny_model
 from torch.nn.parallel import DistributedDataParallel
 
 from rlvr_extrap import ExtrapolationCallback
+from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
 from rlvr_extrap.runtime.lora import find_lora_modules
 
 # generation_batch_size = per_device_train_batch_size (8) * num_processes (2) * steps_per_generation (1) = 16,
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--guard", action="store_true", help="probe-guarded jump (extrap_guard=True)")
     parser.add_argument("--resume", help="checkpoint directory name under OUTDIR/out to resume from")
     parser.add_argument("--tag", default="rank", help="prefix of the result files")
+    parser.add_argument("--bf16-base", action="store_true", help="the toy in bfloat16: jumps held as float32 offsets")
     cli = parser.parse_args()
 
     extrap = (
@@ -148,6 +150,9 @@ def main() -> None:
         overrides.update(save_strategy="steps", save_steps=6)
     callback, probe = ExtrapolationCallback(), DistributedProbe()
     before, after = EffectiveProbe(), EffectiveProbe()  # the weights just before and just after the callback
+    if cli.bf16_base:
+        tokenizer = build_char_tokenizer()
+        overrides["model_and_tokenizer"] = tiny_model(tokenizer).to(torch.bfloat16), tokenizer
     trainer = make_trainer(cli.outdir, [before, callback, after, probe], **SETTINGS, **overrides, **extrap)
 
     state = PartialState()
@@ -170,6 +175,8 @@ def main() -> None:
     rank = state.process_index
     results = {"effective": after.at[trainer.state.global_step], "start": before.start, "before": before.at}
     results["after"] = after.at
+    modules = find_lora_modules(trainer.accelerator.unwrap_model(trainer.model)).items()
+    results["offsets"] = {n: m.offset.dense() for n, m in modules if m.offset is not None}
     if cli.backend in ("ddp", "zero2"):  # whole on every rank: the adapters themselves must match too
         results["adapters"] = {
             n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad and "lora_" in n

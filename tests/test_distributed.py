@@ -105,6 +105,11 @@ def extrap_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     return launch(tmp_path_factory.mktemp("ddp_extrap"))
 
 
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return launch(tmp_path_factory.mktemp("ddp_bf16"), "--bf16-base")
+
+
 def _assert_ranks_identical(run: dict[str, list]) -> None:
     reference, *others = run["pt"]
     for rank, other in enumerate(others, start=1):
@@ -203,6 +208,18 @@ def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
     assert records[0][0]["guard_prompts"] == 8
     assert records[0] == records[1]
     _assert_ranks_identical(guard_run)
+
+
+def test_ddp_on_a_bf16_base_holds_the_same_offset_on_every_rank(bf16_run):
+    """A bfloat16 base: the jump is held as a float32 offset beside the LoRA path, bit-identical on every rank."""
+    for report in bf16_run["json"]:
+        assert report["jumps"] == [4] and report["jumps_skipped"] == []
+        (record,) = report["jump_records"]
+        assert record["landed_fraction"] == pytest.approx(1.0, abs=1e-6) and record["landed_noise"] < 1e-4
+    _assert_ranks_identical(bf16_run)  # the effective weights include the offsets
+    offsets = [rank_run["offsets"] for rank_run in bf16_run["pt"]]
+    assert offsets[0] and offsets[0].keys() == offsets[1].keys()
+    assert all(torch.equal(offsets[0][n], offsets[1][n]) for n in offsets[0])
 
 
 def test_ddp_resume_restores_the_jump_on_every_rank(extrap_run):

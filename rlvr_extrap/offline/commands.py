@@ -9,7 +9,9 @@ Outputs:
 
 - full runs, and LoRA runs by default: an HF model dir at ``W0 + D_out`` that ``from_pretrained`` loads.
   Its safetensors files mirror the base's (same shards, keys, dtypes; the sum is done in float32); config,
-  tokenizer and other non-weight files are copied from the base. 1-D tensors (norms, biases) of full runs are
+  tokenizer and other non-weight files are copied from the base. Rounding to a bfloat16 / float16 base's dtype
+  loses part of the update from the last checkpoint: what it kept is reported (``rounding`` in extrapolation.json
+  and the last line printed), and ``--dtype float32`` writes every floating tensor in float32 instead. 1-D tensors (norms, biases) of full runs are
   extrapolated by the same method as (1, n) matrices; non-floating tensors are copied from the base.
 - LoRA runs with ``--as-adapter``: a PEFT adapter dir. The prediction is a combination of the observed
   deltas ``sum_t w_t s B_t A_t``, so it is one LoRA with concatenated factors of rank at most
@@ -23,12 +25,13 @@ sibling dir renamed to ``--out`` at the end, so a crash never leaves a half-writ
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, ExtrapolatorConfig, get_extrapolator
+from rlvr_extrap.linalg.landed import Landed
 from rlvr_extrap.linalg.lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
 from rlvr_extrap.offline.checkpoints import CheckpointRun
 from rlvr_extrap.skill.diagnostics import (
@@ -58,7 +62,18 @@ STREAMABLE_METHODS = tuple(sorted(name for name, cls in EXTRAPOLATORS.items() if
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
 _NOT_COPIED = {"adapter_config.json", "trainer_state.json"}
 
-Predict = Callable[[str], tuple[Delta, dict[str, float]]]
+OUTPUT_DTYPES = ("base", "float32")
+
+
+class Prediction(NamedTuple):
+    """One module's output delta ``D_out``, the last checkpoint's ``D_last``, and the fit's diagnostics."""
+
+    delta: Delta
+    last: Delta
+    report: dict[str, float]
+
+
+Predict = Callable[[str], Prediction]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -113,6 +128,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="LoRA runs: write a PEFT adapter (rank <= r x points, factors concatenated) instead of merged weights",
     )
+    extrapolate_parser.add_argument(
+        "--dtype",
+        choices=OUTPUT_DTYPES,
+        default="base",
+        help="dtype of the written model's floating tensors. 'base' (default): the base's own, so the output is a "
+        "drop-in replacement of the same size, and a model served at that dtype rounds the same way when loaded; "
+        "on a bfloat16 / float16 base the rounding loses part of a small update, and the fraction kept is printed "
+        "and written to extrapolation.json ('rounding'). 'float32': every floating tensor (and config.json's "
+        "dtype) in float32, the update kept exactly, at twice a bfloat16 base's size. Adapters (--as-adapter) are "
+        "written in the adapter's dtype either way",
+    )
     extrapolate_parser.set_defaults(run=_run_extrapolate)
 
 
@@ -152,6 +178,7 @@ def _run_extrapolate(args: argparse.Namespace) -> int:
         fit_window=args.fit_window,
         alpha=args.alpha,
         as_adapter=args.as_adapter,
+        dtype=args.dtype,
     )
     return 0
 
@@ -269,8 +296,12 @@ def extrapolate(
     fit_window: int | None = None,
     alpha: float = 1.0,
     as_adapter: bool = False,
+    dtype: str = "base",
 ) -> Path:
-    """Write the model (or adapter) predicted at ``target_step`` into ``out``; returns ``out``."""
+    """Write the model (or adapter) predicted at ``target_step`` into ``out``; returns ``out``.
+
+    ``dtype``: 'base' writes the model's tensors in the base's dtypes, 'float32' every floating tensor in float32.
+    """
     _check_fit_window(fit_window)
     extrapolator = get_extrapolator(method, fit_window=fit_window)
     if method not in STREAMABLE_METHODS:
@@ -280,6 +311,8 @@ def extrapolate(
         )
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"--alpha {alpha}: must be a finite number > 0")
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"--dtype {dtype}: choose one of {list(OUTPUT_DTYPES)}")
     if out.exists():
         raise ValueError(f"--out {out} already exists; choose a new path or remove it")
     _check_creatable(out)
@@ -288,58 +321,95 @@ def extrapolate(
     if as_adapter and run.kind != "lora":
         raise ValueError(f"--as-adapter needs a LoRA run, but {run_dir} holds full checkpoints; drop --as-adapter")
 
-    def predict(name: str) -> tuple[Delta, dict[str, float]]:
+    def predict(name: str) -> Prediction:
         return _predict(run, extrapolator, name, target_step, alpha)
 
     make_output_dir(out.parent, out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     try:
-        report = _write_adapter(run, predict, tmp) if as_adapter else _write_model(run, predict, tmp)
+        rounding = None
+        if as_adapter:
+            report = _write_adapter(run, predict, tmp)
+        else:
+            report, rounding = _write_model(run, predict, tmp, float32=dtype == "float32")
         settings = {"run_dir": str(run_dir), "base": str(base), "kind": run.kind, "steps": run.steps, "method": method}
         settings |= {"target_step": target_step, "fit_window": fit_window, "alpha": alpha, "as_adapter": as_adapter}
+        settings |= {"dtype": dtype}
+        if rounding is not None:
+            settings["rounding"] = {"kept_fraction": rounding.fraction, "noise": rounding.noise}
         write_json(tmp / "extrapolation.json", {**settings, "modules": report})
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"wrote {out} (step {run.steps[-1]} -> {target_step}, {method}, {len(run.modules)} tensors extrapolated)")
+    if rounding is not None:
+        print(
+            f"the written weights keep {rounding.fraction:.4f} of the update from step {run.steps[-1]} along its "
+            f"direction, with off-direction rounding noise {rounding.noise:.4f} of it"
+            + (" (--dtype float32 keeps all of it)" if dtype == "base" and rounding.fraction < 0.99 else "")
+        )
     return out
 
 
-def _predict(
-    run: CheckpointRun, extrapolator: Extrapolator, name: str, target: int, alpha: float
-) -> tuple[Delta, dict[str, float]]:
+def _predict(run: CheckpointRun, extrapolator: Extrapolator, name: str, target: int, alpha: float) -> Prediction:
     """Load, fit and predict one module: ``D_last + alpha (D_hat - D_last)`` and the fit's diagnostics."""
     trajectory = run.trajectory(name)
     diagnostics = extrapolator.fit(trajectory)[name]
     last = trajectory.deltas[name][-1]
     delta = lincomb([alpha, 1.0 - alpha], [extrapolator.predict_module(name, target), last])
-    return delta, {**diagnostics, "update_norm": frobenius_norm(delta - last)}
+    return Prediction(delta, last, {**diagnostics, "update_norm": frobenius_norm(delta - last)})
 
 
-def _write_model(run: CheckpointRun, predict: Predict, directory: Path) -> dict[str, dict[str, float]]:
-    """Stream ``W0 + D_out`` into safetensors files mirroring the base's; copy the base's other files."""
+def _write_model(
+    run: CheckpointRun, predict: Predict, directory: Path, float32: bool = False
+) -> tuple[dict[str, dict[str, float]], Landed]:
+    """Stream ``W0 + D_out`` into safetensors files mirroring the base's (floating tensors in float32 when
+    ``float32``); copy the base's other files. Returns the report and what the written weights kept of the update
+    from the last checkpoint (``W0 + D_last``) after rounding to the written dtype."""
     report: dict[str, dict[str, float]] = {}
     moving = set(run.modules)
+    kept: list[Landed] = []
+
+    def dtype(key: str) -> torch.dtype:
+        base = run.base.dtype(key)
+        return torch.float32 if float32 and base.is_floating_point else base
 
     def tensor(key: str, progress: tqdm) -> torch.Tensor:
         w0 = run.base.get(key)
         if key not in moving:
-            return w0
-        delta, report[key] = predict(key)
+            return w0.to(dtype(key))
+        delta, last, report[key] = predict(key)
         progress.update()
-        return (w0.float() + to_dense(delta).reshape(w0.shape)).to(w0.dtype)
+        exact = w0.float() + to_dense(delta).reshape(w0.shape)
+        written = exact.to(dtype(key))
+        previous = w0.float() + to_dense(last).reshape(w0.shape)
+        kept.append(Landed.of_dense(written.float() - previous, exact - previous))
+        return written
 
     with tqdm(total=len(moving), desc="extrapolate", unit="module") as progress:
         for file in run.base.files:
             keys = run.base.keys_in(file)
-            specs = [(key, run.base.dtype(key), run.base.shape(key)) for key in keys]
+            specs = [(key, dtype(key), run.base.shape(key)) for key in keys]
             write_streaming(directory / file.name, specs, (tensor(key, progress) for key in keys))
     if run.base.index is not None:
         shutil.copy2(run.base.index, directory / run.base.index.name)
     _copy_other_files(run.base_dir, directory)
-    return report
+    if float32:
+        _set_config_dtype(directory / "config.json", "float32")
+    return report, Landed.total(kept)
+
+
+def _set_config_dtype(config: Path, dtype: str) -> None:
+    """Make ``from_pretrained(dtype="auto")`` load the written dtype: set the dtype keys config.json has."""
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in data:
+            data[key] = dtype
+    write_json(config, data)
 
 
 def _write_adapter(run: CheckpointRun, predict: Predict, directory: Path) -> dict[str, dict[str, float]]:
@@ -349,7 +419,7 @@ def _write_adapter(run: CheckpointRun, predict: Predict, directory: Path) -> dic
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with tqdm(run.modules, desc="extrapolate", unit="module") as modules:
         for name in modules:
-            delta, report[name] = predict(name)
+            delta, _, report[name] = predict(name)
             if not isinstance(delta, LowRank):
                 raise ValueError(
                     f"{name}: the prediction is not factored, so it cannot be written as an adapter; drop --as-adapter"

@@ -14,9 +14,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from rlvr_extrap.config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
-from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support
+from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support, sharded_backend
 from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
-from rlvr_extrap.runtime.lora import LoraModule, add_to_bases, factor_velocities, find_lora_modules, snapshot_deltas
+from rlvr_extrap.runtime.lora import JumpTarget, LoraModule, factor_velocities, find_lora_modules, snapshot_deltas
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.record import JumpFigures, JumpRecord
 from rlvr_extrap.runtime.state import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
@@ -50,6 +50,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.settings = settings
         self.config: ExtrapolationArguments | None = None
         self.modules: dict[str, LoraModule] = {}
+        self.target: JumpTarget | None = None  # where jumps land (base weights or offsets), set at train begin
         self.worker: TrajectoryWorker | None = None  # main process only
         self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
@@ -96,6 +97,7 @@ class ExtrapolationCallback(TrainerCallback):
                 )
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
         self.modules = find_lora_modules(model)
+        self.target = self._jump_target()
         if self.config.extrap_guard:
             self.guard = self._build_guard(args)
         if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
@@ -137,7 +139,8 @@ class ExtrapolationCallback(TrainerCallback):
             self._jump(step, kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        """Jumps live in the base weights, which a PEFT checkpoint does not save: save them (and the trajectory)."""
+        """Jumps live in the base weights or offsets, which a PEFT checkpoint does not save: save them (and the
+        trajectory)."""
         if self.worker is not None:
             self._save_state(_checkpoint_dir(args, state.global_step))
 
@@ -149,12 +152,26 @@ class ExtrapolationCallback(TrainerCallback):
             finally:  # a failed save still ends the thread
                 self.worker.close()
                 self.worker = None
-        self.modules, self.model = {}, None
+        self.modules, self.model, self.target = {}, None, None
+
+    def _jump_target(self) -> JumpTarget:
+        """Where jumps land (``extrap_jump_into``); under DeepSpeed / FSDP always the base weights, said once."""
+        target = JumpTarget(self.modules, self.config.extrap_jump_into, self.config.extrap_offset_rank)
+        kind = sharded_backend()
+        if kind is not None and target.into == "offset":
+            dtypes = sorted({str(m.base_weight.dtype).removeprefix("torch.") for m in self.modules.values()})
+            logger.warning(
+                f"extrapolation: under {kind} jumps are added into the {'/'.join(dtypes)} base weights, rounded to "
+                f"that dtype (most of a small update can be lost; extrap/landed_fraction logs what is kept): float32 "
+                f"jump offsets beside the LoRA path are not supported under {kind}"
+            )
+            target.into = "base"
+        return target
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
         try:
             rows = probe_rows(self.trainer, self.config.extrap_guard_prompts, seed=args.seed)
-            return JumpGuard(self.trainer, self.modules, rows, getattr(args, "max_completion_length", None) or 256)
+            return JumpGuard(self.trainer, self.target, rows, getattr(args, "max_completion_length", None) or 256)
         except ValueError as err:
             raise ExtrapolationConfigError(str(err)) from None
 
@@ -193,7 +210,8 @@ class ExtrapolationCallback(TrainerCallback):
         return step in self.config.jump_steps and all(j.step != step for j in self.jumps)
 
     def _resume(self, args: TrainingArguments, state: TrainerState) -> bool:
-        """Restore offsets (into the base weights), trajectory and history from the checkpoint resumed from."""
+        """Restore offsets (into the base weights or beside the LoRA path), trajectory and history from the checkpoint
+        resumed from."""
         directory = _resume_dir(args, state.global_step)
         saved, error = None, None
         if self.worker is not None:
@@ -214,7 +232,7 @@ class ExtrapolationCallback(TrainerCallback):
             raise StateFileError(error)
         if offsets is None:
             return False
-        add_to_bases(self.modules, offsets, self.model)
+        self.target.restore(offsets, self.model)
         self.snapshot_steps = history["snapshot_steps"]
         self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
         self.skill_history = history.get("skill", [])
@@ -312,16 +330,16 @@ class ExtrapolationCallback(TrainerCallback):
             plan = plan.scaled(record.guard.scale)
 
         apply_start = time.perf_counter()
-        add_to_bases(self.modules, plan.reduced_updates(), self.model)
+        landed = self.target.apply(plan.reduced_updates(), self.model)
         plan.settled()
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
             params = [p for m in self.modules.values() for p in m.lora_parameters()]
             reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
         if hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
-        if self.worker is not None:
-            self.worker.commit_jump(plan)
-        record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start)
+        if self.worker is not None:  # the offsets as held (cut to their rank cap), or None: plan's updates added
+            self.worker.commit_jump(plan, self.target.offsets if self.target.into == "offset" else None)
+        record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start, landed)
         self.jumps.append(record)
         self._log(record.to_metrics())
 

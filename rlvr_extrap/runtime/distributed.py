@@ -16,16 +16,21 @@ from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["broadcast_from_main", "check_distributed_support"]
+__all__ = ["broadcast_from_main", "check_distributed_support", "sharded_backend"]
 
 T = TypeVar("T")
 
 SHARDED = {DistributedType.DEEPSPEED: "DeepSpeed", DistributedType.FSDP: "FSDP"}
 
 
+def sharded_backend() -> str | None:
+    """'DeepSpeed' or 'FSDP' when the run shards its model; None for one process or DDP."""
+    return SHARDED.get(PartialState().distributed_type)
+
+
 def check_distributed_support(config: ExtrapolationArguments) -> None:
     """Refuse settings the run's parallelism cannot honour; under DeepSpeed / FSDP the guard is turned off, loudly."""
-    kind = SHARDED.get(PartialState().distributed_type)
+    kind = sharded_backend()
     if kind is None:
         return
     if config.extrap_guard:

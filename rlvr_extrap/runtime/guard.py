@@ -4,7 +4,8 @@ Before a jump the guard generates greedy completions for a small probe set with 
 scores them with the trainer's own reward functions (and ``reward_weights``), then does the same
 with the update applied at each candidate scale. The best candidate is kept if it scores at least
 the pre-jump model minus ``extrap_guard_tolerance``; otherwise the jump is rolled back and training
-goes on from exactly the pre-jump weights (kept as a copy while the candidates are scored).
+goes on from exactly the pre-jump weights (kept as a copy while the candidates are scored; where jumps are held
+as offsets beside the LoRA path, the pre-jump offsets: no offset where there was none).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from rlvr_extrap.runtime.lora import LoraModule, add_to_bases
+from rlvr_extrap.runtime.lora import JumpTarget
 from rlvr_extrap.runtime.plan import JumpPlan
 from rlvr_extrap.utils.generate import greedy_generate
 
@@ -73,9 +74,7 @@ def probe_rows(trainer: Any, count: int, seed: int = 0) -> list[dict[str, Any]]:
 class JumpGuard:
     """Scores the model on the probe before and after candidate updates, on the training thread of every rank."""
 
-    def __init__(
-        self, trainer: Any, modules: dict[str, LoraModule], rows: list[dict[str, Any]], max_new_tokens: int
-    ) -> None:
+    def __init__(self, trainer: Any, target: JumpTarget, rows: list[dict[str, Any]], max_new_tokens: int) -> None:
         for name in ("_tokenize_prompts", "_calculate_rewards", "reward_weights"):
             if not hasattr(trainer, name):
                 raise ValueError(
@@ -83,7 +82,7 @@ class JumpGuard:
                     f"{name}. Set extrap_guard=False"
                 )
         self.trainer = trainer
-        self.modules = modules
+        self.target = target
         self.tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
         state = PartialState()
         self.rows = rows[state.process_index :: state.num_processes]
@@ -107,13 +106,13 @@ class JumpGuard:
         start = time.perf_counter()
         pre = self.score()
         scores: dict[float, float] = {}
-        saved = {name: self.modules[name].base_weight.detach().to("cpu", copy=True) for name in plan.updates}
+        held = self.target.hold(list(plan.updates))
         for scale in scales:
             try:
-                add_to_bases(self.modules, plan.scaled(scale).updates)
+                self.target.apply(plan.scaled(scale).updates)
                 scores[scale] = self.score()
             finally:
-                self._restore(saved)
+                self.target.roll_back(held)
         best = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)), default=None)  # ties: nearest the configured step
         scale = best if best is not None and scores[best] >= pre - tolerance else None
         return GuardDecision(pre, scores, scale, time.perf_counter() - start, self.prompt_count)
@@ -133,8 +132,3 @@ class JumpGuard:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         return greedy_generate(model, prompt_ids, pad_id=pad, eos_id=eos, max_new_tokens=self.max_new_tokens)
-
-    def _restore(self, saved: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, weight in saved.items():
-                self.modules[name].base_weight.data.copy_(weight)

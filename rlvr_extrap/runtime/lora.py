@@ -1,8 +1,13 @@
-"""Reading LoRA factors from a live PEFT model and writing a merged-space update into it."""
+"""Reading LoRA factors from a live PEFT model and writing a merged-space update into it.
+
+A jump lands in one of two places (``JumpTarget``): added into the frozen base weight (float32 bases), or held
+as a float32 offset beside the LoRA path (``runtime.offset``) where the base's dtype would round it away.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -10,11 +15,15 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from rlvr_extrap.linalg.landed import Landed
 from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.distributed import broadcast_from_main
+from rlvr_extrap.runtime.offset import JumpOffset, fold_offset, offset_of, resolve_jump_into
 from rlvr_extrap.runtime.sharding import add_whole, full_weights, whole
 from rlvr_extrap.trajectory.trajectory import FactorVelocity
 
 __all__ = [
+    "JumpTarget",
     "LoraModule",
     "NoLoraAdapterError",
     "adam_direction",
@@ -61,14 +70,33 @@ class LoraModule:
         a, b = (whole(p.detach()) for p in self.lora_parameters())
         return LowRank((b.float() * self.scale).to("cpu", dtype), a.to("cpu", dtype, copy=True))
 
-    def add_to_base(self, update: LowRank) -> None:
-        """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object)."""
-        add_update(self.base_weight, update, self.fan_in_fan_out)
+    def add_to_base(self, update: LowRank) -> Landed | None:
+        """Add ``update`` to the base weight in place, in the weight's dtype (same Parameter object); what landed."""
+        return add_update(self.base_weight, update, self.fan_in_fan_out)
+
+    @property
+    def offset(self) -> LowRank | None:
+        """The float32 jump offset held beside the LoRA path (out x in), None when there is none."""
+        held = offset_of(self.layer)
+        return None if held is None else held.factors
+
+    def set_offset(self, factors: LowRank | None) -> None:
+        """Hold ``factors`` as the module's jump offset (None: remove it)."""
+        held = offset_of(self.layer)
+        if factors is None:
+            if held is not None:
+                held.remove()
+        elif held is None:
+            JumpOffset(self.layer, self.adapter, factors)
+        else:
+            held.replace(factors)
 
     def effective_weight(self) -> torch.Tensor:
-        """``W_base + scale * B @ A`` in float32 (for checks; materialises the matrix)."""
+        """``W_base + scale * B @ A + offset`` in float32 (for checks; materialises the matrix)."""
         w = whole(self.base_weight.detach()).float().cpu()
         delta = self.lora_delta().dense()
+        if self.offset is not None:
+            delta = delta + self.offset.dense()
         return w + (delta.T if self.fan_in_fan_out else delta)
 
 
@@ -76,11 +104,12 @@ EDIT_BLOCK = 2**22
 """Elements of the float32 product formed at a time when editing a whole (unsharded) weight."""
 
 
-def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> None:
+def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> Landed | None:
     """``weight += update`` (``update.T`` if ``transposed``): float32 matmuls of the factors on the weight's device.
 
     A whole weight is edited in row blocks of about ``EDIT_BLOCK`` elements (the product rounded to the weight's
-    dtype, then added), so the edit never holds an ``m x n`` float32 matrix.
+    dtype, then added), so the edit never holds an ``m x n`` float32 matrix. Returns what landed, measured block by
+    block from the weight before and after (None for a DTensor, whose blocks live on other processes).
     """
     from torch.distributed.tensor import DTensor
 
@@ -89,10 +118,17 @@ def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) 
         left, right = right.T, left.T
     if isinstance(weight, DTensor):
         add_whole(weight, left @ right)
-        return
+        return None
     rows = max(1, EDIT_BLOCK // max(weight.shape[1], 1))
+    parts = []
     for start in range(0, weight.shape[0], rows):
-        weight.data[start : start + rows].add_((left[start : start + rows] @ right).to(weight.dtype))
+        block = weight.data[start : start + rows]
+        before = block.float()  # a copy unless the weight is float32
+        before = before.clone() if before is block else before
+        intended = left[start : start + rows] @ right
+        block.add_(intended.to(weight.dtype))
+        parts.append(Landed.of_dense(block.float() - before, intended))
+    return Landed.total(parts)
 
 
 def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
@@ -133,7 +169,11 @@ def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
 
     base = layer.get_base_layer()
     weight = getattr(base, "weight", None)
-    unquantized = "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit)"
+    unquantized = (
+        "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit); a jump held as a "
+        "float32 offset beside the LoRA path (extrap_jump_into='offset') would not need to edit a quantized weight, "
+        "but that path is not yet tested on quantized (bitsandbytes) layers"
+    )
     if layer.use_dora.get(adapter, False):
         return "it uses DoRA (the magnitude vector rescales the merged weight); set use_dora=False in the LoraConfig"
     if not isinstance(layer, LoraLinear) or not isinstance(weight, torch.Tensor):
@@ -220,14 +260,81 @@ def factor_velocities(
     return out
 
 
-def add_to_bases(modules: dict[str, LoraModule], updates: dict[str, LowRank], model: nn.Module | None = None) -> None:
+def add_to_bases(
+    modules: dict[str, LoraModule], updates: Mapping[str, LowRank], model: nn.Module | None = None
+) -> Landed | None:
     """Add each module's update into its base weight, in place (a jump, or saved offsets being restored).
 
-    Every process adds the same updates; under ZeRO-3 and FSDP this is a collective.
+    Every process adds the same updates; under ZeRO-3 and FSDP this is a collective. Returns what landed, summed
+    over the modules (None where a module's could not be measured).
     """
     with torch.no_grad(), full_weights(model, [modules[n].base_weight for n in updates], writeback=True):
+        return Landed.total([modules[name].add_to_base(update) for name, update in updates.items()])
+
+
+class JumpTarget:
+    """Where a run's jumps land: ``into='base'`` adds them into the base weights, ``'offset'`` folds them into
+    float32 offsets beside the LoRA path (``runtime.offset``), each cut to ``max_rank`` (None: 4 x the module's
+    LoRA rank). Every process calls every method at the same point (the edits are collectives where sharded)."""
+
+    def __init__(self, modules: dict[str, LoraModule], into: str, max_rank: int | None = None) -> None:
+        self.modules, self.max_rank = modules, max_rank
+        self.into = resolve_jump_into(into, {m.base_weight.dtype for m in modules.values()})
+
+    def rank_cap(self, name: str) -> int:
+        """The largest rank module ``name``'s offset keeps."""
+        module = self.modules[name]
+        return self.max_rank or 4 * module.layer.r[module.adapter]
+
+    def apply(self, updates: Mapping[str, LowRank], model: nn.Module | None = None) -> Landed | None:
+        """A jump: add ``updates``; returns what landed (the offsets' truncation included)."""
+        if self.into == "base":
+            return add_to_bases(self.modules, updates, model)
+        folded = broadcast_from_main(self.fold(updates))  # bit-identical offsets on every process
+        for name, (offset, _) in folded.items():
+            self.modules[name].set_offset(offset)
+        return Landed.total([landed for _, landed in folded.values()])
+
+    def fold(self, updates: Mapping[str, LowRank]) -> dict[str, tuple[LowRank, Landed]]:
+        """Each module's offset with its update added, cut to the rank cap, and what landed (nothing changes yet)."""
+        out = {}
         for name, update in updates.items():
-            modules[name].add_to_base(update)
+            old = self.modules[name].offset
+            offset, dropped_sq, offset_sq = fold_offset(old, update, self.rank_cap(name))
+            landed = Landed.of_factors(offset if old is None else offset - old, update)
+            landed.dropped_sq, landed.offset_sq = dropped_sq, offset_sq
+            out[name] = (offset, landed)
+        return out
+
+    @property
+    def offsets(self) -> dict[str, LowRank]:
+        """The offsets held now (none when jumps go into the base)."""
+        return {n: m.offset for n, m in self.modules.items() if m.offset is not None}
+
+    def restore(self, saved: dict[str, LowRank], model: nn.Module | None = None) -> None:
+        """Put a saved run's accumulated offsets back (resume, ``apply_offsets``), on top of any held now."""
+        if self.into == "base":
+            add_to_bases(self.modules, saved, model)
+            return
+        for name, offset in saved.items():  # held as saved where there is none yet (resume: bit for bit)
+            held = self.modules[name].offset
+            offset = LowRank(offset.left.float(), offset.right.float())
+            self.modules[name].set_offset(offset if held is None else fold_offset(held, offset, None)[0])
+
+    def hold(self, names: list[str]) -> dict[str, torch.Tensor | LowRank | None]:
+        """What ``roll_back`` needs to undo edits of modules ``names``: CPU copies of their base weights (or offsets)."""
+        if self.into == "base":
+            return {name: self.modules[name].base_weight.detach().to("cpu", copy=True) for name in names}
+        return {name: self.modules[name].offset for name in names}
+
+    def roll_back(self, held: dict[str, torch.Tensor | LowRank | None]) -> None:
+        """Exactly the weights (or offsets) ``hold`` saw: no offset where there was none."""
+        with torch.no_grad():
+            for name, value in held.items():
+                if self.into == "base":
+                    self.modules[name].base_weight.data.copy_(value)
+                else:
+                    self.modules[name].set_offset(value)
 
 
 def _unwrapped_name(name: str) -> str:

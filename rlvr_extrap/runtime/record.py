@@ -6,10 +6,13 @@ import statistics
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from rlvr_extrap.linalg.landed import Landed
 from rlvr_extrap.runtime.guard import GuardDecision
 from rlvr_extrap.runtime.plan import JumpPlan
 
 __all__ = ["JumpFigures", "JumpRecord"]
+
+_MEASURED_LATER = ("landed_fraction", "landed_noise", "offset_truncation")
 
 
 @dataclass
@@ -29,10 +32,14 @@ class JumpFigures:
     modules_held: int  # modules the gate left where they were
     energy_mean: float
     r2_mean: float
+    # Written only when measured (records from before these existed read back byte for byte):
+    landed_fraction: float | None = None  # <landed, update> / |update|^2 over the modules: 1 = all of it
+    landed_noise: float | None = None  # |landed - fraction * update| / |update|: rounding off the update's direction
+    offset_truncation: float | None = None  # offsets' norm dropped by their rank cap, relative (offset path only)
 
     @classmethod
-    def of(cls, plan: JumpPlan, wait_seconds: float, apply_seconds: float) -> JumpFigures:
-        """The figures of ``plan`` once applied (and settled)."""
+    def of(cls, plan: JumpPlan, wait_seconds: float, apply_seconds: float, landed: Landed | None = None) -> JumpFigures:
+        """The figures of ``plan`` once applied (and settled); ``landed``: what the edit kept, when measured."""
         return cls(
             update_norm=plan.update_norm,
             update_ratio=plan.size_ratio,
@@ -47,6 +54,9 @@ class JumpFigures:
             modules_held=len(plan.diagnostics) - len(plan.updates),
             energy_mean=statistics.fmean(d["energy"] for d in plan.diagnostics.values()),
             r2_mean=statistics.fmean(d["r2"] for d in plan.diagnostics.values()),
+            landed_fraction=None if landed is None else landed.fraction,
+            landed_noise=None if landed is None else landed.noise,
+            offset_truncation=None if landed is None or not landed.offset_sq else landed.truncation,
         )
 
 
@@ -78,7 +88,7 @@ class JumpRecord:
         if self.guard is not None:
             out.update(self.guard.to_metrics())
         if self.figures is not None:
-            out.update(asdict(self.figures))
+            out.update({k: v for k, v in asdict(self.figures).items() if v is not None or k not in _MEASURED_LATER})
         if self.skipped is not None:
             out["skipped"] = self.skipped
         return out

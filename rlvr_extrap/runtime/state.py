@@ -1,7 +1,8 @@
 """The callback's state on disk, next to the adapter: a PEFT adapter alone cannot hold a jump.
 
-A jump edits each LoRA module's base weight (``W_base += update``) and leaves A, B alone, so
-``adapter_model.safetensors`` does not contain it. The callback writes ``extrap_state.safetensors``
+A jump edits each LoRA module's base weight (``W_base += update``), or on a bfloat16 / float16 base is held as a
+float32 offset beside the LoRA path (``runtime.offset``), and leaves A, B alone, so ``adapter_model.safetensors``
+does not contain it. The callback writes ``extrap_state.safetensors``
 into every checkpoint and into ``output_dir`` at the end of training: the accumulated jump offsets
 (factored) and the current segment's trajectory, with the snapshot and jump history as metadata.
 ``apply_offsets`` puts the offsets back onto a freshly loaded ``PeftModel``; a resumed run restores
@@ -19,8 +20,9 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
+from rlvr_extrap.config import JUMP_INTO
 from rlvr_extrap.linalg.lowrank import LowRank
-from rlvr_extrap.runtime.lora import NoLoraAdapterError, add_to_bases, find_lora_modules
+from rlvr_extrap.runtime.lora import JumpTarget, NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.utils.files import atomic_path
 from rlvr_extrap.utils.safetensors_io import read_tensors
 
@@ -139,11 +141,17 @@ def _parse_state(meta: dict[str, str], tensors: dict[str, Any]) -> CallbackState
     return CallbackState(offsets, steps, deltas, json.loads(meta["history"]))
 
 
-def apply_offsets(model: nn.Module, path: str | Path) -> int:
-    """Add saved jump offsets into the base weights of a loaded PeftModel; returns the number of modules.
+def apply_offsets(model: nn.Module, path: str | Path, into: str = "auto") -> int:
+    """Put saved jump offsets onto a loaded PeftModel; returns the number of modules.
 
+    ``into``: 'base' adds them into the base weights, rounded to the weights' dtype (plain weights; on a bfloat16
+    base most of a small jump is rounded away); 'offset' holds them as float32 offsets beside the LoRA path, which
+    reproduces the trained function exactly (``model.merge_and_unload()`` then merges them with the adapter, in the
+    base's dtype); 'auto' (default): 'offset' when a base weight is not float32, else 'base', as the callback does.
     Every module's name and shape is checked before any weight changes, so a mismatch leaves the model as it was.
     """
+    if into not in JUMP_INTO:
+        raise ValueError(f"apply_offsets(into={into!r}): choose one of {list(JUMP_INTO)}")
     offsets = load_state(path).offsets
     load_hint = (
         "PeftModel.from_pretrained(base, adapter_dir, is_trainable=True) with the adapter saved with the offsets"
@@ -169,5 +177,5 @@ def apply_offsets(model: nn.Module, path: str | Path) -> int:
                 f"{path}: the offset of {name} has shape {tuple(offset.shape)} but the model's base weight has "
                 f"{shape}; load the base model the run trained ({load_hint})"
             )
-    add_to_bases(modules, offsets)
+    JumpTarget(modules, into).restore(offsets)
     return len(offsets)

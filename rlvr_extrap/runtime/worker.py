@@ -89,9 +89,13 @@ class TrajectoryWorker:
         """
         return self._pool.submit(self._plan_jump, step, horizon, alpha, stream)
 
-    def commit_jump(self, plan: JumpPlan) -> Future[None]:
-        """Record that ``plan`` was applied: fold it into the offsets and start a new segment there."""
-        return self._pool.submit(self._commit_jump, plan)
+    def commit_jump(self, plan: JumpPlan, offsets: dict[str, LowRank] | None = None) -> Future[None]:
+        """Record that ``plan`` was applied: fold it into the offsets and start a new segment there.
+
+        ``offsets``: the offsets the model holds after the jump, where they are not exactly the old ones plus the
+        plan's updates (held beside the LoRA path and cut to a rank cap); they replace the worker's own.
+        """
+        return self._pool.submit(self._commit_jump, plan, offsets)
 
     def state_now(self) -> Future[tuple[dict[str, LowRank], list[int], dict[str, list[LowRank]]]]:
         """(offsets, trajectory steps, trajectory deltas) once every queued task has run."""
@@ -313,15 +317,21 @@ class TrajectoryWorker:
                 f"({travelled**0.5:.3g}), above extrap_max_update_ratio={limit}; jump refused"
             )
 
-    def _commit_jump(self, plan: JumpPlan) -> None:
-        """The new segment starts at ``offset' + s B_T A_T`` with ``offset' = offset + update`` (compacted)."""
+    def _commit_jump(self, plan: JumpPlan, offsets: dict[str, LowRank] | None = None) -> None:
+        """The new segment starts at ``offset' + s B_T A_T`` with ``offset' = offset + update`` (compacted), or the
+        ``offsets`` given."""
         origin = {}
         for name, delta in self.trajectory.last().items():
             update = plan.updates.get(name)
             if update is None:  # a module the gate kept in place
                 origin[name] = delta
                 continue
-            self.offsets[name] = (self.offsets[name] + update if name in self.offsets else update).compact()
+            old = self.offsets.get(name)
+            if offsets is not None:  # what the offset changed by is the update as it landed
+                update = offsets[name] if old is None else offsets[name] - old
+            self.offsets[name] = (
+                offsets[name] if offsets is not None else (update if old is None else old + update).compact()
+            )
             lora = self._lora.get(name)  # unknown right after a restore: the saved point holds its offset
             origin[name] = (delta + update).compact() if lora is None else Combination.of(self.offsets[name], lora)
         self.trajectory = Trajectory(self.clock)
