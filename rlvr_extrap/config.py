@@ -60,7 +60,9 @@ class ExtrapolationArguments:
         metadata={
             "help": f"Extrapolation method: one of {sorted(EXTRAPOLATORS)}; None disables the callback. Those that "
             f"read AdamW's state ({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_optimizer_state)}) are "
-            "refused under DeepSpeed and FSDP."
+            "refused under DeepSpeed and FSDP; those that regress on a score per snapshot "
+            f"({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_labels)}) run offline only for now "
+            "(rlvr-extrap extrapolate --labels)."
         },
     )
     extrap_snapshot_every: int = field(
@@ -319,6 +321,11 @@ class ExtrapolationArguments:
             raise ExtrapolationConfigError(
                 f"extrap_method={self.extrap_method!r} is not a known method; choose one of "
                 f"{sorted(EXTRAPOLATORS)}, or None to disable extrapolation"
+            )
+        if EXTRAPOLATORS[self.extrap_method].needs_labels:
+            raise ExtrapolationConfigError(
+                f"extrap_method={self.extrap_method!r} regresses on a score per snapshot, which the callback does not "
+                "collect yet; run it offline: rlvr-extrap extrapolate --method alpharl --labels FILE"
             )
         if self.extrap_snapshot_every < 1:
             raise ExtrapolationConfigError(

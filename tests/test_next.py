@@ -208,3 +208,63 @@ def test_patience_stops_training_early_on_a_held_out_slice():
     assert errors[1] < 2 * errors[0] + 0.1, errors
     with pytest.raises(ValueError, match="patience"):
         NextConfig(patience=0).validate()
+
+
+def test_reference_config_selects_every_reference_choice():
+    choices = ("architecture", "target_snapshots", "raw_sigma", "share_uv", "extend", "align_signs", "mean_over_points")
+    ours, ref = NextConfig(), NextConfig.reference()
+    assert [getattr(ours, name) for name in choices] == ["ours", None, False, True, 1.0, True, False]
+    assert [getattr(ref, name) for name in choices] == ["reference", 5, True, False, 1.5, False, True]
+    assert (ref.hidden, ref.epochs, ref.lr, ref.patience) == (256, 1000, 2e-5, None)
+    assert NextConfig.reference(extend=2.0, fit_window=8).extend == 2.0
+    for bad, match in (
+        ({"architecture": "mlp"}, "architecture"),
+        ({"target_snapshots": 0}, "target_snapshots"),
+        ({"extend": 0.0}, "extend"),
+        ({"extend": math.nan}, "extend"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            NextConfig(**bad).validate()
+
+
+def test_u_and_v_get_their_own_predictors_unless_shared(monkeypatch):
+    calls = []
+    train = next_module._train
+
+    def counting_train(*args):
+        calls.append(args[0].shape[1])
+        return train(*args)
+
+    monkeypatch.setattr(next_module, "_train", counting_train)
+    traj, _ = synthetic(True)
+    ex = fitted(traj, epochs=5, share_uv=False)
+    ex.predict(200)
+    assert sorted(calls) == [1, 8, 8, 12, 12, 16, 16]  # sigma; u (lengths 8, 12, 16) and v (8, 12, 16) apart
+    assert ex.diagnostics["q"]["loss_u"] != ex.diagnostics["up"]["loss_v"]  # q's u and up's v: both 12 long
+    shared = fitted(traj, epochs=5)
+    shared.predict(200)
+    assert shared.diagnostics["q"]["loss_u"] == shared.diagnostics["up"]["loss_v"]
+
+
+def test_extend_scales_the_predicted_step():
+    traj, _ = synthetic(True)
+    current = to_dense(traj.deltas["o"][-1])
+    steps = [to_dense(fitted(traj, epochs=20, extend=e).predict_module("o", 200)) - current for e in (1.0, 1.5)]
+    assert steps[0].norm() > 0
+    torch.testing.assert_close(steps[1], 1.5 * steps[0])
+
+
+def test_without_alignment_the_series_keeps_the_svd_signs(monkeypatch):
+    traj, _ = synthetic(True)
+    flips = iter([True, False] * 1000)
+
+    def flipped_svd(delta):
+        sigma, u, v = rank1_svd(delta)
+        return (sigma, -u, -v) if next(flips) else (sigma, u, v)
+
+    monkeypatch.setattr(next_module, "rank1_svd", flipped_svd)
+    raw = fitted(traj, align_signs=False)
+    signs = [float(torch.sign(t.u @ raw._global["q"][0].u)) for t in raw._global["q"]]
+    assert set(signs) == {-1.0, 1.0}
+    aligned = fitted(traj)
+    assert all(float(t.u @ aligned._global["q"][0].u) > 0 for t in aligned._global["q"])

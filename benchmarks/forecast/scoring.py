@@ -115,8 +115,8 @@ def all_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     return VARIANTS | {
         method: (method, {})
         for method, cls in EXTRAPOLATORS.items()
-        if method not in named and not cls.needs_optimizer_state  # optimizer: no AdamW state in the cache
-    }  # (benchmarks/optimizer_direction.py scores it from the trainer checkpoints)
+        if method not in named and not cls.needs_optimizer_state and not cls.needs_labels
+    }  # no AdamW state (optimizer_direction.py scores that one from trainer checkpoints) nor labels in the cache
 
 
 def on_axis(trajectory: Trajectory, axis: str, lrs: list[float]) -> Trajectory:

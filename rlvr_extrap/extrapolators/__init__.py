@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlvr_extrap.extrapolators.alpharl import AlphaRLConfig, AlphaRLExtrapolator
 from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
 from rlvr_extrap.extrapolators.linear import LinearConfig, LinearExtrapolator, linear_weights
 from rlvr_extrap.extrapolators.next import NextConfig, NextExtrapolator
@@ -15,6 +16,7 @@ EXTRAPOLATORS: dict[str, type[Extrapolator]] = {
     "linear": LinearExtrapolator,
     "next": NextExtrapolator,
     "optimizer": OptimizerExtrapolator,
+    "alpharl": AlphaRLExtrapolator,
 }
 
 
@@ -27,6 +29,8 @@ def get_extrapolator(method: str, **config: Any) -> Extrapolator:
 
 
 __all__ = [
+    "AlphaRLConfig",
+    "AlphaRLExtrapolator",
     "EXTRAPOLATORS",
     "Extrapolator",
     "ExtrapolatorConfig",

@@ -33,7 +33,7 @@ class Extrapolator(ABC):
     global delta ``D_hat`` of one module, in the same representation as the trajectory's deltas
     (factored for LoRA, dense otherwise), without materialising factored ones: a combination of the
     observed points is a lazy ``Combination`` that references them. What a method can do is declared once, on
-    its class: ``can_backtest``, ``can_stream``, ``needs_optimizer_state``.
+    its class: ``can_backtest``, ``can_stream``, ``needs_optimizer_state``, ``needs_labels``.
     """
 
     config_class: ClassVar[type[ExtrapolatorConfig]] = ExtrapolatorConfig
@@ -44,6 +44,8 @@ class Extrapolator(ABC):
     """Whether each module is fitted on its own, so the offline tools can stream checkpoints module by module."""
     needs_optimizer_state: ClassVar[bool] = False
     """Whether the fit reads the optimizer's state of the LoRA factors at its last point (``Trajectory.velocities``)."""
+    needs_labels: ClassVar[bool] = False
+    """Whether the fit reads a score per snapshot (``Trajectory.labels``: accuracy, mean reward)."""
 
     def __init__(self, config: ExtrapolatorConfig | None = None) -> None:
         self.config = config or self.config_class()

@@ -49,6 +49,7 @@ __all__ = [
     "find_snapshots",
     "natural_key",
     "read_json",
+    "read_labels",
 ]
 
 Kind = Literal["full", "lora"]
@@ -79,6 +80,34 @@ def read_json(path: Path, fix: str = CHECKPOINT_FIX) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
     return data
+
+
+def read_labels(path: Path) -> dict[int, float]:
+    """Step -> score (e.g. accuracy) from a JSON object ``{"100": 0.41, ...}`` or a CSV of ``step,score`` rows (a
+    header row is skipped); ValueError naming the path on anything else."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels {path} is not a file; give a JSON object or CSV of step -> score")
+    fix = 'give a JSON object {"step": score, ...} or CSV rows "step,score"'
+    if path.suffix.lower() == ".json":
+        pairs = list(read_json(path, fix).items())
+    else:
+        rows = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+        if rows and not rows[0][0].strip().lstrip("-").isdigit():
+            rows = rows[1:]  # header
+        if any(len(row) != 2 for row in rows):
+            raise ValueError(f"--labels {path}: every CSV row must be 'step,score'; {fix}")
+        pairs = [(step.strip(), score.strip()) for step, score in rows]
+    labels: dict[int, float] = {}
+    for step, score in pairs:
+        try:
+            labels[int(step)] = float(score)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"--labels {path}: {step!r} -> {score!r} is not an integer step and a number; {fix}"
+            ) from None
+    if not labels:
+        raise ValueError(f"--labels {path} holds no labels; {fix}")
+    return labels
 
 
 class SafetensorsFiles:
@@ -304,11 +333,14 @@ class CheckpointRun:
 
     ``modules`` are the base tensor names that get a trajectory: every floating-point tensor for full
     checkpoints, the adapted modules' weights for LoRA. Construction checks every snapshot against the base
-    from the safetensors headers only.
+    from the safetensors headers only. ``labels`` (step -> score) go into every trajectory served.
     """
 
-    def __init__(self, run_dir: Path, base: Path, steps: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, base: Path, steps: Sequence[int] | None = None, labels: dict[int, float] | None = None
+    ) -> None:
         self.run_dir, self.base_dir = run_dir, base
+        self.labels = dict(labels or {})
         if not base.is_dir():
             raise FileNotFoundError(
                 f"--base {base} is not a local model directory; download the model the run started from "
@@ -386,6 +418,7 @@ class CheckpointRun:
         else:
             deltas = [adapter.delta(name) for adapter in self.adapters]
         trajectory = Trajectory()
+        trajectory.labels = dict(self.labels)
         if self.snapshots[0].step > 0:  # the base is the step-0 point
             zero = torch.zeros_like(deltas[0]) if self.kind == "full" else LowRank.zeros(*deltas[0].shape)
             trajectory.append(0, {name: zero})

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, ExtrapolatorConfig, get_extrapolator
 from rlvr_extrap.linalg.landed import Landed
 from rlvr_extrap.linalg.lowrank import Delta, LowRank, frobenius_norm, lincomb, to_dense
-from rlvr_extrap.offline.checkpoints import CheckpointRun
+from rlvr_extrap.offline.checkpoints import CheckpointRun, read_labels
 from rlvr_extrap.skill.diagnostics import (
     ModuleDiagnostics,
     module_diagnostics,
@@ -54,10 +54,12 @@ from rlvr_extrap.skill.forecast import backtest_errors, skill
 from rlvr_extrap.utils.files import check_output_dir, make_output_dir
 from rlvr_extrap.utils.safetensors_io import write_streaming
 
-__all__ = ["STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
+__all__ = ["BACKTEST_METHODS", "STREAMABLE_METHODS", "add_parser", "analyze", "extrapolate"]
 
 STREAMABLE_METHODS = tuple(sorted(name for name, cls in EXTRAPOLATORS.items() if cls.can_stream))
 """Methods that fit each tensor on its own, so they can stream tensor by tensor (``Extrapolator.can_stream``)."""
+BACKTEST_METHODS = tuple(name for name in STREAMABLE_METHODS if EXTRAPOLATORS[name].can_backtest)
+"""Streamable methods whose forecast skill ``analyze`` can backtest (``Extrapolator.can_backtest``)."""
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
 _NOT_COPIED = {"adapter_config.json", "trainer_state.json"}
@@ -96,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     analyze_parser.add_argument(
         "--method",
         default="relex",
-        choices=STREAMABLE_METHODS,
+        choices=BACKTEST_METHODS,
         help="extrapolator whose forecast skill is backtested (default: relex); the skill per horizon goes into "
         "diagnostics.json ('skill') and skill.png",
     )
@@ -117,6 +119,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=STREAMABLE_METHODS,
         help="extrapolation method, one that fits each tensor on its own (next shares one predictor across modules, "
         "optimizer needs the optimizer's state)",
+    )
+    extrapolate_parser.add_argument(
+        "--labels",
+        type=Path,
+        help='a score per checkpoint step (e.g. accuracy), as a JSON object {"step": score} or CSV rows '
+        "'step,score': needed by --method alpharl, which predicts the weights at the score's linear trend at "
+        "--target-step",
+    )
+    extrapolate_parser.add_argument(
+        "--target-score",
+        type=float,
+        help="alpharl: the score to predict the weights at (default: the labels' linear trend at --target-step)",
     )
     extrapolate_parser.add_argument("--target-step", type=int, required=True, help="step to predict (>= the last step)")
     extrapolate_parser.add_argument("--out", type=Path, required=True, help="output dir (must not exist)")
@@ -179,6 +193,8 @@ def _run_extrapolate(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         as_adapter=args.as_adapter,
         dtype=args.dtype,
+        labels=read_labels(args.labels) if args.labels is not None else None,
+        target_score=args.target_score,
     )
     return 0
 
@@ -199,9 +215,10 @@ def analyze(
     Also backtests ``method`` at the last checkpoint (the skill per horizon, pooled over modules).
     """
     _check_fit_window(fit_window)
-    if method not in STREAMABLE_METHODS:
+    if method not in BACKTEST_METHODS:
         raise ValueError(
-            f"--method {method}: the backtest streams module by module; use one of {list(STREAMABLE_METHODS)}"
+            f"--method {method}: the backtest streams module by module and needs a cheap refit; use one of "
+            f"{list(BACKTEST_METHODS)}"
         )
     extrapolator = get_extrapolator(method, fit_window=fit_window)
     if holdout < 0:
@@ -297,18 +314,29 @@ def extrapolate(
     alpha: float = 1.0,
     as_adapter: bool = False,
     dtype: str = "base",
+    labels: dict[int, float] | None = None,
+    target_score: float | None = None,
 ) -> Path:
     """Write the model (or adapter) predicted at ``target_step`` into ``out``; returns ``out``.
 
     ``dtype``: 'base' writes the model's tensors in the base's dtypes, 'float32' every floating tensor in float32.
+    ``labels``: step -> score, for methods that regress on one (``Extrapolator.needs_labels``), and ``target_score``
+    the score predicted for (default: the labels' trend at ``target_step``).
     """
     _check_fit_window(fit_window)
-    extrapolator = get_extrapolator(method, fit_window=fit_window)
+    if target_score is not None and method != "alpharl":
+        raise ValueError(f"--target-score is read only by --method alpharl, not --method {method}")
+    options = {} if target_score is None else {"target_score": target_score}
+    extrapolator = get_extrapolator(method, fit_window=fit_window, **options)
     if method not in STREAMABLE_METHODS:
         raise ValueError(
             f"--method {method} cannot stream tensor by tensor (it fits across modules or needs the optimizer's "
             f"state); use one of {list(STREAMABLE_METHODS)}"
         )
+    if extrapolator.needs_labels and labels is None:
+        raise ValueError(f"--method {method} needs --labels FILE: a score per checkpoint step (JSON or CSV)")
+    if labels is not None and not extrapolator.needs_labels:
+        raise ValueError(f"--labels is read only by methods that regress on a score (alpharl), not --method {method}")
     if not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"--alpha {alpha}: must be a finite number > 0")
     if dtype not in OUTPUT_DTYPES:
@@ -316,13 +344,16 @@ def extrapolate(
     if out.exists():
         raise ValueError(f"--out {out} already exists; choose a new path or remove it")
     _check_creatable(out)
-    run = CheckpointRun(run_dir, base, steps)
+    run = CheckpointRun(run_dir, base, steps, labels)
     _check_target(target_step, run)
     if as_adapter and run.kind != "lora":
         raise ValueError(f"--as-adapter needs a LoRA run, but {run_dir} holds full checkpoints; drop --as-adapter")
 
     def predict(name: str) -> Prediction:
         return _predict(run, extrapolator, name, target_step, alpha)
+
+    if extrapolator.needs_labels:  # bad labels or target fail in one line before any output (or progress bar)
+        predict(run.modules[0])
 
     make_output_dir(out.parent, out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -62,6 +62,9 @@ class Trajectory:
 
     A point may carry the optimizer's velocity of the LoRA factors there (``velocities[t]``: module ->
     ``FactorVelocity``, or None), which the ``optimizer`` extrapolator continues.
+
+    ``labels`` maps a step to a score measured there (accuracy, mean reward), which the ``alpharl`` extrapolator
+    regresses the weights on; the steps need not be points of the trajectory.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -74,6 +77,7 @@ class Trajectory:
         self._weights: dict[str, torch.Tensor] = {}  # E[t, j]: point t = sum_j E[t, j] atom_j
         self._bases: dict[str, ModuleBasis | None] = {}  # None once a module has a dense atom
         self.velocities: list[dict[str, FactorVelocity] | None] = []
+        self.labels: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -184,6 +188,7 @@ class Trajectory:
         view._bases = self._bases
         view._weights = {name: weights[:n] for name, weights in self._weights.items()}
         view.velocities = self.velocities[:n]
+        view.labels = {step: y for step, y in self.labels.items() if step <= view.steps[-1]}  # none from the future
         return view
 
     def gram(self, name: str) -> torch.Tensor:
