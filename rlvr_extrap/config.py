@@ -14,6 +14,7 @@ from rlvr_extrap.trajectory.spill import parse_memory
 
 __all__ = [
     "OPTIMIZER_POLICIES",
+    "PRESETS",
     "ExtrapGRPOConfig",
     "ExtrapolationArguments",
     "ExtrapolationConfigError",
@@ -23,12 +24,65 @@ __all__ = [
 OPTIMIZER_POLICIES = ("keep", "reset_momentum", "reset")
 TIME_AXES = ("lr", "steps")
 JUMP_INTO = ("auto", "base", "offset")
+LABEL_SOURCES = ("reward", "probe")
 SNAPSHOT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO = "auto"
 
 
 class ExtrapolationConfigError(ValueError):
     """A bad ``extrap_*`` setting; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The ``extrap_*`` values a reference's code fixes; the fields it leaves free (its parameters) stay the user's."""
+
+    reference: str
+    fixed: dict[str, Any]
+    method_config: str | None = None
+    """A classmethod of the method's config class that returns the reference's config (``NextConfig.reference``)."""
+    periodic: bool = False
+    """With ``extrap_jump_at`` empty, jump every ``extrap_snapshot_every`` steps (m) up to ``max_steps``."""
+
+
+# the references jump without a gate, a guard or a scale of their own
+UNCONDITIONAL: dict[str, Any] = {
+    "extrap_min_skill": None,
+    "extrap_min_energy": None,
+    "extrap_min_r2": None,
+    "extrap_max_update_ratio": None,
+    "extrap_guard": False,
+    "extrap_alpha": 1.0,
+}
+PRESETS: dict[str, Preset] = {
+    "relex": Preset(
+        "weizhepei/RELEX",
+        {
+            "extrap_method": "relex",
+            "extrap_rank": 1,
+            "extrap_through_origin": False,
+            "extrap_keep_residual": False,
+            "extrap_time_axis": "steps",
+            **UNCONDITIONAL,
+        },
+    ),
+    "next": Preset(
+        "RUCAIBox/NExt",
+        {"extrap_method": "next", "extrap_snapshot_every": 10, **UNCONDITIONAL},
+        method_config="reference",
+    ),
+    "rl-extra": Preset(
+        "Miaow-Lab/RLVR-Linearity",
+        {
+            "extrap_method": "linear",
+            "extrap_time_axis": "steps",
+            "extrap_fit_window": None,
+            "extrap_optimizer_policy": "reset",
+            **UNCONDITIONAL,
+        },
+        periodic=True,
+    ),
+}
 
 
 @dataclass
@@ -39,10 +93,11 @@ class ExtrapolationArguments:
     the page from this list and the fields; the grouping lives here because HfArgumentParser hands every
     ``field(metadata=...)`` key to argparse):
 
-    > What to extrapolate and when: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every,
-      extrap_alpha
+    > What to extrapolate and when: extrap_preset, extrap_method, extrap_jump_at, extrap_horizon,
+      extrap_snapshot_every, extrap_alpha
     > How the trajectory is fitted: extrap_fit_window, extrap_time_axis, extrap_rank, extrap_through_origin,
       extrap_keep_residual, extrap_coast
+    > Labels per snapshot (alpharl): extrap_label_source, extrap_target_score, extrap_label_reach, extrap_add_to_last
     > Gate: which jumps are refused: extrap_min_skill, extrap_skill_origins, extrap_min_energy, extrap_min_r2,
       extrap_max_update_ratio
     > Guard: probing a jump with rewards: extrap_guard, extrap_guard_scales, extrap_guard_prompts,
@@ -55,14 +110,23 @@ class ExtrapolationArguments:
     extrap_keep_residual, extrap_min_skill, extrap_guard
     """
 
+    extrap_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Run a method as its reference's code runs it: one of {sorted(PRESETS)}. It sets every "
+            "choice that code fixes (method, fit, time axis, gate, guard and scale off, the optimizer after a jump; "
+            "next: NextConfig.reference()) and refuses a field set otherwise; the reference's parameters stay "
+            "yours: the jump steps and extrap_horizon, and for rl-extra m = extrap_snapshot_every, jumping every m "
+            "steps up to max_steps when extrap_jump_at is empty. docs/methods.md lists each. None: no preset."
+        },
+    )
     extrap_method: str | None = field(
         default=None,
         metadata={
             "help": f"Extrapolation method: one of {sorted(EXTRAPOLATORS)}; None disables the callback. Those that "
             f"read AdamW's state ({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_optimizer_state)}) are "
             "refused under DeepSpeed and FSDP; those that regress on a score per snapshot "
-            f"({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_labels)}) run offline only for now "
-            "(rlvr-extrap extrapolate --labels)."
+            f"({sorted(n for n, c in EXTRAPOLATORS.items() if c.needs_labels)}) read it from extrap_label_source."
         },
     )
     extrap_snapshot_every: int = field(
@@ -156,6 +220,36 @@ class ExtrapolationArguments:
         metadata={
             "help": "relex only: continue from the current weights along the fitted direction instead of "
             "rebuilding from the base (which drops the part of the weights off that direction)."
+        },
+    )
+    extrap_label_source: str = field(
+        default="reward",
+        metadata={
+            "help": "alpharl only: the score each snapshot is labelled with. 'reward': the mean of the training "
+            "reward the trainer logged since the previous snapshot (the log of a snapshot's own step comes after "
+            "it, so counts toward the next one; after a jump, only logs from later steps); a snapshot with no "
+            "such log gets no label. ('probe', the guard's probe score, is not supported yet.)"
+        },
+    )
+    extrap_target_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "alpharl only: the score the jump predicts the weights at; None: the labels' own linear trend "
+            "at the jump's target step."
+        },
+    )
+    extrap_label_reach: float = field(
+        default=1.0,
+        metadata={
+            "help": "alpharl only: how far (>= 0, in units of the labels' range) the target score may lie outside "
+            "the fitted labels; a target further out skips the jump."
+        },
+    )
+    extrap_add_to_last: bool = field(
+        default=False,
+        metadata={
+            "help": "alpharl only: add the predicted rank-1 part onto the last snapshot's whole delta (the "
+            "reference's model build) instead of replacing that delta's own rank-1 part."
         },
     )
     extrap_time_axis: str = field(
@@ -303,6 +397,7 @@ class ExtrapolationArguments:
 
     def validate_extrapolation(self) -> None:
         """Check every setting on its own; raises ExtrapolationConfigError naming the field and the fix."""
+        self._apply_preset()
         if not self.enabled:
             return
         self._validate_what_and_when()
@@ -316,16 +411,52 @@ class ExtrapolationArguments:
         except ValueError as err:
             raise ExtrapolationConfigError(str(err)) from None
 
+    @property
+    def preset(self) -> Preset | None:
+        """The ``extrap_preset`` in force (after validation), or None."""
+        return PRESETS.get(self.extrap_preset) if self.extrap_preset is not None else None
+
+    def _apply_preset(self) -> None:
+        """Set the fields the preset fixes; refuse one set to something else (a value other than its default)."""
+        if self.extrap_preset is None:
+            return
+        if self.extrap_preset not in PRESETS:
+            raise ExtrapolationConfigError(
+                f"extrap_preset={self.extrap_preset!r} is not a known preset; choose one of {sorted(PRESETS)}, or None"
+            )
+        preset = PRESETS[self.extrap_preset]
+        defaults = {f.name: f.default for f in fields(ExtrapolationArguments)}
+        for name, fixed in preset.fixed.items():
+            value = getattr(self, name)
+            if value != fixed and value != defaults[name]:
+                raise ExtrapolationConfigError(
+                    f"extrap_preset={self.extrap_preset!r} fixes {name}={fixed!r} (as {preset.reference} runs it), "
+                    f"but {name}={value!r} is set; leave {name} unset, or drop extrap_preset and set the fields "
+                    "yourself (docs/methods.md lists what each preset sets)"
+                )
+            setattr(self, name, fixed)
+        for name in ("extrap_jump_at", "extrap_horizon"):
+            value = getattr(self, name)
+            if [str(v).strip().lower() for v in (value if isinstance(value, list) else [value])] == [AUTO]:
+                raise ExtrapolationConfigError(
+                    f"extrap_preset={self.extrap_preset!r} jumps on a fixed schedule, as {preset.reference} does, but "
+                    f"{name}={value!r} asks the backtest; give step numbers, or drop extrap_preset"
+                )
+
     def _validate_what_and_when(self) -> None:
         if self.extrap_method not in EXTRAPOLATORS:
             raise ExtrapolationConfigError(
                 f"extrap_method={self.extrap_method!r} is not a known method; choose one of "
                 f"{sorted(EXTRAPOLATORS)}, or None to disable extrapolation"
             )
-        if EXTRAPOLATORS[self.extrap_method].needs_labels:
+        if self.extrap_label_source not in LABEL_SOURCES:
             raise ExtrapolationConfigError(
-                f"extrap_method={self.extrap_method!r} regresses on a score per snapshot, which the callback does not "
-                "collect yet; run it offline: rlvr-extrap extrapolate --method alpharl --labels FILE"
+                f"extrap_label_source={self.extrap_label_source!r}: choose one of {list(LABEL_SOURCES)}"
+            )
+        if self.extrap_label_source == "probe":
+            raise ExtrapolationConfigError(
+                "extrap_label_source='probe': scoring the guard's probe prompts at every snapshot is not supported "
+                "yet; use 'reward' (the mean training reward logged since the previous snapshot)"
             )
         if self.extrap_snapshot_every < 1:
             raise ExtrapolationConfigError(
@@ -492,10 +623,23 @@ class ExtrapolationArguments:
         """The configured extrapolator, its config filled from the matching ``extrap_*`` fields."""
         cls = EXTRAPOLATORS[self.extrap_method]
         names = [f.name for f in fields(cls.config_class) if hasattr(self, f"extrap_{f.name}")]
-        return cls(cls.config_class(**{name: getattr(self, f"extrap_{name}") for name in names}))
+        preset = self.preset
+        make = getattr(cls.config_class, preset.method_config) if preset and preset.method_config else cls.config_class
+        return cls(make(**{name: getattr(self, f"extrap_{name}") for name in names}))
 
     def validate_for_training(self, args: Any) -> None:
-        """Checks that need the trainer's arguments: every jump on a generation-buffer boundary."""
+        """Checks that need the trainer's arguments: every jump on a generation-buffer boundary. A periodic preset
+        with no ``extrap_jump_at`` gets its jumps here: every ``extrap_snapshot_every`` steps up to ``max_steps``."""
+        preset = self.preset
+        if preset is not None and preset.periodic and not self.extrap_jump_at:
+            max_steps = getattr(args, "max_steps", 0) or 0
+            if max_steps < 1:
+                raise ExtrapolationConfigError(
+                    f"extrap_preset={self.extrap_preset!r} jumps every extrap_snapshot_every steps up to max_steps, "
+                    f"but max_steps={max_steps}; set max_steps, or give extrap_jump_at"
+                )
+            every = self.extrap_snapshot_every
+            self.extrap_jump_at = list(range(every, max_steps + 1, every))
         period = generation_period(args)
         if self.auto_jumps and self.extrap_snapshot_every % period:
             raise ExtrapolationConfigError(

@@ -8,14 +8,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from grpo_utils import WeightProbe, make_trainer
 from test_offline import coefficient, make_base, make_lora_run
 from transformers import AutoModelForCausalLM
 
+from rlvr_extrap import ExtrapolationArguments, ExtrapolationCallback, ExtrapolationConfigError
 from rlvr_extrap.cli import main
 from rlvr_extrap.extrapolators import alpharl, get_extrapolator
 from rlvr_extrap.extrapolators.alpharl import fit_pls1
 from rlvr_extrap.linalg.lowrank import LowRank, to_dense
 from rlvr_extrap.offline.checkpoints import read_labels
+from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
 STEPS = (0, 10, 20, 35, 50, 80)
@@ -341,8 +344,110 @@ def test_read_labels_json_and_csv(tmp_path):
         read_labels(tmp_path / "c.csv")
 
 
-def test_the_callback_refuses_alpharl_until_it_collects_labels():
-    from rlvr_extrap import ExtrapolationArguments, ExtrapolationConfigError
+# --- In the callback: labels from the rewards GRPOTrainer logs --------------------------------------------------
 
-    with pytest.raises(ExtrapolationConfigError, match="--labels FILE"):
-        ExtrapolationArguments(extrap_method="alpharl").validate_extrapolation()
+# logging_steps=2, snapshots every 4 steps: a snapshot's label is the mean logged reward from the previous snapshot's
+# step (its log comes after the snapshot) to before its own; after the jump at 16, step 16's log (the weights before
+# the jump) does not count toward step 20.
+WINDOWS = {4: [2], 8: [4, 6], 12: [8, 10], 16: [12, 14], 20: [18]}
+GRPO_RUN = {"extrap_method": "alpharl", "extrap_snapshot_every": 4, "extrap_horizon": 8, "logging_steps": 2}
+
+
+def logged_rewards(trainer) -> dict[int, float]:
+    return {h["step"]: h["reward"] for h in trainer.state.log_history if "reward" in h}
+
+
+def train_alpharl(tmp_path, jump_at, **kwargs):
+    """A real GRPOTrainer (tiny model, CPU) with the alpharl callback between two weight probes; the labels of
+    every trajectory the worker fitted are recorded."""
+    before, callback, after = WeightProbe(), ExtrapolationCallback(), WeightProbe()
+    settings = {"max_steps": 20, **GRPO_RUN, **kwargs}
+    trainer = make_trainer(tmp_path, [before, callback, after], extrap_jump_at=jump_at, **settings)
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    return trainer, callback, before, after
+
+
+def test_alpharl_jumps_in_grpo_from_the_logged_rewards(tmp_path, monkeypatch):
+    fitted = []
+    fit = alpharl.AlphaRLExtrapolator.fit
+    monkeypatch.setattr(
+        alpharl.AlphaRLExtrapolator, "fit", lambda self, traj: fitted.append(dict(traj.labels)) or fit(self, traj)
+    )
+    trainer, callback, before, after = train_alpharl(tmp_path / "straight", [16])
+    rewards = logged_rewards(trainer)
+    expected = {step: sum(rewards[k] for k in logs) / len(logs) for step, logs in WINDOWS.items()}
+    assert callback.labels == pytest.approx(expected, rel=1e-12)
+    assert len(set(callback.labels.values())) > 1  # the toy's reward moves: there is something to regress on
+    assert fitted == [{s: callback.labels[s] for s in (4, 8, 12, 16)}]  # the worker's trajectory holds them
+    [jump] = callback.jumps
+    assert jump.applied and (jump.step, jump.target_step) == (16, 24), jump.skipped
+
+    # Independently: AlphaRL on the dense deltas W_t - W0 at the snapshots, with these labels, against the
+    # schedule's cumulative learning rate (the default time axis, which the labels' trend is read against).
+    traj = Trajectory(schedule_clock(trainer.lr_scheduler))
+    traj.append(0, {n: torch.zeros_like(w) for n, w in before.start.items()})
+    for step in (4, 8, 12, 16):
+        traj.append(step, {n: w - before.start[n] for n, w in before.at[step].items()})
+    traj.labels = {s: callback.labels[s] for s in (4, 8, 12, 16)}
+    ex = get_extrapolator("alpharl")
+    ex.fit(traj)
+    predicted = ex.predict(24)
+    moved = False
+    for name, w in after.at[16].items():
+        torch.testing.assert_close(w, before.start[name] + predicted[name], rtol=1e-4, atol=1e-5)
+        moved = moved or not torch.allclose(w, before.at[16][name])
+    assert moved
+
+    # The labels survive a resume: an observing run saved at step 16, branched there with a jump at 16, jumps as
+    # the straight run did (its fit needs the labels of steps 4-12, which only the state file holds).
+    observed, observer, *_ = train_alpharl(tmp_path / "vanilla", [], save_strategy="steps", save_steps=16)
+    unjumped = logged_rewards(observed)  # no jump at 16: step 16's log counts toward step 20
+    assert observer.jumps == [] and len(fitted) == 2  # no fit while observing (the 2nd is the check's above)
+    assert observer.labels == pytest.approx({**expected, 20: (unjumped[16] + unjumped[18]) / 2}, rel=1e-6)
+    checkpoint = tmp_path / "vanilla" / "out" / "checkpoint-16"
+    _, branch, _, branch_after = train_alpharl(tmp_path / "branch", [16], resume_from_checkpoint=str(checkpoint))
+    [branched] = branch.jumps
+    assert branched.applied
+    assert len(fitted) == 3 and fitted[2] == pytest.approx(fitted[0], rel=1e-6)
+    assert branched.figures.update_norm == pytest.approx(jump.figures.update_norm, rel=1e-5)
+    for name, w in after.at[20].items():  # the branch jumped at its start, before its first step: compare the end
+        torch.testing.assert_close(branch_after.at[20][name], w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "reason"),
+    [
+        ("constant", {"reward_funcs": lambda completions, **kw: [1.0] * len(completions)}, "labels are constant"),
+        ("too few", {"logging_steps": 8}, "needs labels at 3 or more snapshots"),  # logs at 8 only: step 12's label
+    ],
+)
+def test_alpharl_skips_the_jump_on_bad_labels(tmp_path, case, settings, reason):
+    trainer, callback, before, after = train_alpharl(tmp_path, [12], max_steps=14, **settings)
+    if case == "too few":
+        assert callback.labels == {12: logged_rewards(trainer)[8]}  # the snapshots without a log have no label
+    [jump] = callback.jumps
+    assert not jump.applied and jump.skipped.startswith("ValueError: AlphaRL") and reason in jump.skipped
+    assert "\n" not in jump.skipped
+    for name, w in before.at[12].items():
+        assert torch.equal(after.at[12][name], w)  # nothing applied, not even in part
+    assert [h["extrap/step"] for h in trainer.state.log_history if "extrap/jump_skipped" in h] == [12]
+
+
+def test_the_callback_takes_alpharl_and_refuses_probe_labels():
+    ExtrapolationArguments(
+        extrap_method="alpharl", extrap_min_skill=None, extrap_target_score=0.5
+    ).validate_extrapolation()
+    for source, message in (("probe", "not supported yet; use 'reward'"), ("accuracy", "choose one of")):
+        args = ExtrapolationArguments(extrap_method="alpharl", extrap_min_skill=None, extrap_label_source=source)
+        with pytest.raises(ExtrapolationConfigError, match=message) as err:
+            args.validate_extrapolation()
+        assert "\n" not in str(err.value)
+    with pytest.raises(ExtrapolationConfigError, match="extrap_label_reach"):
+        ExtrapolationArguments(
+            extrap_method="alpharl", extrap_min_skill=None, extrap_label_reach=-1.0
+        ).validate_extrapolation()
+    built = ExtrapolationArguments(extrap_method="alpharl", extrap_target_score=0.5, extrap_add_to_last=True)
+    assert (built.build_extrapolator().config.target_score, built.build_extrapolator().config.add_to_last) == (
+        0.5,
+        True,
+    )

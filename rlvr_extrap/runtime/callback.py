@@ -58,6 +58,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
         self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
+        self.labels: dict[int, float] = {}  # step -> score, for methods that regress on one (main process)
         self.snapshot_seconds = 0.0
         self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
 
@@ -198,6 +199,8 @@ class ExtrapolationCallback(TrainerCallback):
         self._log_skill()  # every backtest up to here goes into the saved history
         jumps = [j.to_dict() for j in self.jumps]
         history = {"snapshot_steps": self.snapshot_steps, "jumps": jumps, "skill": self.skill_history}
+        if self.labels:
+            history["labels"] = {str(step): label for step, label in self.labels.items()}
         path = save_state(CallbackState(offsets, steps, deltas, history), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
@@ -236,8 +239,9 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_steps = history["snapshot_steps"]
         self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
         self.skill_history = history.get("skill", [])
+        self.labels = {int(step): label for step, label in history.get("labels", {}).items()}
         if self.worker is not None:
-            self.worker.restore(saved.offsets, saved.steps, saved.deltas)
+            self.worker.restore(saved.offsets, saved.steps, saved.deltas, self.labels)
             logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
         return True
 
@@ -247,6 +251,9 @@ class ExtrapolationCallback(TrainerCallback):
         For a method that continues the optimizer's direction, the main process also reads AdamW's state of the
         LoRA factors (one elementwise pass and a CPU copy, like the factors; not supported under sharding).
         """
+        label = self._reward_label(step) if self.worker is not None and self.worker.extrapolator.needs_labels else None
+        if label is not None:
+            self.labels[step] = label
         self.snapshot_steps.append(step)
         start = time.perf_counter()
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
@@ -256,7 +263,27 @@ class ExtrapolationCallback(TrainerCallback):
             velocities = factor_velocities(self.modules, optimizer, deltas, dtype)
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
-            self.worker.add_snapshot(step, deltas, velocities)
+            self.worker.add_snapshot(step, deltas, velocities, label)
+
+    def _reward_label(self, step: int) -> float | None:
+        """The mean ``reward`` the trainer logged since the previous snapshot; None when it logged none.
+
+        The Trainer logs a step after its ``on_step_end``, so a snapshot's own step is logged after it and counts
+        toward the next snapshot; after a jump at the previous snapshot, that step's log (which scores the weights
+        before the jump) does not count.
+        """
+        if not self.snapshot_steps:
+            return None
+        previous = self.snapshot_steps[-1]
+        start = previous + 1 if any(j.applied and j.step == previous for j in self.jumps) else previous
+        rewards = []
+        for entry in reversed(self.trainer.state.log_history):  # in step order
+            logged = entry.get("step", step)
+            if logged < start:
+                break
+            if logged < step and "reward" in entry:
+                rewards.append(float(entry["reward"]))
+        return sum(rewards) / len(rewards) if rewards else None
 
     def _attach_velocities(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
         """Give the restored last point AdamW's state (a saved trajectory has none) for the ``optimizer`` method."""

@@ -75,10 +75,15 @@ class TrajectoryWorker:
         _OPEN.add(self)
 
     def add_snapshot(
-        self, step: int, lora_deltas: dict[str, LowRank], velocities: dict[str, FactorVelocity] | None = None
+        self,
+        step: int,
+        lora_deltas: dict[str, LowRank],
+        velocities: dict[str, FactorVelocity] | None = None,
+        label: float | None = None,
     ) -> Future[None]:
-        """Append a snapshot (and the optimizer's velocity of the factors there, for the ``optimizer`` method)."""
-        return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities)
+        """Append a snapshot (and the optimizer's velocity of the factors there, for the ``optimizer`` method; its
+        score, for the ``alpharl`` method)."""
+        return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities, label)
 
     def plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
@@ -117,12 +122,19 @@ class TrajectoryWorker:
 
         return self._pool.submit(_set)
 
-    def restore(self, offsets: dict[str, LowRank], steps: list[int], deltas: dict[str, list[LowRank]]) -> Future[None]:
-        """Start from a saved state (resume): the offsets and the current segment's points."""
+    def restore(
+        self,
+        offsets: dict[str, LowRank],
+        steps: list[int],
+        deltas: dict[str, list[LowRank]],
+        labels: dict[int, float] | None = None,
+    ) -> Future[None]:
+        """Start from a saved state (resume): the offsets, the current segment's points and their labels."""
 
         def _restore() -> None:
             self.offsets, self._lora = dict(offsets), {}
             self.trajectory = Trajectory(self.clock)
+            self.trajectory.labels = {s: y for s, y in (labels or {}).items() if s in steps}
             self._spill_clear()
             for i, step in enumerate(steps):
                 self.trajectory.append(step, {n: d[i] for n, d in deltas.items()})
@@ -151,10 +163,16 @@ class TrajectoryWorker:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _add_snapshot(
-        self, step: int, lora_deltas: dict[str, LowRank], velocities: dict[str, FactorVelocity] | None = None
+        self,
+        step: int,
+        lora_deltas: dict[str, LowRank],
+        velocities: dict[str, FactorVelocity] | None = None,
+        label: float | None = None,
     ) -> None:
         deltas = {n: Combination.of(self.offsets[n], d) if n in self.offsets else d for n, d in lora_deltas.items()}
         self.trajectory.append(step, deltas, velocities)
+        if label is not None:
+            self.trajectory.labels[step] = label
         self._lora = lora_deltas
         self._spill_add(f"snapshot-{step}", lora_deltas)
         self._measure_skill()
