@@ -18,6 +18,7 @@ LAYERS = {
     "trajectory": 2,  # snapshots on a clock, spill to disk
     "extrapolators": 3,  # fit a trajectory, predict a step
     "skill": 4,  # forecast skill and diagnostics
+    "presets": 5,  # what each reference's code fixes, as extrap_* values
     "config": 5,  # the extrap_* options
     "runtime": 6,  # the in-trainer callback, worker, guard
     "offline": 6,  # checkpoints on disk; a peer of runtime, not importing it
