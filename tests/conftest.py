@@ -7,9 +7,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlvr_extrap.experiments.models import SMOLLM2_WHEEL, resolve_model
 from rlvr_extrap.experiments.toy import build_toy_model, default_toy_path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``): deterministic
+    float32 sums, and a test time that does not collapse when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

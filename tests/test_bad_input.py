@@ -185,7 +185,11 @@ CLI_CASES: dict[str, tuple[Callable[[Path], object] | None, str, tuple[str, ...]
     "base file truncated": (
         lambda w: _truncate(w / "base" / "model.safetensors"),
         EXTRAPOLATE,
-        ("base/model.safetensors: unreadable", "corrupt or truncated", "--base must be the model this run started from"),
+        (
+            "base/model.safetensors: unreadable",
+            "corrupt or truncated",
+            "--base must be the model this run started from",
+        ),
     ),
     "base lacks a tensor": (
         lambda w: _edit(w / "base" / "model.safetensors", lambda t: t.pop("norm.weight")),

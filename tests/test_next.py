@@ -16,13 +16,22 @@ SHAPES = {"q": (12, 8), "k": (12, 8), "o": (8, 16), "up": (16, 12), "down": (12,
 STEPS = list(range(0, 151, 10))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny predictors train far faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny predictors train far faster on one thread (and do not fight other processes for cores).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def train_calls(monkeypatch) -> list[int]:
+    """The input width of every predictor ``_train`` trains, in call order (training still runs)."""
+    calls: list[int] = []
+    train = next_module._train
+
+    def counting_train(*args):
+        calls.append(args[0].shape[1])
+        return train(*args)
+
+    monkeypatch.setattr(next_module, "_train", counting_train)
+    return calls
 
 
 def saturating(t: float) -> float:
@@ -139,15 +148,8 @@ def test_too_few_points_for_the_horizon_is_a_clear_error():
         ex.predict_module("q", 52)
 
 
-def test_training_is_lazy_cached_per_horizon_and_deterministic(monkeypatch):
-    calls = []
-    train = next_module._train
-
-    def counting_train(*args):
-        calls.append(args[0].shape[1])
-        return train(*args)
-
-    monkeypatch.setattr(next_module, "_train", counting_train)
+def test_training_is_lazy_cached_per_horizon_and_deterministic(train_calls):
+    calls = train_calls
     traj, _ = synthetic(False)
     ex = fitted(traj)
     assert calls == [] and "train_seconds" not in ex.diagnostics["q"]
@@ -227,15 +229,8 @@ def test_reference_config_selects_every_reference_choice():
             NextConfig(**bad).validate()
 
 
-def test_u_and_v_get_their_own_predictors_unless_shared(monkeypatch):
-    calls = []
-    train = next_module._train
-
-    def counting_train(*args):
-        calls.append(args[0].shape[1])
-        return train(*args)
-
-    monkeypatch.setattr(next_module, "_train", counting_train)
+def test_u_and_v_get_their_own_predictors_unless_shared(train_calls):
+    calls = train_calls
     traj, _ = synthetic(True)
     ex = fitted(traj, epochs=5, share_uv=False)
     ex.predict(200)

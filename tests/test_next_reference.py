@@ -22,13 +22,8 @@ from rlvr_extrap.trajectory.trajectory import Trajectory
 DIMS = (1, 8, 300)  # sigma, a vector narrower than the width 256, one wider (a true bottleneck)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: deterministic float32 sums, and no fight with other processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread: deterministic float32 sums, and no fight with other processes for cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MatrixPredict(nn.Module):

@@ -29,14 +29,6 @@ from rlvr_extrap.utils.build import BuildError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_conversion_is_a_plain_model_with_its_chat_template(smollm2_path: Path) -> None:
     assert smollm2_path == models.smollm2_cache_path()
     assert (smollm2_path / MARKER).is_file()

@@ -277,7 +277,7 @@ class ExtrapolationCallback(TrainerCallback):
         previous = self.snapshot_steps[-1]
         start = previous + 1 if any(j.applied and j.step == previous for j in self.jumps) else previous
         rewards = []
-        for entry in reversed(self.trainer.state.log_history):  # in step order
+        for entry in reversed(self.trainer.state.log_history):  # newest first, back to the window's start
             logged = entry.get("step", step)
             if logged < start:
                 break
