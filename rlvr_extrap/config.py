@@ -42,7 +42,7 @@ class ExtrapolationArguments:
     ``field(metadata=...)`` key to argparse):
 
     > What to extrapolate and when: extrap_preset, extrap_method, extrap_jump_at, extrap_horizon,
-      extrap_snapshot_every, extrap_alpha
+      extrap_snapshot_every, extrap_alpha, extrap_full_modules
     > How the trajectory is fitted: extrap_fit_window, extrap_time_axis, extrap_rank, extrap_through_origin,
       extrap_keep_residual, extrap_coast
     > Labels per snapshot (alpharl): extrap_label_source, extrap_target_score, extrap_label_reach, extrap_add_to_last
@@ -310,6 +310,16 @@ class ExtrapolationArguments:
         },
     )
 
+    extrap_full_modules: str = field(
+        default="*.layers.*",
+        metadata={
+            "help": "Full-parameter runs (a model without a LoRA adapter): comma-separated globs over module names; "
+            "the trainable 2-D weights of the modules they match are snapshotted and jumped. The default takes the "
+            "decoder layers' linear weights; add e.g. '*embed_tokens,lm_head' for the embeddings (a tied pair is "
+            "one weight). Ignored in LoRA runs."
+        },
+    )
+
     @classmethod
     def from_object(cls, obj: Any, **overrides: Any) -> ExtrapolationArguments:
         """Read the ``extrap_*`` attributes of ``obj`` (e.g. a GRPOConfig), then apply ``overrides``.
@@ -574,6 +584,38 @@ class ExtrapolationArguments:
         preset = self.preset
         make = getattr(cls.config_class, preset.method_config) if preset and preset.method_config else cls.config_class
         return cls(make(**{name: getattr(self, f"extrap_{name}") for name in names}))
+
+    @property
+    def full_module_patterns(self) -> list[str]:
+        return [p.strip() for p in str(self.extrap_full_modules).split(",") if p.strip()]
+
+    def validate_full_parameter(self) -> None:
+        """Refuse settings a full-parameter run (no LoRA adapter) cannot honour, naming each."""
+        if not self.full_module_patterns:
+            raise ExtrapolationConfigError(
+                f"extrap_full_modules={self.extrap_full_modules!r} names no module; give globs such as '*.layers.*'"
+            )
+        refused = {
+            "extrap_jump_into": (
+                self.extrap_jump_into == "offset",
+                "a full-parameter jump goes into the trainable weights (the optimizer's float32 master copy where "
+                "one exists); leave it 'auto'",
+            ),
+            "extrap_offset_rank": (self.extrap_offset_rank is not None, "there are no LoRA offsets; leave it None"),
+            "extrap_edit_rank": (
+                self.extrap_edit_rank is not None,
+                "a full-parameter update is a dense matrix, applied exact; leave it None",
+            ),
+            "extrap_method": (
+                self.enabled and self.build_extrapolator().needs_optimizer_state,
+                "reading AdamW's state of dense weights is not implemented; use relex, linear, next or alpharl",
+            ),
+        }
+        for name, (bad, why) in refused.items():
+            if bad:
+                raise ExtrapolationConfigError(
+                    f"{name}={getattr(self, name)!r} does not apply to a full-parameter run (no LoRA adapter): {why}"
+                )
 
     def validate_for_training(self, args: Any) -> None:
         """Checks that need the trainer's arguments: every jump on a generation-buffer boundary. A periodic preset

@@ -8,12 +8,14 @@ import torch
 import transformers
 from datasets import Dataset
 from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
 from trl import GRPOTrainer
 
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, get_extrapolator
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.runtime.dense import find_dense_modules
 from rlvr_extrap.runtime.lora import find_lora_modules
-from rlvr_extrap.runtime.sharding import full_weights
+from rlvr_extrap.runtime.sharding import full_weights, whole
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
 
@@ -134,7 +136,12 @@ class WeightProbe(transformers.TrainerCallback):
 
 
 def effective_weights(model) -> dict[str, torch.Tensor]:
-    """Every LoRA module's whole ``W_base + s B A`` (gathered under ZeRO-3 / FSDP: call it on every process)."""
+    """Every LoRA module's whole ``W_base + s B A`` (gathered under ZeRO-3 / FSDP: call it on every process); in a
+    model without LoRA, the decoder layers' 2-D weights."""
+    if not any(isinstance(m, LoraLayer) for m in model.modules()):  # the weights the forward pass reads
+        dense = find_dense_modules(model, ["*.layers.*"])
+        with full_weights(model, [m.weight for m in dense.values()]):
+            return {name: whole(m.weight.detach()).to("cpu", torch.float32, copy=True) for name, m in dense.items()}
     modules = find_lora_modules(model)
     params = [p for m in modules.values() for p in (m.base_weight, *m.lora_parameters())]
     with full_weights(model, params):

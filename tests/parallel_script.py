@@ -1,9 +1,10 @@
 """Run by test_distributed under ``torchrun --nproc_per_node 2``: a tiny GRPO run on 2 CPU processes (gloo).
 
 Usage: torchrun --standalone --nproc_per_node 2 tests/parallel_script.py OUTDIR [--backend ddp|zero2|zero3|fsdp1|fsdp2]
-       [--no-extrap] [--guard] [--resume CHECKPOINT] [--tag NAME]
+       [--no-extrap] [--guard] [--full] [--resume CHECKPOINT] [--tag NAME]
 
-Each rank writes ``OUTDIR/{tag}{R}.pt`` (whole effective LoRA weights W_base + s*B@A: at the start, before and
+Each rank writes ``OUTDIR/{tag}{R}.pt`` (whole effective LoRA weights W_base + s*B@A, or with --full the decoder
+layers' weights: at the start, before and
 after the callback at every step end) and ``OUTDIR/{tag}{R}.json`` (the callback's history and facts about the
 distributed setup).
 
@@ -31,10 +32,12 @@ import torch
 import transformers
 from accelerate import PartialState
 from grpo_utils import effective_weights, make_trainer, tiny_model
+from peft.tuners.lora import LoraLayer
 from torch.nn.parallel import DistributedDataParallel
 
 from rlvr_extrap import ExtrapolationCallback
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.runtime.dense import find_dense_modules
 from rlvr_extrap.runtime.lora import find_lora_modules
 
 # generation_batch_size = per_device_train_batch_size (8) * num_processes (2) * steps_per_generation (1) = 16,
@@ -125,7 +128,10 @@ class DistributedProbe(transformers.TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.callback_model_types.add(type(model).__name__)
-        self.callback_module_names = sorted(find_lora_modules(model))
+        lora = any(isinstance(m, LoraLayer) for m in model.modules())
+        self.callback_module_names = sorted(
+            find_lora_modules(model) if lora else find_dense_modules(model, ["*.layers.*"])
+        )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.callback_model_types.add(type(model).__name__)
@@ -140,6 +146,7 @@ def main() -> None:
     parser.add_argument("--resume", help="checkpoint directory name under OUTDIR/out to resume from")
     parser.add_argument("--tag", default="rank", help="prefix of the result files")
     parser.add_argument("--bf16-base", action="store_true", help="the toy in bfloat16: jumps held as float32 offsets")
+    parser.add_argument("--full", action="store_true", help="full-parameter GRPO (no LoRA adapter)")
     cli = parser.parse_args()
 
     extrap = (
@@ -153,6 +160,8 @@ def main() -> None:
     if cli.bf16_base:
         tokenizer = build_char_tokenizer()
         overrides["model_and_tokenizer"] = tiny_model(tokenizer).to(torch.bfloat16), tokenizer
+    if cli.full:
+        overrides.update(lora=False, learning_rate=1e-3)
     trainer = make_trainer(cli.outdir, [before, callback, after, probe], **SETTINGS, **overrides, **extrap)
 
     state = PartialState()
@@ -175,9 +184,10 @@ def main() -> None:
     rank = state.process_index
     results = {"effective": after.at[trainer.state.global_step], "start": before.start, "before": before.at}
     results["after"] = after.at
-    modules = find_lora_modules(trainer.accelerator.unwrap_model(trainer.model)).items()
-    results["offsets"] = {n: m.offset.dense() for n, m in modules if m.offset is not None}
-    if cli.backend in ("ddp", "zero2"):  # whole on every rank: the adapters themselves must match too
+    if not cli.full:
+        modules = find_lora_modules(trainer.accelerator.unwrap_model(trainer.model)).items()
+        results["offsets"] = {n: m.offset.dense() for n, m in modules if m.offset is not None}
+    if cli.backend in ("ddp", "zero2") and not cli.full:  # whole on every rank: the adapters themselves must match too
         results["adapters"] = {
             n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad and "lora_" in n
         }

@@ -1,7 +1,10 @@
 """Run by test_resume: a tiny GRPO run with two jumps that finishes, crashes (SIGKILL), or resumes.
 
+Usage: resume_script.py WORKDIR MODE [lora|full-parameter]
+
 Modes: full, crash (killed at step 8, after checkpoint-6), kill-in-save (killed half-way through writing
-checkpoint-6's extrap_state.safetensors), resume (from checkpoint-6).
+checkpoint-6's extrap_state.safetensors), resume (from checkpoint-6). The run trains LoRA adapters (default) or,
+with ``full-parameter``, the whole model.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import transformers
-from grpo_utils import make_trainer
+from grpo_utils import effective_weights, make_trainer
 
 import rlvr_extrap.runtime.state
 from rlvr_extrap import ExtrapolationCallback
-from rlvr_extrap.runtime.lora import find_lora_modules
 
 SETTINGS = {
     "max_steps": 12,
@@ -47,15 +49,17 @@ def kill_while_writing(tensors: dict[str, torch.Tensor], filename: str, metadata
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(workdir: str, mode: str) -> None:
+def main(workdir: str, mode: str, kind: str = "lora") -> None:
     if mode == "kill-in-save":
         rlvr_extrap.runtime.state.save_file = kill_while_writing
     callback = ExtrapolationCallback()
     extra = [KillAt()] if mode == "crash" else []
-    trainer = make_trainer(Path(workdir), [callback, *extra], **SETTINGS)
+    lora = kind == "lora"
+    settings = SETTINGS if lora else {**SETTINGS, "learning_rate": 1e-3}
+    trainer = make_trainer(Path(workdir), [callback, *extra], lora=lora, **settings)
     resume = str(Path(workdir) / "out" / "checkpoint-6") if mode == "resume" else None
     trainer.train(resume_from_checkpoint=resume)
-    weights = {n: m.effective_weight() for n, m in find_lora_modules(trainer.model).items()}
+    weights = effective_weights(trainer.model)
     torch.save(weights, Path(workdir) / "final.pt")
     (Path(workdir) / "history.json").write_text(
         json.dumps(

@@ -190,8 +190,12 @@ def test_jump_off_the_generation_buffer_boundary_is_refused(tmp_path):
         trainer.train()
 
 
-def test_model_without_lora_is_refused(tmp_path):
-    trainer = make_trainer(tmp_path, [ExtrapolationCallback()], lora=False, extrap_method="relex", extrap_jump_at=[10])
+def test_a_model_whose_lora_adapters_are_all_frozen_is_refused(tmp_path):
+    """LoRA layers but no trainable adapter: not a full-parameter run (whose weights would be frozen too)."""
+    trainer = make_trainer(tmp_path, [ExtrapolationCallback()], extrap_method="relex", extrap_jump_at=[10])
+    for name, param in trainer.model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(False)
     with pytest.raises(NoLoraAdapterError, match="peft_config=LoraConfig"):
         trainer.train()
 

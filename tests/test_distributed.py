@@ -142,22 +142,38 @@ SHARDED = ["zero2", "zero3", "fsdp1", "fsdp2"]
 NEEDS_DEEPSPEED = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed (pip install deepspeed)"
 )
+BACKENDS = ["ddp", *(pytest.param(b, marks=NEEDS_DEEPSPEED) if "zero" in b else b for b in SHARDED)]
 
 
-@pytest.fixture(
-    scope="module", params=["ddp", *(pytest.param(b, marks=NEEDS_DEEPSPEED) if "zero" in b else b for b in SHARDED)]
-)
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend_run(request, extrap_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, list]]:
     if request.param == "ddp":
         return "ddp", extrap_run
     return request.param, launch(tmp_path_factory.mktemp(request.param), "--backend", request.param)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def full_backend_run(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, list]]:
+    """Full-parameter GRPO (no LoRA adapter) under each backend."""
+    return request.param, launch(tmp_path_factory.mktemp(f"full_{request.param}"), "--backend", request.param, "--full")
+
+
 def test_jump_keeps_ranks_identical_and_equals_the_single_process_prediction(backend_run):
     """DDP, ZeRO-2/3, FSDP1/2 (linear, jump at 4): every rank jumps, stays whole-weight identical, and lands on the
     prediction a single-process extrapolator makes from the same trajectory; the jump is still there a step later
     (no master copy or shard undid it)."""
-    backend, run = backend_run
+    _check_jump(*backend_run)
+
+
+def test_full_parameter_jump_survives_the_optimizer_under_every_backend(full_backend_run):
+    """The same in full-parameter runs, where the jump edits trainable weights: under ZeRO the optimizer's float32
+    master partitions too (else the next step copies the old master back over the jump: the last check fails)."""
+    backend, run = full_backend_run
+    assert run["json"][0]["callback_module_names"][0].startswith("model.layers.0.")
+    _check_jump(backend, run)
+
+
+def _check_jump(backend: str, run: dict[str, list]) -> None:
     for report in run["json"]:
         assert report["num_processes"] == NPROC
         assert report["jumps"] == [4] and report["jumps_skipped"] == []

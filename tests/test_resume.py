@@ -16,9 +16,9 @@ from rlvr_extrap.runtime.state import STATE_FILE
 SCRIPT = Path(__file__).with_name("resume_script.py")
 
 
-def _run(workdir: Path, mode: str) -> subprocess.CompletedProcess:
+def _run(workdir: Path, mode: str, kind: str = "lora") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(workdir), mode],
+        [sys.executable, str(SCRIPT), str(workdir), mode, kind],
         capture_output=True,
         text=True,
         timeout=600,
@@ -26,17 +26,24 @@ def _run(workdir: Path, mode: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("kind", ["lora", "full-parameter"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, kind):
     full, broken = tmp_path / "full", tmp_path / "broken"
-    done = _run(full, "full")
+    done = _run(full, "full", kind)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    crashed = _run(broken, "crash")
+    crashed = _run(broken, "crash", kind)
     assert crashed.returncode == -signal.SIGKILL  # a real kill, after checkpoint-6 and the first jump (step 4)
     assert (broken / "out" / "checkpoint-6" / "extrap_state.safetensors").exists()
     assert not (broken / "final.pt").exists()
+    if kind == "full-parameter":  # the state holds the origin and names the points: it does not grow with them
+        state = (broken / "out" / "checkpoint-6" / STATE_FILE).stat().st_size
+        model = (broken / "out" / "checkpoint-6" / "model.safetensors").stat().st_size
+        points = sorted(p.name for p in (broken / "out" / "extrap" / "points").iterdir())
+        assert points == ["segment-4-step-4.safetensors", "segment-4-step-6.safetensors"]
+        assert state < model, (state, model)
 
-    resumed = _run(broken, "resume")
+    resumed = _run(broken, "resume", kind)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trajectory starts afresh" not in resumed.stderr
 

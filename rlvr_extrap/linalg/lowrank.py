@@ -23,6 +23,7 @@ __all__ = [
     "LowRank",
     "frobenius_norm",
     "inner",
+    "is_finite",
     "lincomb",
     "to_dense",
     "weighted_terms",
@@ -226,6 +227,11 @@ def lincomb(weights: Sequence[float], deltas: Sequence[Delta]) -> Delta:
 
 def to_dense(d: Delta) -> torch.Tensor:
     return d.dense() if isinstance(d, LowRank) else d
+
+
+def is_finite(d: Delta) -> bool:
+    """No NaN or Inf in ``d`` (in its factors and weights when it has them)."""
+    return d.is_finite() if isinstance(d, LowRank) else bool(d.isfinite().all())
 
 
 def frobenius_norm(d: Delta) -> float:

@@ -9,17 +9,35 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from peft.tuners.lora import LoraLayer
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from rlvr_extrap.config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
+from rlvr_extrap.runtime.dense import DenseModule, DenseTarget, NoDenseWeightError, find_dense_modules, read_weights
 from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support, sharded_backend
 from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
-from rlvr_extrap.runtime.lora import JumpTarget, LoraModule, factor_velocities, find_lora_modules, snapshot_deltas
+from rlvr_extrap.runtime.lora import (
+    JumpTarget,
+    LoraModule,
+    NoLoraAdapterError,
+    factor_velocities,
+    find_lora_modules,
+    snapshot_deltas,
+)
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.record import JumpFigures, JumpRecord
-from rlvr_extrap.runtime.state import STATE_FILE, CallbackState, StateFileError, read_resume_state, save_state
+from rlvr_extrap.runtime.state import (
+    POINTS_DIR,
+    STATE_FILE,
+    CallbackState,
+    StateFileError,
+    read_points,
+    read_resume_state,
+    save_state,
+    write_point,
+)
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
@@ -31,6 +49,10 @@ logger = logging.get_logger(__name__)
 
 class ExtrapolationCallback(TrainerCallback):
     """Snapshots the LoRA weights, fits their trajectory in a background thread, and jumps ahead.
+
+    On a model without a LoRA adapter (full-parameter GRPO) it does the same with the trainable 2-D weights that
+    ``extrap_full_modules`` selects (``runtime.dense``): their trajectory is ``W_t - W_0``, and a jump edits the
+    weights the optimizer steps from.
 
     Add it to the trainer it runs in: ``trainer.add_callback(ExtrapolationCallback(trainer))``. The trainer
     logs its metrics (``Trainer.log``), gives the guard its rewards and re-syncs vLLM weights after a jump.
@@ -49,8 +71,9 @@ class ExtrapolationCallback(TrainerCallback):
         self.trainer = trainer
         self.settings = settings
         self.config: ExtrapolationArguments | None = None
-        self.modules: dict[str, LoraModule] = {}
-        self.target: JumpTarget | None = None  # where jumps land (base weights or offsets), set at train begin
+        self.modules: dict[str, LoraModule] | dict[str, DenseModule] = {}
+        self.full = False  # a full-parameter run: no LoRA adapter, the weights themselves are extrapolated
+        self.target: JumpTarget | DenseTarget | None = None  # where jumps land, set at train begin
         self.worker: TrajectoryWorker | None = None  # main process only
         self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
@@ -60,6 +83,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_steps: list[int] = []
         self.labels: dict[int, float] = {}  # step -> score, for methods that regress on one (main process)
         self.snapshot_seconds = 0.0
+        self._point_files: dict[tuple[int, int], str] = {}  # (segment start, step) -> file, full-parameter runs
         self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
 
     @property
@@ -97,7 +121,7 @@ class ExtrapolationCallback(TrainerCallback):
                     "unknown; fitting against steps instead"
                 )
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
-        self.modules = find_lora_modules(model)
+        self.modules, self.full = self._find_modules(model)
         self.target = self._jump_target()
         if self.config.extrap_guard:
             self.guard = self._build_guard(args)
@@ -106,6 +130,7 @@ class ExtrapolationCallback(TrainerCallback):
             cfg = self.config
             gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio, cfg.extrap_min_skill)
             budget = parse_memory(cfg.extrap_snapshot_memory)
+            self._check_budget(budget)
             spill = None if budget is None else SnapshotSpill(os.path.join(args.output_dir, "extrap", "spill"), budget)
             self.worker = TrajectoryWorker(
                 cfg.build_extrapolator(),
@@ -155,8 +180,45 @@ class ExtrapolationCallback(TrainerCallback):
                 self.worker = None
         self.modules, self.model, self.target = {}, None, None
 
-    def _jump_target(self) -> JumpTarget:
+    def _find_modules(self, model: torch.nn.Module) -> tuple[dict, bool]:
+        """The LoRA modules, or on a model with no LoRA layer at all the dense weights ``extrap_full_modules``
+        selects (and True: a full-parameter run)."""
+        try:
+            return find_lora_modules(model), False
+        except NoLoraAdapterError:
+            if any(isinstance(m, LoraLayer) for m in model.modules()):
+                raise  # an adapter the callback cannot use: its message names the fix
+        self.config.validate_full_parameter()
+        try:
+            modules = find_dense_modules(model, self.config.full_module_patterns)
+        except NoDenseWeightError as err:
+            raise ExtrapolationConfigError(str(err)) from None
+        halves = sorted({str(m.weight.dtype).removeprefix("torch.") for m in modules.values()} - {"float32"})
+        if halves and sharded_backend() != "DeepSpeed":
+            logger.warning(
+                f"extrapolation: the trainable weights are {'/'.join(halves)} with no float32 master copy, so a jump "
+                "is rounded to their dtype (a small update can be mostly lost; extrap/landed_fraction logs what is "
+                "kept); load the model in float32 and train with bf16=True (autocast) to keep jumps exact"
+            )
+        return modules, True
+
+    def _check_budget(self, budget: int | None) -> None:
+        """``extrap_snapshot_memory`` must hold at least one module's snapshot (full-parameter runs)."""
+        if budget is None or not self.full:
+            return
+        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        name, module = max(self.modules.items(), key=lambda item: item[1].nbytes(dtype))
+        if budget < module.nbytes(dtype):
+            raise ExtrapolationConfigError(
+                f"extrap_snapshot_memory={self.config.extrap_snapshot_memory!r} is less than one module's snapshot "
+                f"({name}: {module.nbytes(dtype):,} bytes in {self.config.extrap_snapshot_dtype}); give at least "
+                f"{module.nbytes(dtype):,} bytes, better a few snapshots' worth"
+            )
+
+    def _jump_target(self) -> JumpTarget | DenseTarget:
         """Where jumps land (``extrap_jump_into``); under DeepSpeed / FSDP always the base weights, said once."""
+        if self.full:
+            return DenseTarget(self.modules)
         target = JumpTarget(self.modules, self.config.extrap_jump_into, self.config.extrap_offset_rank)
         kind = sharded_backend()
         if kind is not None and target.into == "offset":
@@ -201,7 +263,13 @@ class ExtrapolationCallback(TrainerCallback):
         history = {"snapshot_steps": self.snapshot_steps, "jumps": jumps, "skill": self.skill_history}
         if self.labels:
             history["labels"] = {str(step): label for step, label in self.labels.items()}
-        path = save_state(CallbackState(offsets, steps, deltas, history), directory)
+        state = CallbackState(offsets, steps, deltas, history)
+        if self.full:  # the origin, and the points by name: each is written once, not into every checkpoint
+            files = [
+                os.path.relpath(self._point_file(steps[0], step, i, deltas), directory) for i, step in enumerate(steps)
+            ]
+            state = CallbackState({}, steps, {}, history, origin=self.worker.origin, point_files=files)
+        path = save_state(state, directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
     def _jump_due_at_resume(self, step: int) -> bool:
@@ -235,6 +303,9 @@ class ExtrapolationCallback(TrainerCallback):
             raise StateFileError(error)
         if offsets is None:
             return False
+        if self.full:
+            self._resume_full(saved, history, directory, state.global_step)
+            return True
         self.target.restore(offsets, self.model)
         self.snapshot_steps = history["snapshot_steps"]
         self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
@@ -244,6 +315,39 @@ class ExtrapolationCallback(TrainerCallback):
             self.worker.restore(saved.offsets, saved.steps, saved.deltas, self.labels)
             logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
         return True
+
+    def _point_file(self, segment: int, step: int, index: int, deltas: dict[str, list]) -> str:
+        """The file of a full-parameter trajectory point, written the first time a checkpoint needs it."""
+        key = (segment, step)
+        if key not in self._point_files:
+            point = {name: points[index] for name, points in deltas.items()}
+            self._point_files[key] = str(write_point(self.trainer.args.output_dir, segment, step, point))
+        return self._point_files[key]
+
+    def _resume_full(self, saved: CallbackState | None, history: dict, directory: str, step: int) -> None:
+        """A full-parameter resume: the checkpoint's weights hold every jump; the origin, history and the segment's
+        points come back from their files, or without those files the trajectory starts a new segment at ``step``."""
+        self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
+        self.skill_history = history.get("skill", [])
+        self.labels = {int(s): label for s, label in history.get("labels", {}).items()}
+        self.snapshot_steps = history["snapshot_steps"]
+        points = None if saved is None else read_points(saved, directory)
+        found = broadcast_from_main(points is not None)
+        if self.worker is not None and points is not None:
+            self.worker.restore({}, saved.steps, points, self.labels, origin=saved.origin)
+            for file, point_step in zip(saved.point_files, saved.steps, strict=True):
+                self._point_files[(saved.steps[0], point_step)] = os.path.join(directory, file)
+            logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
+            return
+        if self.worker is not None:
+            self.worker.restore({}, [], {}, self.labels, origin=saved.origin)
+            logger.warning(
+                f"extrapolation: the trajectory points {directory}/{STATE_FILE} names are missing (deleted "
+                f"{POINTS_DIR} of the run?); the trajectory restarts at step {step}"
+            )
+        if not found:
+            self.snapshot_steps = [s for s in self.snapshot_steps if s < step]
+            self._snapshot(step)
 
     def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.
@@ -257,6 +361,12 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_steps.append(step)
         start = time.perf_counter()
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
+        if self.full:  # the worker measures the weights from the origin, off the training thread
+            weights = read_weights(self.modules, self.model)
+            self.snapshot_seconds += time.perf_counter() - start
+            if self.worker is not None:
+                self.worker.add_weights(step, weights, dtype, label)
+            return
         deltas = snapshot_deltas(self.modules, self.model, dtype)
         velocities = None
         if self.worker is not None and self.worker.extrapolator.needs_optimizer_state and optimizer is not None:
@@ -360,7 +470,7 @@ class ExtrapolationCallback(TrainerCallback):
         landed = self.target.apply(plan.reduced_updates(), self.model)
         plan.settled()
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
-            params = [p for m in self.modules.values() for p in m.lora_parameters()]
+            params = [m.weight for m in self.modules.values()] if self.full else self._lora_parameters()
             reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
         if hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
@@ -369,6 +479,9 @@ class ExtrapolationCallback(TrainerCallback):
         record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start, landed)
         self.jumps.append(record)
         self._log(record.to_metrics())
+
+    def _lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.modules.values() for p in m.lora_parameters()]
 
     def _skip(self, record: JumpRecord, level: int, why: str) -> None:
         """Keep the record of a jump that did not happen, say ``why`` at ``level``, and log ``extrap/jump_skipped``."""

@@ -16,7 +16,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from rlvr_extrap.linalg.landed import Landed
-from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.linalg.lowrank import Delta, LowRank
 from rlvr_extrap.runtime.distributed import broadcast_from_main
 from rlvr_extrap.runtime.offset import JumpOffset, fold_offset, offset_of, resolve_jump_into
 from rlvr_extrap.runtime.sharding import add_whole, full_weights, whole
@@ -32,6 +32,7 @@ __all__ = [
     "factor_velocities",
     "find_lora_modules",
     "snapshot_deltas",
+    "unwrapped_name",
 ]
 
 
@@ -104,20 +105,32 @@ EDIT_BLOCK = 2**22
 """Elements of the float32 product formed at a time when editing a whole (unsharded) weight."""
 
 
-def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) -> Landed | None:
+def add_update(weight: torch.Tensor, update: Delta, transposed: bool = False) -> Landed | None:
     """``weight += update`` (``update.T`` if ``transposed``): float32 matmuls of the factors on the weight's device.
 
     A whole weight is edited in row blocks of about ``EDIT_BLOCK`` elements (the product rounded to the weight's
-    dtype, then added), so the edit never holds an ``m x n`` float32 matrix. Returns what landed, measured block by
-    block from the weight before and after (None for a DTensor, whose blocks live on other processes).
+    dtype, then added), so the edit never holds an ``m x n`` float32 matrix; a dense update (full-parameter runs) is
+    added block by block alike. Returns what landed, measured block by block from the weight before and after (None
+    for a DTensor, whose blocks live on other processes).
     """
     from torch.distributed.tensor import DTensor
 
-    left, right = update.left.to(weight.device, torch.float32), update.right.to(weight.device, torch.float32)
-    if transposed:
-        left, right = right.T, left.T
+    if isinstance(update, LowRank):
+        left, right = update.left.to(weight.device, torch.float32), update.right.to(weight.device, torch.float32)
+        if transposed:
+            left, right = right.T, left.T
+
+        def rows_of(start: int, stop: int) -> torch.Tensor:
+            return left[start:stop] @ right
+
+    else:
+        dense = update.T if transposed else update
+
+        def rows_of(start: int, stop: int) -> torch.Tensor:
+            return dense[start:stop].to(weight.device, torch.float32)
+
     if isinstance(weight, DTensor):
-        add_whole(weight, left @ right)
+        add_whole(weight, rows_of(0, weight.shape[0]))
         return None
     rows = max(1, EDIT_BLOCK // max(weight.shape[1], 1))
     parts = []
@@ -125,7 +138,7 @@ def add_update(weight: torch.Tensor, update: LowRank, transposed: bool = False) 
         block = weight.data[start : start + rows]
         before = block.float()  # a copy unless the weight is float32
         before = before.clone() if before is block else before
-        intended = left[start : start + rows] @ right
+        intended = rows_of(start, start + rows)
         block.add_(intended.to(weight.dtype))
         parts.append(Landed.of_dense(block.float() - before, intended))
     return Landed.total(parts)
@@ -145,7 +158,7 @@ def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
         for adapter, lora_a in layer.lora_A.items():
             if not lora_a.weight.requires_grad:
                 continue  # e.g. the frozen "ref" adapter GRPO adds when beta != 0
-            key = _unwrapped_name(name)
+            key = unwrapped_name(name)
             reason = _edit_refusal(layer, adapter)
             if reason is not None:
                 refused.append((key, reason))
@@ -337,7 +350,7 @@ class JumpTarget:
                     self.modules[name].set_offset(value)
 
 
-def _unwrapped_name(name: str) -> str:
+def unwrapped_name(name: str) -> str:
     """A module's name as in the plain PeftModel (FSDP1 and activation checkpointing insert wrapper modules)."""
     for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
         name = name.replace(wrapper, "")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from transformers.utils import logging
 
-from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.linalg.lowrank import Delta, LowRank
 from rlvr_extrap.runtime.reduction import Reduction
 from rlvr_extrap.skill.diagnostics import ModuleDiagnostics
 
@@ -35,14 +35,14 @@ class JumpGate:
         )
 
 
-class ReducedUpdates(Mapping[str, LowRank]):
+class ReducedUpdates(Mapping[str, Delta]):
     """A streamed plan's updates: reading one waits until it is final; ``items()`` hands them over as they become
     final (see ``Reduction.completed``), so the edit of a module overlaps the reduction of the next."""
 
     def __init__(self, plan: JumpPlan) -> None:
         self._plan = plan
 
-    def __getitem__(self, name: str) -> LowRank:
+    def __getitem__(self, name: str) -> Delta:
         if self._plan.reduction is not None:
             self._plan.reduction.wait(name)
         return self._plan.updates[name]
@@ -53,7 +53,7 @@ class ReducedUpdates(Mapping[str, LowRank]):
     def __len__(self) -> int:
         return len(self._plan.updates)
 
-    def items(self) -> Iterator[tuple[str, LowRank]]:  # type: ignore[override]
+    def items(self) -> Iterator[tuple[str, Delta]]:  # type: ignore[override]
         """(name, final update) pairs in the order they become final, not in plan order."""
         if self._plan.reduction is None:
             yield from self._plan.updates.items()
@@ -74,18 +74,18 @@ class JumpPlan:
 
     step: int
     target_step: int
-    updates: dict[str, LowRank]
+    updates: dict[str, Delta]
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     fit_seconds: float = 0.0
     size_ratio: float | None = None  # update norm / distance the segment travelled (None: not checked)
     skill: float | None = None  # backtest skill at this plan's horizon (None: not measured)
-    edit_rank: int | None = None  # largest inner dimension of the updates as applied
+    edit_rank: int | None = None  # largest inner dimension of the updates as applied (None: dense updates)
     edit_error: float | None = None  # ||applied - planned|| / ||planned|| over all modules (None: not reduced)
     reduce_seconds: float = 0.0  # bringing the updates to their true (or the truncated) rank
     reduction: Reduction | None = None  # set while a streamed reduction runs on the worker
     reduce_error: str | None = None  # a streamed reduction that failed: the modules left are applied exact
 
-    def reduced_updates(self) -> Mapping[str, LowRank]:
+    def reduced_updates(self) -> Mapping[str, Delta]:
         return self.updates if self.reduction is None else ReducedUpdates(self)
 
     def settled(self) -> JumpPlan:
@@ -99,7 +99,8 @@ class JumpPlan:
     def summarize_reduction(self) -> None:
         """``edit_rank`` and ``edit_error`` of the plan from its modules' reductions (an error only where updates
         were truncated: an exact reduction differs by round-off)."""
-        self.edit_rank = max((u.rank for u in self.updates.values()), default=0)
+        dense = any(not isinstance(u, LowRank) for u in self.updates.values())  # full-parameter: no rank to report
+        self.edit_rank = None if dense else max((u.rank for u in self.updates.values()), default=0)
         reduced = [self.diagnostics[n] for n in self.updates if "edit_norm_sq" in self.diagnostics[n]]
         if reduced:
             norm_sq = sum(d["edit_norm_sq"] for d in reduced)
@@ -121,6 +122,9 @@ class JumpPlan:
             name: {**d, "update_norm": d["update_norm"] * abs(factor)} if name in self.updates else d
             for name, d in self.diagnostics.items()
         }
-        updates = {name: u.scaled(factor) for name, u in self.settled().updates.items()}
+        updates = {
+            name: u.scaled(factor) if isinstance(u, LowRank) else u * factor
+            for name, u in self.settled().updates.items()
+        }
         ratio = None if self.size_ratio is None else self.size_ratio * abs(factor)
         return replace(self, updates=updates, diagnostics=diagnostics, size_ratio=ratio, reduction=None)

@@ -5,6 +5,12 @@ float32 offset beside the LoRA path (``runtime.offset``), and leaves A, B alone,
 does not contain it. The callback writes ``extrap_state.safetensors``
 into every checkpoint and into ``output_dir`` at the end of training: the accumulated jump offsets
 (factored) and the current segment's trajectory, with the snapshot and jump history as metadata.
+
+A full-parameter run's jumps are in the weights the checkpoint saves; its state holds the origin the trajectory is
+measured from (one copy of the extrapolated weights) and names the segment's points, each a dense matrix per
+weight, which are written once to ``<output_dir>/extrap/points/`` and shared by every checkpoint (so a checkpoint does
+not grow with the snapshot count). A resume that finds them continues the trajectory; without them it starts a new
+segment.
 ``apply_offsets`` puts the offsets back onto a freshly loaded ``PeftModel``; a resumed run restores
 everything from the checkpoint it resumes from.
 """
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -32,8 +39,10 @@ __all__ = [
     "StateFileError",
     "apply_offsets",
     "load_state",
+    "read_points",
     "read_resume_state",
     "save_state",
+    "write_point",
 ]
 
 STATE_FILE = "extrap_state.safetensors"
@@ -41,12 +50,15 @@ STATE_FILE = "extrap_state.safetensors"
 
 @dataclass
 class CallbackState:
-    """Jump offsets, the current segment's trajectory, and the history (JSON-able) of one run."""
+    """Jump offsets, the current segment's trajectory, and the history (JSON-able) of one run; a full-parameter
+    run's ``origin`` (the weights its deltas are measured from) instead of offsets and points."""
 
     offsets: dict[str, LowRank]
     steps: list[int]
     deltas: dict[str, list[LowRank]]
     history: dict[str, Any]
+    origin: dict[str, torch.Tensor] | None = None
+    point_files: list[str] | None = None  # full-parameter runs: one file per point, relative to the state's directory
 
 
 def save_state(state: CallbackState, directory: str | Path) -> Path:
@@ -59,12 +71,16 @@ def save_state(state: CallbackState, directory: str | Path) -> Path:
     for name, deltas in state.deltas.items():
         for i, d in enumerate(deltas):
             tensors[f"point.{i}.{name}.left"], tensors[f"point.{i}.{name}.right"] = d.left, d.right
+    for name, weight in (state.origin or {}).items():
+        tensors[f"origin.{name}"] = weight
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     metadata = {
         "format": "rlvr_extrap.state.v1",
         "steps": json.dumps(state.steps),
         "history": json.dumps(state.history),
     }
+    if state.point_files is not None:
+        metadata["point_files"] = json.dumps(state.point_files)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -122,9 +138,12 @@ def read_resume_state(directory: str | Path, step: int, jump_at: Sequence[int]) 
 
 def _parse_state(meta: dict[str, str], tensors: dict[str, Any]) -> CallbackState:
     steps = json.loads(meta["steps"])
-    offsets, deltas = {}, {}
+    offsets, deltas, origin = {}, {}, {}
     for key in tensors:
         kind, rest = key.split(".", 1)
+        if kind == "origin":
+            origin[rest] = tensors[key]
+            continue
         if not key.endswith(".left"):
             continue
         if kind == "offset":
@@ -138,7 +157,36 @@ def _parse_state(meta: dict[str, str], tensors: dict[str, Any]) -> CallbackState
     missing = sorted(name for name, points in deltas.items() if any(d is None for d in points))
     if missing:
         raise ValueError(f"trajectory points missing for {missing[:3]}")
-    return CallbackState(offsets, steps, deltas, json.loads(meta["history"]))
+    files = json.loads(meta["point_files"]) if "point_files" in meta else None
+    return CallbackState(offsets, steps, deltas, json.loads(meta["history"]), origin or None, files)
+
+
+POINTS_DIR = Path("extrap") / "points"
+
+
+def write_point(output_dir: str | Path, segment: int, step: int, deltas: dict[str, torch.Tensor]) -> Path:
+    """Write one full-parameter trajectory point (``W_step - origin`` per weight) under ``output_dir``, atomically."""
+    path = Path(output_dir) / POINTS_DIR / f"segment-{segment}-step-{step}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({name: d.contiguous() for name, d in deltas.items()}, str(tmp))
+    return path
+
+
+def read_points(state: CallbackState, directory: str | Path) -> dict[str, list[torch.Tensor]] | None:
+    """A full-parameter state's points, memory-mapped from their files; None when a file is missing or unreadable
+    (the resume then starts a new segment)."""
+    if not state.point_files:
+        return None
+    deltas: dict[str, list[torch.Tensor]] = {}
+    try:
+        for file in state.point_files:
+            tensors, _ = read_tensors(Path(directory) / file, "")
+            for name, delta in tensors.items():
+                deltas.setdefault(name, []).append(delta)
+    except (OSError, ValueError):
+        return None
+    return deltas
 
 
 def apply_offsets(model: nn.Module, path: str | Path, into: str = "auto") -> int:

@@ -13,7 +13,7 @@ import torch
 from transformers.utils import logging
 
 from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator
-from rlvr_extrap.linalg.lowrank import Combination, LowRank, weighted_terms
+from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank, is_finite, lincomb, weighted_terms
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.reduction import Reduction
 from rlvr_extrap.skill.diagnostics import (
@@ -40,6 +40,10 @@ class TrajectoryWorker:
     a ``Combination`` of the trajectory's points too: planning it copies no factors, and each module's
     factors are concatenated only when that module is edited.
     Nothing here touches the live model, and no collective is ever called from this thread.
+
+    A full-parameter run hands in the weights themselves (``add_weights``): the worker keeps the first as the
+    ``origin`` and stores each point as the dense ``W_t - origin``; a jump is in the weights the next snapshot reads,
+    so no offsets are kept and a new segment starts at the jumped point.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class TrajectoryWorker:
         self.spill = spill  # moves old snapshots to memory-mapped files past its budget (None: all in memory)
         self.trajectory = Trajectory(clock)
         self.offsets: dict[str, LowRank] = {}
+        self.origin: dict[str, torch.Tensor] | None = None  # full-parameter runs: the weights deltas are measured from
         self._lora: dict[str, LowRank] = {}  # the last snapshot's own s * B @ A, without the offset
         self.latest_skill: SkillRecord | None = None  # of the current segment's last point
         self.skill_records: list[SkillRecord] = []  # every backtest, appended here only (read from any thread)
@@ -85,6 +90,13 @@ class TrajectoryWorker:
         score, for the ``alpharl`` method)."""
         return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities, label)
 
+    def add_weights(
+        self, step: int, weights: dict[str, torch.Tensor], dtype: torch.dtype, label: float | None = None
+    ) -> Future[None]:
+        """Append a full-parameter snapshot: the weights, stored as ``W - origin`` in ``dtype`` (the first weights
+        handed in become the origin)."""
+        return self._pool.submit(self._add_weights, step, weights, dtype, label)
+
     def plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
 
@@ -102,7 +114,7 @@ class TrajectoryWorker:
         """
         return self._pool.submit(self._commit_jump, plan, offsets)
 
-    def state_now(self) -> Future[tuple[dict[str, LowRank], list[int], dict[str, list[LowRank]]]]:
+    def state_now(self) -> Future[tuple[dict[str, LowRank], list[int], dict[str, list[Delta]]]]:
         """(offsets, trajectory steps, trajectory deltas) once every queued task has run."""
         return self._pool.submit(
             lambda: (
@@ -128,11 +140,13 @@ class TrajectoryWorker:
         steps: list[int],
         deltas: dict[str, list[LowRank]],
         labels: dict[int, float] | None = None,
+        origin: dict[str, torch.Tensor] | None = None,
     ) -> Future[None]:
-        """Start from a saved state (resume): the offsets, the current segment's points and their labels."""
+        """Start from a saved state (resume): the offsets, the current segment's points and their labels (and a
+        full-parameter run's origin)."""
 
         def _restore() -> None:
-            self.offsets, self._lora = dict(offsets), {}
+            self.offsets, self._lora, self.origin = dict(offsets), {}, origin
             self.trajectory = Trajectory(self.clock)
             self.trajectory.labels = {s: y for s, y in (labels or {}).items() if s in steps}
             self._spill_clear()
@@ -177,7 +191,15 @@ class TrajectoryWorker:
         self._spill_add(f"snapshot-{step}", lora_deltas)
         self._measure_skill()
 
-    def _spill_add(self, tag: str, factors: dict[str, LowRank]) -> None:
+    def _add_weights(
+        self, step: int, weights: dict[str, torch.Tensor], dtype: torch.dtype, label: float | None
+    ) -> None:
+        if self.origin is None:
+            self.origin = weights
+        deltas = {name: (w.float() - self.origin[name].float()).to(dtype) for name, w in weights.items()}
+        self._add_snapshot(step, deltas, None, label)
+
+    def _spill_add(self, tag: str, factors: dict[str, Delta]) -> None:
         if self.spill is not None:
             self.spill.add(tag, {n: f for n, f in factors.items() if not isinstance(f, Combination)})
 
@@ -240,7 +262,7 @@ class TrajectoryWorker:
         if bad:
             raise ValueError(f"the prediction contains NaN or Inf (e.g. module {bad[0]}); jump refused")
         for name, now in current.items():
-            update = (predicted[name] - now).scaled(alpha)  # lazy; compacted at commit, off the training thread
+            update = _scaled_difference(predicted[name], now, alpha)
             diag = module_diagnostics(
                 self.trajectory,
                 name,
@@ -310,12 +332,12 @@ class TrajectoryWorker:
         except Exception as err:
             plan.record_reduce_error(err)
 
-    def _finite(self, name: str, predicted: LowRank) -> bool:
+    def _finite(self, name: str, predicted: Delta) -> bool:
         """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""
         held = {id(a) for a in self.trajectory.atoms(name)}
         if not bool(self.trajectory.gram(name).isfinite().all()):
             return False
-        return all(math.isfinite(w) and (id(t) in held or t.is_finite()) for w, t in weighted_terms(predicted))
+        return all(math.isfinite(w) and (id(t) in held or is_finite(t)) for w, t in weighted_terms(predicted))
 
     def _update_norm(self, name: str, target_step: int, alpha: float) -> float | None:
         """``||alpha (D_hat - D_now)||`` from the Gram matrix when the prediction is a combination of points."""
@@ -344,6 +366,9 @@ class TrajectoryWorker:
             if update is None:  # a module the gate kept in place
                 origin[name] = delta
                 continue
+            if self.origin is not None:  # full-parameter: the jumped weights, as the next snapshot would read them
+                origin[name] = lincomb([1.0, 1.0], [delta, update]).to(delta.dtype)
+                continue
             old = self.offsets.get(name)
             if offsets is not None:  # what the offset changed by is the update as it landed
                 update = offsets[name] if old is None else offsets[name] - old
@@ -355,9 +380,20 @@ class TrajectoryWorker:
         self.trajectory = Trajectory(self.clock)
         self.trajectory.append(plan.step, origin)
         self._spill_clear()  # the old segment's points are gone
-        self._spill_add(f"offset-{plan.step}", self.offsets)
-        self._spill_add(f"snapshot-{plan.step}", self._lora)
+        if self.origin is not None:
+            self._spill_add(f"point-{plan.step}", origin)
+        else:
+            self._spill_add(f"offset-{plan.step}", self.offsets)
+            self._spill_add(f"snapshot-{plan.step}", self._lora)
         self.latest_skill = None  # a new segment: nothing backtested yet
+
+
+def _scaled_difference(predicted: Delta, now: Delta, alpha: float) -> Delta:
+    """``alpha (predicted - now)``: lazy for factored deltas (compacted at commit, off the training thread), a float32
+    matrix for dense ones."""
+    if isinstance(predicted, LowRank) and isinstance(now, LowRank):
+        return (predicted - now).scaled(alpha)
+    return lincomb([alpha, -alpha], [predicted, now])
 
 
 def _rounded(scores: dict[int, float]) -> dict[int, float]:

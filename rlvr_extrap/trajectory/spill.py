@@ -1,6 +1,6 @@
 """Snapshots past a memory budget (``extrap_snapshot_memory``) move to memory-mapped safetensors files.
 
-The trajectory keeps every point's factors (relex fits its direction on all of them, and each new Gram row needs
+The trajectory keeps every point's factors (or, in full-parameter runs, dense deltas) (relex fits its direction on all of them, and each new Gram row needs
 its inner products with all of them), so the budget does not drop snapshots: the oldest ones are written to disk
 and their tensors re-pointed, in place, at a private memory map of that file (``safe_open``). Same values, same
 objects (every ``Combination`` that references them keeps working); the pages are read from disk when a Gram row or a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.linalg.lowrank import Delta, LowRank
 from rlvr_extrap.utils.safetensors_io import read_tensors
 
 __all__ = ["SnapshotSpill", "parse_memory"]
@@ -51,11 +51,11 @@ class SnapshotSpill:
     def __init__(self, directory: str | Path, budget: int) -> None:
         self.directory = Path(directory)
         self.budget = budget
-        self._resident: list[tuple[str, dict[str, LowRank]]] = []  # oldest first
+        self._resident: list[tuple[str, dict[str, Delta]]] = []  # oldest first
         self._files: list[Path] = []
         self.spilled = 0  # snapshots written so far
 
-    def add(self, tag: str, factors: dict[str, LowRank]) -> None:
+    def add(self, tag: str, factors: dict[str, Delta]) -> None:
         """Count a new snapshot's factors (``tag`` names its file), then spill the oldest while over the budget."""
         self._resident.append((tag, factors))
         while len(self._resident) > 1 and self.resident_bytes() > self.budget:
@@ -64,17 +64,23 @@ class SnapshotSpill:
     def resident_bytes(self) -> int:
         return sum(_nbytes(f) for _, factors in self._resident for f in factors.values())
 
-    def _write(self, tag: str, factors: dict[str, LowRank]) -> None:
+    def _write(self, tag: str, factors: dict[str, Delta]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{tag}-{self.spilled}.safetensors"
         tensors = {}
         for name, f in factors.items():
-            tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left.contiguous(), f.right.contiguous()
+            if isinstance(f, LowRank):
+                tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left.contiguous(), f.right.contiguous()
+            else:
+                tensors[name] = f.contiguous()
         save_file(tensors, str(path))
         mapped, _ = read_tensors(path, _SPILL_FIX)
-        for name, f in factors.items():  # same values: re-point the frozen factors, keeping the objects
-            object.__setattr__(f, "left", mapped[f"{name}.left"])
-            object.__setattr__(f, "right", mapped[f"{name}.right"])
+        for name, f in factors.items():  # same values: re-point the frozen factors (dense tensors' storage), keeping
+            if isinstance(f, LowRank):  # the objects
+                object.__setattr__(f, "left", mapped[f"{name}.left"])
+                object.__setattr__(f, "right", mapped[f"{name}.right"])
+            else:
+                f.set_(mapped[name])
         self._files.append(path)
         self.spilled += 1
 
@@ -92,5 +98,7 @@ class SnapshotSpill:
             self.directory.rmdir()
 
 
-def _nbytes(f: LowRank) -> int:
+def _nbytes(f: Delta) -> int:
+    if not isinstance(f, LowRank):
+        return f.numel() * f.element_size()
     return f.left.numel() * f.left.element_size() + f.right.numel() * f.right.element_size()
