@@ -4,6 +4,8 @@
     python recipes/grpo.py --config recipes/smollm2_math.yaml
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml
     python recipes/grpo.py --config recipes/qwen2.5_1.5b_gsm8k.yaml --extrap_method relex --extrap_jump_at 150
+    python recipes/grpo.py --config recipes/smollm2_math_full.yaml      # full-parameter GRPO (no LoRA adapter)
+    python recipes/grpo.py --config recipes/smollm2_math.yaml --full_parameter true --learning_rate 1e-5
 
 Every GRPOConfig field and every ``extrap_*`` field is a flag; the YAML sets defaults. Bad input (a config
 file, a flag, the model or the dataset) ends in one stderr line naming it and the fix, with exit status 2.
@@ -53,6 +55,14 @@ class ScriptArguments:
     question_field: str = field(default="question")
     answer_field: str = field(default="answer", metadata={"help": "Gold answer; GSM8K's '#### 42' tail is extracted."})
     max_train_rows: int | None = field(default=None)
+    full_parameter: bool = field(
+        default=False,
+        metadata={
+            "help": "Train every weight (no LoRA adapter); the callback extrapolates the weights extrap_full_modules "
+            "selects. The model is loaded in float32 (with --bf16 true, autocast computes in bf16 and the float32 "
+            "weights take the jumps exactly). The lora_* flags are then unused."
+        },
+    )
     lora_r: int = field(default=16)
     lora_alpha: int = field(default=32)
     lora_target_modules: str = field(
@@ -185,7 +195,8 @@ def load_trainable_model(script: ScriptArguments, args: ExtrapGRPOConfig) -> tup
     if local.exists() and not local.is_dir():
         fail(f"--model_name_or_path {name} is a file, not a model directory; {fix}")
     try:
-        return load_model(name, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+        half = args.bf16 and not script.full_parameter  # full-parameter: float32 weights, bf16 autocast
+        return load_model(name, dtype=torch.bfloat16 if half else torch.float32)
     except ModelSourceError as err:
         fail(f"--model_name_or_path {err}")
     except (OSError, ValueError, KeyError) as err:
@@ -216,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
             reward_funcs=reward,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=LoraConfig(
+            peft_config=None
+            if script.full_parameter
+            else LoraConfig(
                 r=script.lora_r, lora_alpha=script.lora_alpha, target_modules=target_modules, task_type="CAUSAL_LM"
             ),
         )

@@ -65,7 +65,8 @@ class ExtrapolationArguments:
             "choice that code fixes (method, fit, time axis, gate, guard and scale off, the optimizer after a jump; "
             "next: NextConfig.reference()) and refuses a field set otherwise; the reference's parameters stay "
             "yours: the jump steps and extrap_horizon, and for rl-extra m = extrap_snapshot_every, jumping every m "
-            "steps up to max_steps when extrap_jump_at is empty. docs/methods.md lists each. None: no preset."
+            "steps up to max_steps when extrap_jump_at is empty; alpharl needs extrap_target_score. "
+            "docs/methods.md lists each. None: no preset."
         },
     )
     extrap_method: str | None = field(
@@ -393,6 +394,12 @@ class ExtrapolationArguments:
                     "yourself (docs/methods.md lists what each preset sets)"
                 )
             setattr(self, name, fixed)
+        for name, what in (preset.required or {}).items():
+            if getattr(self, name) is None:
+                raise ExtrapolationConfigError(
+                    f"extrap_preset={self.extrap_preset!r} needs {name} ({what}, as {preset.reference} takes it); "
+                    f"set {name}, or drop extrap_preset"
+                )
         for name in ("extrap_jump_at", "extrap_horizon"):
             value = getattr(self, name)
             if [str(v).strip().lower() for v in (value if isinstance(value, list) else [value])] == [AUTO]:

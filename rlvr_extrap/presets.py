@@ -18,6 +18,8 @@ class Preset:
     """A classmethod of the method's config class that returns the reference's config (``NextConfig.reference``)."""
     periodic: bool = False
     """With ``extrap_jump_at`` empty, jump every ``extrap_snapshot_every`` steps (m) up to ``max_steps``."""
+    required: dict[str, str] | None = None
+    """Fields the reference takes as input, which must be set: name -> what it is."""
 
 
 # the references jump without a gate, a guard or a scale of their own
@@ -56,5 +58,10 @@ PRESETS: dict[str, Preset] = {
             **UNCONDITIONAL,
         },
         periodic=True,
+    ),
+    "alpharl": Preset(
+        "caiyuchen-ustc/AlphaRL",
+        {"extrap_method": "alpharl", "extrap_add_to_last": True, **UNCONDITIONAL},
+        required={"extrap_target_score": "the accuracy the reference maps back to weights"},
     ),
 }

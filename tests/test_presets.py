@@ -44,7 +44,10 @@ REFERENCE_CHOICES: dict[str, dict[str, Any]] = {
         "extrap_optimizer_policy": "reset",
         **GATE_OFF,
     },
+    # AlphaRLBuildPerdictModel.py:49-53 adds x* v^T onto the whole checkpoint; a given target accuracy, no gate
+    "alpharl": {"extrap_method": "alpharl", "extrap_add_to_last": True, **GATE_OFF},
 }
+PARAMETERS = {"alpharl": {"extrap_target_score": 0.8}}  # what the reference takes as input
 TRAINER = SimpleNamespace(gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1)
 
 
@@ -56,7 +59,7 @@ def expanded(**settings: Any) -> ExtrapolationArguments:
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_CHOICES))
 def test_each_preset_sets_its_references_choices_and_reexpands_unchanged(preset):
-    config = expanded(extrap_preset=preset)
+    config = expanded(extrap_preset=preset, **PARAMETERS.get(preset, {}))
     assert {name: getattr(config, name) for name in REFERENCE_CHOICES[preset]} == REFERENCE_CHOICES[preset]
     again = ExtrapolationArguments.from_object(config)  # what the callback does with the trainer's args
     again.validate_extrapolation()
@@ -166,3 +169,9 @@ def test_rl_extra_on_the_toy_takes_every_jump_at_every_m_boundary(tmp_path):
             assert int(state["step"]) == 0
     for step in (1, 2, 3, 5, 6, 7, 9, 10, 11):  # no jump inside a segment
         assert all(torch.equal(before.at[step][k], after.at[step][k]) for k in before.at[step])
+
+
+def test_the_alpharl_preset_needs_the_target_score_the_reference_takes():
+    with pytest.raises(ExtrapolationConfigError, match=r"extrap_preset='alpharl' needs extrap_target_score \("):
+        expanded(extrap_preset="alpharl")
+    assert expanded(extrap_preset="alpharl", extrap_target_score=0.8).build_extrapolator().config.add_to_last
