@@ -39,6 +39,7 @@ from rlvr_extrap import ExtrapolationCallback
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
 from rlvr_extrap.runtime.dense import find_dense_modules
 from rlvr_extrap.runtime.lora import find_lora_modules
+from rlvr_extrap.runtime.offset import JumpOffset
 
 # generation_batch_size = per_device_train_batch_size (8) * num_processes (2) * steps_per_generation (1) = 16,
 # divisible by num_generations (4): 4 prompts per step, each rank computes the loss on 8 of the 16 completions.
@@ -104,6 +105,29 @@ def patch_accelerate_fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = __init__
 
 
+def count_offset_uses() -> dict[str, int]:
+    """Counts, per step, how often a jump offset was added to a layer's output in a forward pass (it must be used
+    in training after the jump, not only held)."""
+    uses: dict[str, int] = {}
+    extra = JumpOffset._extra
+
+    def counted(self, x):
+        step = str(TRAINER_STEP[0])
+        uses[step] = uses.get(step, 0) + 1
+        return extra(self, x)
+
+    JumpOffset._extra = counted
+    return uses
+
+
+TRAINER_STEP = [0]  # the global step the trainer is on, set by StepMark
+
+
+class StepMark(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        TRAINER_STEP[0] = state.global_step + 1
+
+
 class EffectiveProbe(transformers.TrainerCallback):
     """Whole effective LoRA weights at the start and at every step end (gathered: every rank calls it)."""
 
@@ -157,12 +181,13 @@ def main() -> None:
         overrides.update(save_strategy="steps", save_steps=6)
     callback, probe = ExtrapolationCallback(), DistributedProbe()
     before, after = EffectiveProbe(), EffectiveProbe()  # the weights just before and just after the callback
+    offset_uses = count_offset_uses() if cli.bf16_base else None
     if cli.bf16_base:
         tokenizer = build_char_tokenizer()
         overrides["model_and_tokenizer"] = tiny_model(tokenizer).to(torch.bfloat16), tokenizer
     if cli.full:
         overrides.update(lora=False, learning_rate=1e-3)
-    trainer = make_trainer(cli.outdir, [before, callback, after, probe], **SETTINGS, **overrides, **extrap)
+    trainer = make_trainer(cli.outdir, [StepMark(), before, callback, after, probe], **SETTINGS, **overrides, **extrap)
 
     state = PartialState()
     assert state.num_processes == 2, f"expected 2 processes, got {state.num_processes} ({state.distributed_type})"
@@ -207,6 +232,7 @@ def main() -> None:
         "jumps_skipped": [j.step for j in callback.jumps if not j.applied],
         "snapshot_steps": callback.snapshot_steps,
         "global_step": trainer.state.global_step,
+        "offset_uses": offset_uses,
     }
     (cli.outdir / f"{cli.tag}{rank}.json").write_text(json.dumps(report, indent=1))
     trainer.accelerator.end_training()  # destroy the process group while the interpreter is whole (see README)

@@ -105,11 +105,6 @@ def extrap_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     return launch(tmp_path_factory.mktemp("ddp_extrap"))
 
 
-@pytest.fixture(scope="module")
-def bf16_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
-    return launch(tmp_path_factory.mktemp("ddp_bf16"), "--bf16-base")
-
-
 def _assert_ranks_identical(run: dict[str, list]) -> None:
     reference, *others = run["pt"]
     for rank, other in enumerate(others, start=1):
@@ -226,12 +221,20 @@ def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
     _assert_ranks_identical(guard_run)
 
 
-def test_ddp_on_a_bf16_base_holds_the_same_offset_on_every_rank(bf16_run):
-    """A bfloat16 base: the jump is held as a float32 offset beside the LoRA path, bit-identical on every rank."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def bf16_run(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return launch(tmp_path_factory.mktemp(f"bf16_{request.param}"), "--backend", request.param, "--bf16-base")
+
+
+def test_a_bf16_base_holds_the_same_offset_on_every_rank_under_every_backend(bf16_run):
+    """A bfloat16 base: the jump is held as a float32 offset beside the LoRA path, bit-identical on every rank, and
+    every forward pass after the jump adds it (DDP, ZeRO-2/3, FSDP1/2)."""
     for report in bf16_run["json"]:
         assert report["jumps"] == [4] and report["jumps_skipped"] == []
         (record,) = report["jump_records"]
         assert record["landed_fraction"] == pytest.approx(1.0, abs=1e-6) and record["landed_noise"] < 1e-4
+        uses = report["offset_uses"]
+        assert all(str(step) not in uses for step in range(1, 5)) and all(uses.get(str(s), 0) > 0 for s in (5, 8))
     _assert_ranks_identical(bf16_run)  # the effective weights include the offsets
     offsets = [rank_run["offsets"] for rank_run in bf16_run["pt"]]
     assert offsets[0] and offsets[0].keys() == offsets[1].keys()

@@ -216,20 +216,10 @@ class ExtrapolationCallback(TrainerCallback):
             )
 
     def _jump_target(self) -> JumpTarget | DenseTarget:
-        """Where jumps land (``extrap_jump_into``); under DeepSpeed / FSDP always the base weights, said once."""
+        """Where jumps land: a full-parameter run's weights, or as ``extrap_jump_into`` says."""
         if self.full:
             return DenseTarget(self.modules)
-        target = JumpTarget(self.modules, self.config.extrap_jump_into, self.config.extrap_offset_rank)
-        kind = sharded_backend()
-        if kind is not None and target.into == "offset":
-            dtypes = sorted({str(m.base_weight.dtype).removeprefix("torch.") for m in self.modules.values()})
-            logger.warning(
-                f"extrapolation: under {kind} jumps are added into the {'/'.join(dtypes)} base weights, rounded to "
-                f"that dtype (most of a small update can be lost; extrap/landed_fraction logs what is kept): float32 "
-                f"jump offsets beside the LoRA path are not supported under {kind}"
-            )
-            target.into = "base"
-        return target
+        return JumpTarget(self.modules, self.config.extrap_jump_into, self.config.extrap_offset_rank)
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
         try:
