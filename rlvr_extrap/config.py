@@ -297,7 +297,8 @@ class ExtrapolationArguments:
             "weight keeps 8 bits: most of a small update is rounded away); 'offset' holds the jumps as a frozen "
             "float32 low-rank offset beside the LoRA path (the layer computes W_base x + s B A x + offset x; a small "
             "matmul per forward pass; merges and the vLLM sync include it); 'auto': 'offset' when a base weight is "
-            "not float32, else 'base' (a float32 base keeps the update to round-off). What landed is logged as "
+            "not float32 (bf16, fp16, a bitsandbytes 8-/4-bit QLoRA base), else 'base' (a float32 base keeps the "
+            "update to round-off). What landed is logged as "
             "extrap/landed_fraction and extrap/landed_noise."
         },
     )

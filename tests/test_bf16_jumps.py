@@ -9,7 +9,6 @@ direction. Added into the bfloat16 base (``extrap_jump_into='base'``, the negati
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -266,19 +265,3 @@ def test_the_offset_joins_the_lora_paths_sum_before_the_output_is_rounded():
         module.set_offset(offset)
         moved, exact = model(x).float() - without, x.float() @ offset.dense().T
     assert float((moved * exact).sum() / exact.square().sum()) > 0.95
-
-
-def test_under_deepspeed_or_fsdp_jumps_go_into_the_base_and_the_rounding_is_said(monkeypatch, caplog):
-    from rlvr_extrap import ExtrapolationArguments
-    from rlvr_extrap.runtime import callback as callback_module
-
-    monkeypatch.setattr(callback_module, "sharded_backend", lambda: "DeepSpeed")
-    base = torch.nn.Sequential(torch.nn.Linear(16, 12, bias=False)).to(torch.bfloat16)
-    callback = ExtrapolationCallback()
-    callback.config = ExtrapolationArguments(extrap_method="linear", extrap_jump_into="offset")
-    callback.modules = find_lora_modules(get_peft_model(base, LoraConfig(r=2, target_modules=["0"])))
-    with caplog.at_level(logging.WARNING):
-        assert callback._jump_target().into == "base"
-    assert "under DeepSpeed jumps are added into the bfloat16 base weights, rounded to that dtype" in caplog.text
-    monkeypatch.setattr(callback_module, "sharded_backend", lambda: None)
-    assert callback._jump_target().into == "offset"

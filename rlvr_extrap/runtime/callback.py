@@ -184,7 +184,7 @@ class ExtrapolationCallback(TrainerCallback):
         """The LoRA modules, or on a model with no LoRA layer at all the dense weights ``extrap_full_modules``
         selects (and True: a full-parameter run)."""
         try:
-            return find_lora_modules(model), False
+            return find_lora_modules(model, self.config.extrap_jump_into), False
         except NoLoraAdapterError:
             if any(isinstance(m, LoraLayer) for m in model.modules()):
                 raise  # an adapter the callback cannot use: its message names the fix

@@ -94,7 +94,9 @@ class LoraModule:
 
     def effective_weight(self) -> torch.Tensor:
         """``W_base + scale * B @ A + offset`` in float32 (for checks; materialises the matrix)."""
-        w = whole(self.base_weight.detach()).float().cpu()
+        weight = self.base_weight.detach()
+        base = self.layer.get_base_layer()
+        w = (_dequantized(base) if is_bitsandbytes(self.layer) else whole(weight)).float().cpu()
         delta = self.lora_delta().dense()
         if self.offset is not None:
             delta = delta + self.offset.dense()
@@ -144,11 +146,13 @@ def add_update(weight: torch.Tensor, update: Delta, transposed: bool = False) ->
     return Landed.total(parts)
 
 
-def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
+def find_lora_modules(model: nn.Module, jump_into: str = "auto") -> dict[str, LoraModule]:
     """Every LoRA linear layer with a trainable adapter; raises NoLoraAdapterError if there is none.
 
     A trainable adapter on a layer whose base weight cannot take an in-place edit is refused by name, with
-    the fix (see ``_edit_refusal``): a jump must never be the first place that finds out.
+    the fix (see ``_edit_refusal``): a jump must never be the first place that finds out. A bitsandbytes-quantized
+    base (QLoRA) is accepted unless ``jump_into`` is 'base': its jumps are held as float32 offsets beside the LoRA
+    path ('auto' resolves to 'offset' for any base that is not float32).
     """
     modules: dict[str, LoraModule] = {}
     refused: list[tuple[str, str]] = []
@@ -159,7 +163,7 @@ def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
             if not lora_a.weight.requires_grad:
                 continue  # e.g. the frozen "ref" adapter GRPO adds when beta != 0
             key = unwrapped_name(name)
-            reason = _edit_refusal(layer, adapter)
+            reason = _edit_refusal(layer, adapter, quantized_ok=jump_into != "base")
             if reason is not None:
                 refused.append((key, reason))
             else:
@@ -176,19 +180,21 @@ def find_lora_modules(model: nn.Module) -> dict[str, LoraModule]:
     return modules
 
 
-def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
-    """Why a jump cannot add to this layer's base weight in place, and the fix; None when it can."""
+def _edit_refusal(layer: LoraLayer, adapter: str, quantized_ok: bool = True) -> str | None:
+    """Why a jump cannot land on this layer, and the fix; None when it can. A bitsandbytes layer (``quantized_ok``)
+    takes its jumps as an offset beside the LoRA path, so its base weight is never edited."""
     from torch.distributed.tensor import DTensor
 
     base = layer.get_base_layer()
     weight = getattr(base, "weight", None)
     unquantized = (
-        "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit); a jump held as a "
-        "float32 offset beside the LoRA path (extrap_jump_into='offset') would not need to edit a quantized weight, "
-        "but that path is not yet tested on quantized (bitsandbytes) layers"
+        "load the base model unquantized (no quantization_config / load_in_8bit / load_in_4bit), or for a "
+        "bitsandbytes base leave extrap_jump_into 'auto' (jumps held as float32 offsets beside the LoRA path)"
     )
     if layer.use_dora.get(adapter, False):
         return "it uses DoRA (the magnitude vector rescales the merged weight); set use_dora=False in the LoraConfig"
+    if quantized_ok and is_bitsandbytes(layer):
+        return None
     if not isinstance(layer, LoraLinear) or not isinstance(weight, torch.Tensor):
         return (
             f"it is a {type(layer).__name__} on a {type(base).__name__}, and only LoRA on plain linear layers can "
@@ -213,6 +219,23 @@ def _edit_refusal(layer: LoraLayer, adapter: str) -> str | None:
             "do not set requires_grad on base layers afterwards)"
         )
     return None
+
+
+def is_bitsandbytes(layer: LoraLayer) -> bool:
+    """A PEFT LoRA layer over a bitsandbytes 8-bit or 4-bit linear layer (QLoRA)."""
+    return type(layer).__module__ == "peft.tuners.lora.bnb"
+
+
+def _dequantized(base: nn.Module) -> torch.Tensor:
+    """A bitsandbytes layer's weight as floats, read without touching its matmul state (PEFT's dequantize writes
+    into it). An 8-bit layer's row scales live on the weight until the first forward pass, then in its state."""
+    import bitsandbytes as bnb
+
+    weight = base.weight
+    if type(weight).__name__ == "Params4bit":
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    scales = weight.SCB if weight.SCB is not None else base.state.SCB
+    return bnb.functional.int8_vectorwise_dequant(weight.data, scales)
 
 
 def snapshot_deltas(

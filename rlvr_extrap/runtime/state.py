@@ -218,8 +218,8 @@ def apply_offsets(model: nn.Module, path: str | Path, into: str = "auto") -> int
             f"load the adapter the offsets were saved with ({load_hint})"
         )
     for name, offset in offsets.items():
-        weight = modules[name].base_weight
-        shape = tuple(weight.shape[::-1]) if modules[name].fan_in_fan_out else tuple(weight.shape)
+        layer = modules[name].layer  # (out, in) as the offset, quantized (packed) base weights included
+        shape = (layer.out_features, layer.in_features)
         if tuple(offset.shape) != shape:
             raise ValueError(
                 f"{path}: the offset of {name} has shape {tuple(offset.shape)} but the model's base weight has "
