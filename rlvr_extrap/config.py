@@ -177,7 +177,8 @@ class ExtrapolationArguments:
             "help": "alpharl only: the score each snapshot is labelled with. 'reward': the mean of the training "
             "reward the trainer logged since the previous snapshot (the log of a snapshot's own step comes after "
             "it, so counts toward the next one; after a jump, only logs from later steps); a snapshot with no "
-            "such log gets no label. ('probe', the guard's probe score, is not supported yet.)"
+            "such log gets no label. 'probe': the mean reward of greedy completions of the guard's probe prompts "
+            "(extrap_guard_prompts) at the snapshot itself, generated at every snapshot (one process or DDP)."
         },
     )
     extrap_target_score: float | None = field(
@@ -342,6 +343,11 @@ class ExtrapolationArguments:
         return self.extrap_method is not None
 
     @property
+    def probe_labels(self) -> bool:
+        """Whether every snapshot is labelled with the probe's score (every process scores its share)."""
+        return self.enabled and self.extrap_label_source == "probe" and self.build_extrapolator().needs_labels
+
+    @property
     def auto_jumps(self) -> bool:
         return self.extrap_jump_at == AUTO
 
@@ -417,11 +423,6 @@ class ExtrapolationArguments:
         if self.extrap_label_source not in LABEL_SOURCES:
             raise ExtrapolationConfigError(
                 f"extrap_label_source={self.extrap_label_source!r}: choose one of {list(LABEL_SOURCES)}"
-            )
-        if self.extrap_label_source == "probe":
-            raise ExtrapolationConfigError(
-                "extrap_label_source='probe': scoring the guard's probe prompts at every snapshot is not supported "
-                "yet; use 'reward' (the mean training reward logged since the previous snapshot)"
             )
         if self.extrap_snapshot_every < 1:
             raise ExtrapolationConfigError(

@@ -18,6 +18,7 @@ from rlvr_extrap.extrapolators import alpharl, get_extrapolator
 from rlvr_extrap.extrapolators.alpharl import fit_pls1
 from rlvr_extrap.linalg.lowrank import LowRank, to_dense
 from rlvr_extrap.offline.checkpoints import read_labels
+from rlvr_extrap.runtime.guard import JumpGuard
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
@@ -433,11 +434,36 @@ def test_alpharl_skips_the_jump_on_bad_labels(tmp_path, case, settings, reason):
     assert [h["extrap/step"] for h in trainer.state.log_history if "extrap/jump_skipped" in h] == [12]
 
 
-def test_the_callback_takes_alpharl_and_refuses_probe_labels():
+def test_alpharl_labels_each_snapshot_with_the_probe_score_there(tmp_path, monkeypatch):
+    """extrap_label_source='probe': each snapshot (step 0 included) gets the probe's score of the weights at that
+    snapshot, scored before the jump at the jump step; the jump is made with the guard off."""
+    scores = []
+    score = JumpGuard.score
+    monkeypatch.setattr(JumpGuard, "score", lambda self: scores.append(score(self)) or scores[-1])
+    trainer, callback, before, after = train_alpharl(
+        tmp_path, [16], max_steps=16, extrap_label_source="probe", extrap_guard_prompts=4
+    )
+    assert callback.labels == dict(zip([0, 4, 8, 12, 16], scores, strict=True))  # one probe per snapshot, no more
+    assert len(set(scores)) > 1  # the greedy completions' rewards moved
+    [jump] = callback.jumps
+    assert jump.applied and jump.guard is None, jump.skipped
+    assert any(not torch.equal(after.at[16][n], w) for n, w in before.at[16].items())
+
+
+def test_probe_labels_are_refused_under_deepspeed_and_fsdp(monkeypatch):
+    from rlvr_extrap.runtime import distributed
+
+    monkeypatch.setattr(distributed, "sharded_backend", lambda: "FSDP")
+    args = ExtrapolationArguments(extrap_method="alpharl", extrap_min_skill=None, extrap_label_source="probe")
+    with pytest.raises(ExtrapolationConfigError, match="extrap_label_source='probe' is not supported under FSDP"):
+        distributed.check_distributed_support(args)
+
+
+def test_the_callback_takes_alpharl_and_refuses_unknown_labels():
     ExtrapolationArguments(
         extrap_method="alpharl", extrap_min_skill=None, extrap_target_score=0.5
     ).validate_extrapolation()
-    for source, message in (("probe", "not supported yet; use 'reward'"), ("accuracy", "choose one of")):
+    for source, message in (("accuracy", "choose one of"),):
         args = ExtrapolationArguments(extrap_method="alpharl", extrap_min_skill=None, extrap_label_source=source)
         with pytest.raises(ExtrapolationConfigError, match=message) as err:
             args.validate_extrapolation()

@@ -123,7 +123,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
         self.modules, self.full = self._find_modules(model)
         self.target = self._jump_target()
-        if self.config.extrap_guard:
+        if self.config.extrap_guard or self.config.probe_labels:  # the probe also labels snapshots
             self.guard = self._build_guard(args)
         if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
             diagnostics_dir = os.path.join(args.output_dir, "extrap") if self.config.extrap_diagnostics else None
@@ -345,7 +345,12 @@ class ExtrapolationCallback(TrainerCallback):
         For a method that continues the optimizer's direction, the main process also reads AdamW's state of the
         LoRA factors (one elementwise pass and a CPU copy, like the factors; not supported under sharding).
         """
-        label = self._reward_label(step) if self.worker is not None and self.worker.extrapolator.needs_labels else None
+        if self.config.probe_labels:  # every process scores its share of the probe
+            label = self.guard.score()
+        elif self.worker is not None and self.worker.extrapolator.needs_labels:
+            label = self._reward_label(step)
+        else:
+            label = None
         if label is not None:
             self.labels[step] = label
         self.snapshot_steps.append(step)
@@ -403,7 +408,7 @@ class ExtrapolationCallback(TrainerCallback):
             cfg = self.config
             # one process, no guard: the plan is edited as it comes, so the worker's reduction of the updates
             # overlaps the edit (the guard probes whole plans; other processes get the plan pickled, whole)
-            stream = self.guard is None and PartialState().num_processes == 1
+            stream = not cfg.extrap_guard and PartialState().num_processes == 1
             future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha, stream=stream)
             try:
                 plan = future.result(timeout=cfg.extrap_fit_timeout)
@@ -436,7 +441,7 @@ class ExtrapolationCallback(TrainerCallback):
         record = JumpRecord(step, plan.target_step - step, plan.target_step, planned=True, skill=plan.skill)
         if wait > 1.0:
             logger.info(f"extrapolation: waited {wait:.2f}s for the fit at step {step}")
-        if self.guard is not None:
+        if self.guard is not None and cfg.extrap_guard:
             limit, ratio = cfg.extrap_max_update_ratio, plan.size_ratio
             scales = [c for c in cfg.extrap_guard_scales if limit is None or ratio is None or c * ratio <= limit]
             try:

@@ -39,6 +39,11 @@ def check_distributed_support(config: ExtrapolationArguments) -> None:
             "will not be guarded. Set extrap_guard=False to silence this, or train with DDP to keep the guard"
         )
         config.extrap_guard = False
+    if config.probe_labels:
+        raise ExtrapolationConfigError(
+            f"extrap_label_source='probe' is not supported under {kind} (the probe generates with the unwrapped "
+            "model); use 'reward', or train with DDP"
+        )
     if config.enabled and config.build_extrapolator().needs_optimizer_state:
         raise ExtrapolationConfigError(
             f"extrap_method={config.extrap_method!r} reads AdamW's state of the LoRA factors, which is sharded "
