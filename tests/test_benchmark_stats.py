@@ -144,7 +144,8 @@ def test_every_renderer_writes_a_labelled_95_percent_interval():
     ("renderer", "name"),
     [("forecast", n) for n in ("forecast", "forecast_smollm2", "forecast_smollm2_add2", "forecast_smollm2_full")]
     + [("steps_saved", n) for n in ("steps_saved", "steps_saved_guard")]
-    + [("steps_saved_smollm2", n) for n in ("steps_saved_smollm2", "steps_saved_smollm2_add2", "steps_saved_toy_c256")],
+    + [("steps_saved_smollm2", n) for n in ("steps_saved_smollm2", "steps_saved_smollm2_add2", "steps_saved_toy_c256")]
+    + [("full_param_cost", "full_param_cost")],
 )
 def test_the_committed_markdown_is_its_json_rendered(renderer, name):
     """Each results md with ± cells is what its renderer makes of the committed JSON: no number edited by hand."""
@@ -157,8 +158,23 @@ def test_the_committed_markdown_is_its_json_rendered(renderer, name):
         import steps_saved
 
         markdown = steps_saved.render_markdown(json.loads(path.read_text()))
+    elif renderer == "full_param_cost":
+        import full_param_cost
+
+        markdown = full_param_cost.markdown(json.loads(path.read_text()))
     else:
         import steps_saved_smollm2
 
         markdown = steps_saved_smollm2.render(steps_saved_smollm2.load_results(path))
     assert markdown == path.with_suffix(".md").read_text()
+
+
+def test_full_param_cost_shares_are_per_step_and_leave_out_the_warm_up():
+    """A snapshot's share of a step: each step's mean read over that step's time, step 1 (warm-up) left out."""
+    import full_param_cost
+
+    rows = [{"step_seconds": 100.0, "read": [50.0]}, {"step_seconds": 10.0, "read": [0.1, 0.3]},
+            {"step_seconds": 20.0, "read": [0.4, 0.8]}, {"step_seconds": 40.0, "read": 1.6}]  # fmt: skip
+    mean, _, half = full_param_cost._share(rows, "read")
+    assert mean == pytest.approx(0.03) and half == pytest.approx(stats.t95(2) * 0.01 / math.sqrt(3))
+    assert full_param_cost._mean(rows, "step_seconds")[0] == pytest.approx(70 / 3)
