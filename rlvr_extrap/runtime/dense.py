@@ -64,29 +64,25 @@ def find_dense_modules(model: nn.Module, patterns: Sequence[str]) -> dict[str, D
     A weight shared by several modules (tied embeddings and ``lm_head``) is one module, named by the first that
     holds it. Under FSDP1 the names and shapes are read inside ``summon_full_params`` (its shards are flat).
     """
-    modules: dict[str, DenseModule] = {}
-    by_param: dict[int, str] = {}
-    tied: dict[str, list[str]] = {}
+    by_param: dict[int, DenseModule] = {}
     with full_weights(model, []):
         for raw, module in model.named_modules():
-            weight = getattr(module, "weight", None)
-            name = unwrapped_name(raw)
+            weight, name = getattr(module, "weight", None), unwrapped_name(raw)
             if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
                 continue
             if len(getattr(weight, "ds_shape", weight.shape)) != 2 or not _matches(name, patterns):
                 continue
             if id(weight) in by_param:
-                tied[by_param[id(weight)]].append(name)
-                continue
-            by_param[id(weight)], tied[name] = name, []
-            modules[name] = DenseModule(name, weight)
-    if not modules:
+                by_param[id(weight)].tied += (name,)
+            else:
+                by_param[id(weight)] = DenseModule(name, weight)
+    if not by_param:
         raise NoDenseWeightError(
             f"extrap_full_modules={','.join(patterns)!r} matches no trainable 2-D weight of the model (module names "
             f"look like {_example_names(model)}); give globs over module names, e.g. '*.layers.*' for the decoder "
             "layers' linear weights"
         )
-    return {name: DenseModule(m.name, m.weight, tuple(tied[name])) for name, m in modules.items()}
+    return {m.name: m for m in by_param.values()}
 
 
 def read_weights(modules: Mapping[str, DenseModule], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
