@@ -12,7 +12,7 @@ import pytest
 import torch
 from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_model
 
-from rlvr_extrap import ExtrapolationCallback
+from rlvr_extrap import ExtrapolationCallback, apply_offsets
 from rlvr_extrap.config import ExtrapolationConfigError
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
 from rlvr_extrap.runtime.dense import find_dense_modules
@@ -138,3 +138,10 @@ def test_bad_full_parameter_settings_end_in_one_line_naming_the_option(tmp_path,
     with pytest.raises(ExtrapolationConfigError, match=match) as err:
         trainer.train()
     assert "\n" not in str(err.value)
+
+
+def test_apply_offsets_on_a_full_parameter_state_says_the_jumps_are_in_the_saved_weights(tmp_path):
+    trainer, callback, _, _ = run(tmp_path, extrap_method="linear", **JUMPS)
+    assert callback.jumps[0].applied
+    with pytest.raises(ValueError, match="full-parameter run's state, whose jumps are in the weights it saved"):
+        apply_offsets(trainer.model, trainer.args.output_dir)

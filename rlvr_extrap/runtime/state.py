@@ -200,7 +200,13 @@ def apply_offsets(model: nn.Module, path: str | Path, into: str = "auto") -> int
     """
     if into not in JUMP_INTO:
         raise ValueError(f"apply_offsets(into={into!r}): choose one of {list(JUMP_INTO)}")
-    offsets = load_state(path).offsets
+    state = load_state(path)
+    if state.origin is not None:
+        raise ValueError(
+            f"apply_offsets: {path} is a full-parameter run's state, whose jumps are in the weights it saved: load "
+            "that model directory with from_pretrained, there is nothing to apply"
+        )
+    offsets = state.offsets
     load_hint = (
         "PeftModel.from_pretrained(base, adapter_dir, is_trainable=True) with the adapter saved with the offsets"
     )
