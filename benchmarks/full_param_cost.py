@@ -4,7 +4,9 @@
     python benchmarks/full_param_cost.py --render     # the md again from the json
 
 Three parts, each in a fresh process (its result cached under ``benchmarks/cache/full_param_cost/``: a rerun skips
-the parts already done; delete the folder to measure again):
+the parts already done; delete the folder, or one part's json in it, to measure again). Each part records the code it
+measured (commit, and whether ``rlvr_extrap`` had uncommitted changes); the parts a run re-measures keep their results
+from the json it replaces under ``previous``, and the md shows them beside the new ones:
 
 1. ``snapshot``: the training thread's cost per snapshot on SmolLM2-135M-Instruct (``rlvr_extrap.experiments.models``,
    float32; also a bfloat16 copy), ``read_weights(find_dense_modules(model, ["*.layers.*"]))`` as the callback's
@@ -15,7 +17,7 @@ the parts already done; delete the folder to measure again):
    ``TrajectoryWorker._add_weights``), and a real ``TrajectoryWorker.add_weights`` (subtraction, Gram row, backtest).
 2. ``memory``: peak memory of a ``TrajectoryWorker`` with a ``SnapshotSpill`` budget of 3 snapshots, fed
    ``--snapshots`` snapshots of SmolLM2's decoder weights random-walked in place (``read_weights`` as the callback
-   hands them over, one at a time), per snapshot dtype; the resident (``VmRSS``) and anonymous (``RssAnon``) memory
+   hands them over, one at a time), per snapshot dtype and allocator setting (``MALLOC``); the resident (``VmRSS``) and anonymous (``RssAnon``) memory
    sampled every 5 ms, against the budget, one snapshot and one module.
 3. ``jump``: the stall at a jump with Qwen2.5-1.5B's decoder-layer shapes (random-walk weights), ``--layers`` of its
    28 layers, ``--jump-snapshots`` bfloat16 snapshots of float32 weights: the training thread's read, the worker's
@@ -43,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, machine, write_results
+from common import RESULTS, commit, machine, write_results
 from stats import INTERVAL, mean_interval, with_interval
 
 CACHE = Path(__file__).parent / "cache" / "full_param_cost"
@@ -62,10 +64,15 @@ QWEN_SHAPES = {  # Qwen2.5-1.5B: hidden 1536, intermediate 8960, 12 query heads 
     "mlp.down_proj": (1536, 8960),
 }
 JUMP_METHODS = ("relex", "linear")
-MALLOC = {"default": {}, "fixed": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}}
+MALLOC = {
+    "default": {},
+    "fixed": {"MALLOC_MMAP_THRESHOLD_": str(2**20)},
+    "small": {"MALLOC_MMAP_THRESHOLD_": str(2**16)},
+}
 """glibc's default raises its mmap threshold (up to 32 MiB) after a large block is freed, so later tensors come from
-its heap and their pages stay with the process once freed; a fixed threshold returns every block of 1 MiB or more to
-the kernel when it is freed, so the memory counted is the tensors alive."""
+its heap and their pages stay with the process once freed; a fixed threshold returns every block of at least that
+size to the kernel when it is freed: 1 MiB leaves SmolLM2's smaller weights in bfloat16 (attention projections) in the
+heap, 64 KiB none of its weights, so that what is counted is the tensors alive."""
 JUMP_HORIZON = 50
 
 
@@ -388,9 +395,35 @@ def _part(name: str, args: list[str], env: dict[str, str] | None = None) -> dict
     result["load_average"] = {"start": load_start, "end": os.getloadavg()}
     result["wall_seconds"] = time.perf_counter() - start
     result["malloc_env"] = env or {}
+    result["code"] = _code()
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     return result
+
+
+def _code() -> str:
+    """The commit measured, and whether ``rlvr_extrap`` differed from it (a change measured before it is committed)."""
+    package = Path(__file__).parent.parent / "rlvr_extrap"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", str(package)], capture_output=True, text=True).stdout
+    return commit() + (" with uncommitted changes to rlvr_extrap" if dirty.strip() else "")
+
+
+def _previous(old: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """The results of the parts this run re-measured, as the json it replaces had them (with their code); else the
+    replaced json's own ``previous``."""
+    if old is None:
+        return {}
+    changed = {key: old[key] for key in ("snapshot", "memory", "jump") if _numbers(old.get(key)) != _numbers(data[key])}
+    if not changed:
+        return old.get("previous", {})
+    return {**changed, "code": old["machine"]["commit"]}
+
+
+def _numbers(part: Any) -> Any:
+    """A part's results without the code they measured (to tell a re-measured part from a cached one)."""
+    if isinstance(part, list):
+        return [_numbers(p) for p in part]
+    return {k: v for k, v in part.items() if k != "code"} if isinstance(part, dict) else part
 
 
 def _share(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
@@ -468,10 +501,34 @@ def snapshot_section(part: dict[str, Any]) -> list[str]:
 
 def _allocator(part: dict[str, Any]) -> str:
     """How the part's process allocated: glibc's default, or a fixed mmap threshold (``MALLOC``)."""
-    return "fixed mmap threshold" if part.get("malloc_env") else "glibc default"
+    threshold = (part.get("malloc_env") or {}).get("MALLOC_MMAP_THRESHOLD_")
+    if threshold is None:
+        return "glibc default"
+    size = int(threshold)
+    return f"mmap threshold {size // 2**20} MiB" if size >= 2**20 else f"mmap threshold {size // 2**10} KiB"
 
 
-def memory_section(parts: list[dict[str, Any]]) -> list[str]:
+def _before(previous: dict[str, Any], key: str) -> tuple[Any, str]:
+    """The ``previous`` results of part ``key`` (None if this run did not re-measure it) and their row label."""
+    return previous.get(key), f"before (commit {previous.get('code')})"
+
+
+def _memory_row(p: dict[str, Any], label: str) -> tuple[str, bool]:
+    """One table row of part 2 and whether it meets the goal."""
+    anon, rss = p["peak_growth"]["RssAnon"], p["peak_growth"]["VmRSS"]
+    rest = anon - 2 * p["origin_bytes"]
+    bound = p["budget_bytes"] + p["module_bytes"]
+    row = (
+        f"| {p['dtype']} | {_allocator(p)} | {label} | {p['snapshots']} ({p['spilled']}) | "
+        f"{_mib(p['snapshot_bytes'])} | {_mib(p['module_bytes'])} | {_mib(p['budget_bytes'])} | "
+        f"{_mib(p['origin_bytes'])} | {_mib(anon)} | {_mib(rss)} | {_mib(rest)} | {_mib(rest - bound)} "
+        f"({(rest - bound) / p['snapshot_bytes']:.2f} snapshots) |"
+    )
+    return row, rest <= bound
+
+
+def memory_section(parts: list[dict[str, Any]], previous: dict[str, Any]) -> list[str]:
+    before, label = _before(previous, "memory")
     lines = [
         "## 2. Peak memory against the spill budget (SmolLM2-135M decoder weights, random walk)",
         "",
@@ -480,40 +537,53 @@ def memory_section(parts: list[dict[str, Any]]) -> list[str]:
         "weights, random-walked in place between snapshots (fresh noise of 1e-4 per number: random-walk weights, not "
         "a training run), each read with `read_weights` and handed over as the callback does; the next snapshot waits "
         "for the previous ingest. Growth = peak above the process's memory before the first snapshot (model "
-        "loaded and its weights written once), sampled every 5 ms; `RssAnon` is the process's own memory, `VmRSS` adds the file pages of the "
-        "memory-mapped spilled snapshots (the kernel can drop those). Always held beside the budget: the worker's "
-        "origin copy (float32, the first weights handed in); in flight while a snapshot is ingested: the weights "
-        "the training thread read (float32, as large as the origin). Allocator: glibc's default keeps freed pages "
-        "of blocks under its (rising) mmap threshold, so its growth includes memory freed but not returned; with "
-        f"`MALLOC_MMAP_THRESHOLD_={MALLOC['fixed']['MALLOC_MMAP_THRESHOLD_']}` every block of 1 MiB or more goes "
-        "back to the kernel when freed, so the growth is the tensors alive.",
+        "loaded and its weights written once), sampled every 5 ms; `RssAnon` is the process's own memory, `VmRSS` "
+        "adds the file pages of the memory-mapped spilled snapshots (the kernel can drop those). Always held beside "
+        "the budget: the worker's origin copy (float32, the first weights handed in); in flight while a snapshot is "
+        "ingested: the weights the training thread read (float32, as large as the origin). Allocator: glibc's "
+        "default keeps freed pages of blocks under its (rising) mmap threshold, so its growth includes memory freed "
+        "but not returned; with "
+        "`MALLOC_MMAP_THRESHOLD_` fixed, every block of at least that size goes back to the kernel when freed: "
+        "at 1 MiB SmolLM2's smaller weights in bfloat16 (the attention projections) still come from the heap and "
+        "their freed pages stay, at 64 KiB none of its weights do, so the growth is the tensors alive."
+        + (
+            f" Rows '{label}': the results this run replaced, measured before the worker made room for a snapshot "
+            "before computing it (it counted a snapshot only once whole, then spilled the oldest) and before the spill "
+            "wrote one tensor at a time (`safetensors`' `save_file` builds the whole file in memory first)."
+            if before
+            else ""
+        ),
         "",
-        "| snapshot dtype | allocator | snapshots (spilled) | one snapshot | one module | budget | origin (held) | "
-        "RssAnon growth | VmRSS growth | RssAnon growth - origin - in-flight read | excess over budget + one module |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| snapshot dtype | allocator | measured | snapshots (spilled) | one snapshot | one module | budget | "
+        "origin (held) | RssAnon growth | VmRSS growth | RssAnon growth - origin - in-flight read | "
+        "excess over budget + one module |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
+    earlier = {(p["dtype"], _allocator(p)): p for p in before or []}
+    met_by_dtype: dict[str, set[str]] = {}
     for p in parts:
-        anon, rss = p["peak_growth"]["RssAnon"], p["peak_growth"]["VmRSS"]
-        rest = anon - 2 * p["origin_bytes"]
-        bound = p["budget_bytes"] + p["module_bytes"]
-        lines.append(
-            f"| {p['dtype']} | {_allocator(p)} | {p['snapshots']} ({p['spilled']}) | {_mib(p['snapshot_bytes'])} | "
-            f"{_mib(p['module_bytes'])} | {_mib(p['budget_bytes'])} | {_mib(p['origin_bytes'])} | {_mib(anon)} | "
-            f"{_mib(rss)} | {_mib(rest)} | {_mib(rest - bound)} ({(rest - bound) / p['snapshot_bytes']:.2f} "
-            "snapshots) |"
-        )
-        verdicts.append(f"{p['dtype']}, {_allocator(p)}: {_met(rest <= bound)}")
+        row, met = _memory_row(p, "this run")
+        lines.append(row)
+        if (p["dtype"], _allocator(p)) in earlier:
+            lines.append(_memory_row(earlier[p["dtype"], _allocator(p)], label)[0])
+        verdicts.append(f"{p['dtype']}, {_allocator(p)}: {_met(met)}")
+        met_by_dtype.setdefault(p["dtype"], set()).update([_allocator(p)] if met else [])
+    allocators = {_allocator(p) for p in parts}
+    met_everywhere = set.intersection(*met_by_dtype.values()) if met_by_dtype else set()
+    allocator_only = bool(met_everywhere) and all(met == met_everywhere for met in met_by_dtype.values())
     lines += [
         "",
         "Goal: the worker's memory under the budget + one module, the origin copy counted separately (and here the "
-        f"in-flight read too): {'; '.join(verdicts)}."
+        f"in-flight read too): {'; '.join(verdicts)}. `TrajectoryWorker.add_weights` makes room in the budget for "
+        "the new snapshot before computing it (`SnapshotSpill.make_room` spills the oldest snapshots first), so the "
+        "snapshots resident never exceed the budget; beyond it, the subtraction of one module is in flight."
         + (
-            ""
-            if all("**met**" in v for v in verdicts)
-            else " `SnapshotSpill.add` counts a new snapshot only once the worker has computed all of it, then "
-            "spills the oldest, so the budget plus one whole snapshot is resident at every ingest: the bound the "
-            "code gives is budget + one snapshot, not + one module."
+            f" In each dtype the goal is met with {' and '.join(sorted(met_everywhere))} and missed with "
+            f"{' and '.join(sorted(allocators - met_everywhere))}: the same code, another allocator setting, so what "
+            "those rows count beyond the bound is memory freed and kept by glibc, not tensors alive."
+            if allocator_only and allocators - met_everywhere
+            else ""
         ),
         "",
         "Anonymous memory after each ingest (growth, MiB): "
@@ -526,9 +596,38 @@ def memory_section(parts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def jump_section(part: dict[str, Any]) -> list[str]:
+def _jump_rows(part: dict[str, Any], label: str | None) -> tuple[list[str], dict[str, float]]:
+    """Part 3's table rows (``label``: a suffix for the method's name) and each method's larger stall, 28 layers."""
+    k, scale = part["layers"], QWEN_LAYERS / part["layers"]
+    first = part["jumps"][JUMP_METHODS[0]]
+    rows, stalls = [], {}
+    for method, j in part["jumps"].items():
+        wait = j["wait_seconds"]
+        if method != JUMP_METHODS[0]:
+            wait += first["wait_seconds"] - first["fit_seconds"] - first["skill_seconds"] + j["skill_seconds"]
+        stall32 = part["read_seconds"] + wait + j["edit_float32_seconds"]
+        stall16 = part["read_seconds"] + wait + j["edit_bfloat16_seconds"]
+        rows.append(
+            f"| {method}{', ' + label if label else ''} | {part['read_seconds']:.2f} | {wait:.2f} "
+            f"({wait - j['fit_seconds']:.2f} + {j['fit_seconds']:.2f}) | "
+            f"{j['edit_float32_seconds']:.2f} | {j['edit_bfloat16_seconds']:.2f} | {stall32:.1f} / {stall16:.1f} | "
+            f"{stall32 / k:.2f} / {stall16 / k:.2f} | {stall32 * scale:.0f} / {stall16 * scale:.0f} |"
+        )
+        stalls[method] = max(stall32, stall16) * scale
+    return rows, stalls
+
+
+def _ingests(part: dict[str, Any]) -> str:
+    return ", ".join(f"{s:.2f}" for s in part["ingest_seconds"])
+
+
+def jump_section(part: dict[str, Any], previous: dict[str, Any]) -> list[str]:
+    before, label = _before(previous, "jump")
     k = part["layers"]
     scale = QWEN_LAYERS / k
+    rows, stalls = _jump_rows(part, None)
+    if before:
+        rows = [r for pair in zip(rows, _jump_rows(before, label)[0], strict=True) for r in pair]
     lines = [
         "## 3. The stall at a jump with Qwen2.5-1.5B's layer shapes",
         "",
@@ -539,36 +638,34 @@ def jump_section(part: dict[str, Any]) -> list[str]:
         "Worker on 1 thread (`extrap_worker_threads` default), training thread on 1 thread: 2 cores. Stall = "
         "read (training thread) + wait (the jump step's snapshot ingested by the worker, then the plan queued "
         "behind it: fit and prediction, streamed) + edit (`DenseTarget.apply` into the weights, which also measures "
-        "what landed: the weight before and after each block, three products and their float64 sums). The relex row "
-        "ingested the trajectory; linear plans on the same trajectory, its wait = relex's ingest of the last "
-        "snapshot - relex's backtest + linear's backtest + linear's plan. Peak RSS of the process: "
-        f"{_gib(part['peak_rss_bytes'])}.",
+        "what landed: the weight before and after each block, and the float64 sums of their products with the "
+        "update). The relex row ingested the trajectory; linear plans on the same trajectory, its wait = relex's "
+        "ingest of the last snapshot - relex's backtest + linear's backtest + linear's plan. Peak RSS of the "
+        f"process: {_gib(part['peak_rss_bytes'])}"
+        + (f" ({label}: {_gib(before['peak_rss_bytes'])})." if before else ".")
+        + (
+            f" Rows '{label}': the results this run replaced, measured before the dense passes went block by block "
+            "(each Gram-row inner product converted both whole bfloat16 snapshots to float32; the prediction "
+            "converted each snapshot whole, was checked for NaN in a pass of its own, then subtracted from the last "
+            "point in another; the edit measured what landed in blocks of 4M numbers with float32 products)."
+            if before
+            else ""
+        ),
         "",
         f"| method | read s | wait s (jump step's ingest + plan) | edit s, float32 | edit s, bfloat16 | stall s, {k} layers "
         f"(float32 / bfloat16 weights) | per layer s | **extrapolated to {QWEN_LAYERS} layers** (x{scale:g}) |",
         "|---|---|---|---|---|---|---|---|",
+        *rows,
     ]
     ingest_last = part["ingest_seconds"][-1] if part["ingest_seconds"] else 0.0
-    first = part["jumps"][JUMP_METHODS[0]]
-    verdicts = []
-    for method, j in part["jumps"].items():
-        wait = j["wait_seconds"]
-        if method != JUMP_METHODS[0]:
-            wait += first["wait_seconds"] - first["fit_seconds"] - first["skill_seconds"] + j["skill_seconds"]
-        stall32 = part["read_seconds"] + wait + j["edit_float32_seconds"]
-        stall16 = part["read_seconds"] + wait + j["edit_bfloat16_seconds"]
-        lines.append(
-            f"| {method} | {part['read_seconds']:.2f} | {wait:.2f} ({wait - j['fit_seconds']:.2f} + "
-            f"{j['fit_seconds']:.2f}) | "
-            f"{j['edit_float32_seconds']:.2f} | {j['edit_bfloat16_seconds']:.2f} | {stall32:.1f} / {stall16:.1f} | "
-            f"{stall32 / k:.2f} / {stall16 / k:.2f} | {stall32 * scale:.0f} / {stall16 * scale:.0f} |"
-        )
-        verdicts.append(f"{method} {_met(max(stall32, stall16) * scale < GOALS['stall_seconds'])}")
+    verdicts = [f"{method} {_met(stall < GOALS['stall_seconds'])}" for method, stall in stalls.items()]
     lines += [
         "",
-        f"Worker ingest per snapshot (background, s): {', '.join(f'{s:.2f}' for s in part['ingest_seconds'])} "
-        f"(the jump step's: within the wait; {ingest_last:.2f} s for the one before). Commit after the jump "
-        f"(background): {part['commit_seconds']:.2f} s.",
+        f"Worker ingest per snapshot (background, s): {_ingests(part)} (the jump step's: within the wait; "
+        f"{ingest_last:.2f} s for the one before)"
+        + (f"; {label}: {_ingests(before)}" if before else "")
+        + f". Commit after the jump (background): {part['commit_seconds']:.2f} s"
+        + (f" ({label}: {before['commit_seconds']:.2f} s)." if before else "."),
         "",
         f"Goal: a stall under {GOALS['stall_seconds']:.0f} s on 2 cores at all {QWEN_LAYERS} layers, judged on the "
         f"linear extrapolation from {k} layers above (every part of the stall is a pass over each layer's weights or "
@@ -601,18 +698,23 @@ def markdown(data: dict[str, Any]) -> str:
         if busiest > info["cpu_count"] + 0.5
         else "no other heavy job shared the cores"
     )
+    previous = data.get("previous", {})
+    codes = {"1": data["snapshot"].get("code"), "2": data["memory"][0].get("code"), "3": data["jump"].get("code")}
+    elsewhere = {part: code for part, code in codes.items() if code not in (None, info["commit"])}
     lines = [
         "# Full-parameter extrapolation: memory and time at real sizes (issue 33)",
         "",
-        f"`{info['command']}` at commit {info['commit']}; {where}, torch {info['torch']}; torch on 1 thread in the "
+        f"`{info['command']}` at commit {info['commit']}"
+        + "".join(f" (part {part} kept from a run at commit {code})" for part, code in elsewhere.items())
+        + f"; {where}, torch {info['torch']}; torch on 1 thread in the "
         "training thread and 1 in the worker in every part; each part in a fresh process. 1-minute load average "
         f"before -> after each part: {loads} ({shared}). Wall time of the parts {data['wall_seconds']:.0f} s.",
         "",
         *snapshot_section(data["snapshot"]),
         "",
-        *memory_section(data["memory"]),
+        *memory_section(data["memory"], previous),
         "",
-        *jump_section(data["jump"]),
+        *jump_section(data["jump"], previous),
     ]
     return "\n".join(lines) + "\n"
 
@@ -649,7 +751,13 @@ def main() -> None:
         ],
         "jump": _part("jump", ["--layers", str(args.layers), "--jump-snapshots", str(args.jump_snapshots)]),
     }
-    data["machine"] = machine()
+    path = RESULTS / "full_param_cost.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    for key in ("snapshot", "memory", "jump"):  # parts cached before parts recorded their code: the replaced json's
+        for result in data[key] if isinstance(data[key], list) else [data[key]]:
+            result.setdefault("code", old["machine"]["commit"] if old else "unknown")
+    data["machine"] = {**machine(), "commit": _code()}
+    data["previous"] = _previous(old, data)
     data["settings"] = vars(args)
     data["load_by_part"] = {
         "snapshot": data["snapshot"]["load_average"],

@@ -246,6 +246,29 @@ def test_spilled_snapshots_give_the_same_trajectory_and_jump(tmp_path):
     assert not (tmp_path / "spill").exists()  # the last segment's files and the directory are gone
 
 
+def test_a_dense_snapshot_is_given_room_before_it_is_computed(tmp_path, monkeypatch):
+    """Full-parameter snapshots: the oldest is spilled before the new one is computed, so the snapshots held never
+    exceed the budget (only the subtraction of one module is in flight beyond it); the Gram matrix is unchanged."""
+    shapes = {"q": (30, 24), "v": (12, 24)}
+    snapshot = sum(m * n for m, n in shapes.values()) * 2  # bfloat16
+    spill = SnapshotSpill(tmp_path / "spill", budget=3 * snapshot)
+    plain, spilled = (TrajectoryWorker(get_extrapolator("relex"), spill=s) for s in (None, spill))
+    held = []
+    make_room = spill.make_room
+    monkeypatch.setattr(spill, "make_room", lambda n: (make_room(n), held.append(spill.resident_bytes() + n)))
+    g = torch.Generator().manual_seed(0)
+    weights = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    for t in range(6):
+        weights = {name: w + 0.01 * torch.randn(w.shape, generator=g) for name, w in weights.items()}
+        for worker in (plain, spilled):
+            worker.add_weights(10 * t, dict(weights), torch.bfloat16).result()
+    assert held and max(held) <= spill.budget and spill.spilled == 3
+    for name in shapes:
+        torch.testing.assert_close(spilled.trajectory.gram(name), plain.trajectory.gram(name), rtol=0, atol=0)
+    for worker in (plain, spilled):
+        worker.close()
+
+
 @pytest.mark.parametrize(
     ("value", "size"),
     [

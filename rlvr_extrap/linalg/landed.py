@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rlvr_extrap.linalg.lowrank import LowRank, inner
+from rlvr_extrap.linalg.lowrank import DENSE_BLOCK, LowRank, inner
 
 __all__ = ["Landed"]
 
@@ -44,9 +44,14 @@ class Landed:
 
     @classmethod
     def of_dense(cls, landed: torch.Tensor, intended: torch.Tensor) -> Landed:
-        """From dense ``L`` and ``U`` (float32 products, float64 sums)."""
-        sums = [(landed * intended), landed.square(), intended.square()]
-        return cls(*(float(x.sum(dtype=torch.float64)) for x in sums))
+        """From dense ``L`` and ``U``: float64 products and sums, ``DENSE_BLOCK`` elements at a time (the 2 x 2 Gram
+        matrix of each block's ``[L; U]``)."""
+        landed, intended = landed.reshape(-1), intended.reshape(-1)
+        gram = torch.zeros(2, 2, dtype=torch.float64)
+        for start in range(0, landed.numel(), DENSE_BLOCK):
+            pair = torch.stack([landed[start : start + DENSE_BLOCK], intended[start : start + DENSE_BLOCK]]).double()
+            gram += pair @ pair.T
+        return cls(float(gram[0, 1]), float(gram[0, 0]), float(gram[1, 1]))
 
     @property
     def fraction(self) -> float:

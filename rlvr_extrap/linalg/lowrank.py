@@ -23,6 +23,7 @@ __all__ = [
     "LowRank",
     "frobenius_norm",
     "inner",
+    "inners",
     "is_finite",
     "lincomb",
     "to_dense",
@@ -183,6 +184,10 @@ def _common_dtype(terms: Sequence[LowRank]) -> torch.dtype:
 
 Delta = LowRank | torch.Tensor
 
+DENSE_BLOCK = 2**18
+"""Elements of a dense delta converted and combined at a time (1 MiB in float32: in a core's cache), so a bfloat16
+snapshot is never copied whole to float32."""
+
 
 def inner(a: Delta, b: Delta) -> float:
     """Frobenius inner product ``<a, b> = sum(a * b)``, computed on the factors when there are any.
@@ -196,9 +201,27 @@ def inner(a: Delta, b: Delta) -> float:
         dtype = _common_dtype([a, b])
         left = a.left.to(dtype).T @ b.left.to(dtype)
         return float(torch.sum(left * (a.right.to(dtype) @ b.right.to(dtype).T)))
-    x, y = to_dense(a).reshape(-1), to_dense(b).reshape(-1)
-    dtype = _dense_dtype([x, y])  # half-precision snapshots: a bf16 dot would round the result to 3 digits
-    return float(torch.dot(x.to(dtype), y.to(dtype)))
+    return _dense_inners(to_dense(a), [to_dense(b)])[0]
+
+
+def inners(x: Delta, others: Sequence[Delta]) -> list[float]:
+    """``[inner(x, y) for y in others]``; when all are dense, in one pass over ``x`` (see ``_dense_inners``)."""
+    if isinstance(x, LowRank) or any(isinstance(y, LowRank) for y in others):
+        return [inner(x, y) for y in others]
+    return _dense_inners(x, others)
+
+
+def _dense_inners(x: torch.Tensor, others: Sequence[torch.Tensor]) -> list[float]:
+    """``<x, y>`` for every dense ``y``: ``DENSE_BLOCK`` elements at a time converted to float32 (float64 if any
+    tensor is: a bf16 dot would round the result to 3 digits), each block's products summed in float64."""
+    dtype = _dense_dtype([x, *others])
+    x, others = x.reshape(-1), [y.reshape(-1) for y in others]
+    sums = [0.0] * len(others)
+    for start in range(0, x.numel(), DENSE_BLOCK):
+        block = x[start : start + DENSE_BLOCK].to(dtype)
+        for i, y in enumerate(others):
+            sums[i] += float(torch.dot(block, y[start : start + DENSE_BLOCK].to(dtype)))
+    return sums
 
 
 def weighted_terms(d: Delta) -> list[tuple[float, Delta]]:
@@ -206,22 +229,32 @@ def weighted_terms(d: Delta) -> list[tuple[float, Delta]]:
     return list(zip(d.weights, d.terms, strict=True)) if isinstance(d, Combination) else [(1.0, d)]
 
 
-def lincomb(weights: Sequence[float], deltas: Sequence[Delta]) -> Delta:
-    """``sum_i weights[i] * deltas[i]``: concatenated factors for LowRank, a dense sum otherwise."""
+def lincomb(weights: Sequence[float], deltas: Sequence[Delta], dtype: torch.dtype | None = None) -> Delta:
+    """``sum_i weights[i] * deltas[i]``: concatenated factors for LowRank, a dense sum otherwise: summed in float32 at
+    least, ``DENSE_BLOCK`` elements at a time, and stored in ``dtype`` (default: the sum's)."""
     if len(weights) != len(deltas) or not deltas:
         raise ValueError(f"lincomb needs as many weights as deltas (>0); got {len(weights)} and {len(deltas)}")
     if any(isinstance(d, Combination) for d in deltas):
         pairs = [(w * v, t) for w, d in zip(weights, deltas, strict=True) for v, t in weighted_terms(d)]
-        return lincomb([w for w, _ in pairs], [t for _, t in pairs])
+        return lincomb([w for w, _ in pairs], [t for _, t in pairs], dtype)
     terms = [(float(w), d) for w, d in zip(weights, deltas, strict=True) if w != 0.0]
     if all(isinstance(d, LowRank) for d in deltas):
         if not terms:
             return LowRank.zeros(*deltas[0].shape, dtype=deltas[0].left.dtype)
         return LowRank(torch.cat([d.left * w for w, d in terms], 1), torch.cat([d.right for _, d in terms], 0))
     dense = [to_dense(d) for d in deltas]
-    out = torch.zeros_like(dense[0], dtype=_dense_dtype(dense))  # summed in float32 at least
-    for w, d in terms:
-        out.add_(to_dense(d), alpha=w)
+    summed = _dense_dtype(dense)
+    out = torch.empty(dense[0].shape, dtype=dtype or summed)
+    flat, parts = out.view(-1), [(float(w), d.reshape(-1)) for w, d in zip(weights, dense, strict=True) if w != 0.0]
+    scratch = None if out.dtype == summed else torch.empty(min(DENSE_BLOCK, flat.numel()), dtype=summed)
+    for start in range(0, flat.numel(), DENSE_BLOCK):  # block by block: the sum stays in cache
+        stored = flat[start : start + DENSE_BLOCK]
+        block = stored if scratch is None else scratch[: stored.numel()]
+        block.zero_()
+        for w, d in parts:
+            block.add_(d[start : start + DENSE_BLOCK].to(summed), alpha=w)
+        if scratch is not None:
+            stored.copy_(block)
     return out
 
 

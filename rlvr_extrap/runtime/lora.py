@@ -103,8 +103,9 @@ class LoraModule:
         return w + (delta.T if self.fan_in_fan_out else delta)
 
 
-EDIT_BLOCK = 2**22
-"""Elements of the float32 product formed at a time when editing a whole (unsharded) weight."""
+EDIT_BLOCK = 2**18
+"""Elements of the float32 product formed at a time when editing a whole (unsharded) weight (1 MiB: the block, its
+copy before the edit and what landed stay in a core's cache)."""
 
 
 def add_update(weight: torch.Tensor, update: Delta, transposed: bool = False) -> Landed | None:

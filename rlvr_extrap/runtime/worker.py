@@ -196,7 +196,9 @@ class TrajectoryWorker:
     ) -> None:
         if self.origin is None:
             self.origin = weights
-        deltas = {name: (w.float() - self.origin[name].float()).to(dtype) for name, w in weights.items()}
+        if self.spill is not None:  # room before it is computed: the budget + one module's subtraction at most
+            self.spill.make_room(sum(w.numel() for w in weights.values()) * dtype.itemsize)
+        deltas = {name: lincomb([1.0, -1.0], [w, self.origin[name]], dtype) for name, w in weights.items()}
         self._add_snapshot(step, deltas, None, label)
 
     def _spill_add(self, tag: str, factors: dict[str, Delta]) -> None:
@@ -257,12 +259,11 @@ class TrajectoryWorker:
         method_diagnostics = self.extrapolator.fit(self.trajectory)
         updates, report, diags = {}, {}, []
         current = self.trajectory.last()
-        predicted = {name: self.extrapolator.predict_module(name, target_step) for name in current}
-        bad = [n for n, d in predicted.items() if not self._finite(n, d)]
+        proposed = {name: self._proposed_update(name, now, target_step, alpha) for name, now in current.items()}
+        bad = [n for n, u in proposed.items() if u is None]
         if bad:
             raise ValueError(f"the prediction contains NaN or Inf (e.g. module {bad[0]}); jump refused")
-        for name, now in current.items():
-            update = _scaled_difference(predicted[name], now, alpha)
+        for name, update in proposed.items():
             diag = module_diagnostics(
                 self.trajectory,
                 name,
@@ -332,6 +333,19 @@ class TrajectoryWorker:
         except Exception as err:
             plan.record_reduce_error(err)
 
+    def _proposed_update(self, name: str, now: Delta, target_step: int, alpha: float) -> Delta | None:
+        """``alpha (D_hat - D_now)``; None when the prediction is not finite. Dense points whose prediction combines
+        them give the update as one combination of the points (one pass over them), finite when the combination's
+        weights and the Gram matrix are."""
+        weights = None if isinstance(now, LowRank) else self.extrapolator.combination(name, target_step)
+        if weights is None:
+            predicted = self.extrapolator.predict_module(name, target_step)
+            return _scaled_difference(predicted, now, alpha) if self._finite(name, predicted) else None
+        weights = [alpha * w for w in weights]
+        weights[-1] -= alpha
+        finite = all(map(math.isfinite, weights)) and bool(self.trajectory.gram(name).isfinite().all())
+        return self.trajectory.combine(name, weights) if finite else None
+
     def _finite(self, name: str, predicted: Delta) -> bool:
         """No NaN or Inf in a prediction; the trajectory's own points count as finite when its Gram matrix is."""
         held = {id(a) for a in self.trajectory.atoms(name)}
@@ -367,7 +381,7 @@ class TrajectoryWorker:
                 origin[name] = delta
                 continue
             if self.origin is not None:  # full-parameter: the jumped weights, as the next snapshot would read them
-                origin[name] = lincomb([1.0, 1.0], [delta, update]).to(delta.dtype)
+                origin[name] = lincomb([1.0, 1.0], [delta, update], delta.dtype)
                 continue
             old = self.offsets.get(name)
             if offsets is not None:  # what the offset changed by is the update as it landed

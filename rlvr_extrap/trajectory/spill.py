@@ -14,10 +14,8 @@ import math
 import re
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from rlvr_extrap.linalg.lowrank import Delta, LowRank
-from rlvr_extrap.utils.safetensors_io import read_tensors
+from rlvr_extrap.utils.safetensors_io import read_tensors, write_streaming
 
 __all__ = ["SnapshotSpill", "parse_memory"]
 
@@ -46,7 +44,11 @@ def parse_memory(value: int | float | str | None) -> int | None:
 
 
 class SnapshotSpill:
-    """Keeps the latest snapshots' factors in memory up to ``budget`` bytes; older ones are memory-mapped from disk."""
+    """Keeps the latest snapshots' factors in memory up to ``budget`` bytes; older ones are memory-mapped from disk.
+
+    A caller that computes a snapshot itself (the full-parameter worker) makes room for it first (``make_room``), so
+    the snapshots held never exceed the budget; ``add`` alone spills once the new snapshot is counted.
+    """
 
     def __init__(self, directory: str | Path, budget: int) -> None:
         self.directory = Path(directory)
@@ -54,6 +56,11 @@ class SnapshotSpill:
         self._resident: list[tuple[str, dict[str, Delta]]] = []  # oldest first
         self._files: list[Path] = []
         self.spilled = 0  # snapshots written so far
+
+    def make_room(self, nbytes: int) -> None:
+        """Spill the oldest snapshots until one of ``nbytes`` more fits in the budget (before it is computed)."""
+        while self._resident and self.resident_bytes() + nbytes > self.budget:
+            self._write(*self._resident.pop(0))
 
     def add(self, tag: str, factors: dict[str, Delta]) -> None:
         """Count a new snapshot's factors (``tag`` names its file), then spill the oldest while over the budget."""
@@ -70,10 +77,11 @@ class SnapshotSpill:
         tensors = {}
         for name, f in factors.items():
             if isinstance(f, LowRank):
-                tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left.contiguous(), f.right.contiguous()
+                tensors[f"{name}.left"], tensors[f"{name}.right"] = f.left, f.right
             else:
-                tensors[name] = f.contiguous()
-        save_file(tensors, str(path))
+                tensors[name] = f
+        specs = [(key, t.dtype, tuple(t.shape)) for key, t in tensors.items()]
+        write_streaming(path, specs, tensors.values())  # one tensor at a time: no copy of the whole snapshot
         mapped, _ = read_tensors(path, _SPILL_FIX)
         for name, f in factors.items():  # same values: re-point the frozen factors (dense tensors' storage), keeping
             if isinstance(f, LowRank):  # the objects

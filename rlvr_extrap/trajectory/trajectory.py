@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvr_extrap.linalg.basis import ModuleBasis, Reduced
-from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank, inner, lincomb, weighted_terms
+from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank, inners, lincomb, weighted_terms
 
 __all__ = ["Clock", "FactorVelocity", "Trajectory"]
 
@@ -133,7 +133,7 @@ class Trajectory:
         basis = self._bases.setdefault(name, ModuleBasis())
         if basis is None or not isinstance(term, LowRank) or not all(isinstance(a, LowRank) for a in atoms):
             self._bases[name] = None
-            return [inner(term, a) for a in atoms] + [inner(term, term)]
+            return inners(term, [*atoms, term])  # dense: one pass over the new term
         left, right = term.left.double(), term.right.double()  # float64: the bases' rank test needs the precision
         lefts = [a.left.double().T @ left for a in atoms]  # L_i^T L (r_i x r)
         rights = [a.right.double() @ right.T for a in atoms]  # R_i R^T
