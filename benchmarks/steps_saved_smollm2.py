@@ -9,6 +9,8 @@
     # results files (steps_saved_smollm2_add2.*) and cached runs
     python benchmarks/steps_saved_smollm2.py run --model toy   # the embedded toy where the regime map found skill:
     # 32 prompts x 8 = 256 completions per step, lr 2.5e-4 / 5e-4 / 1e-3, 200 steps, jump at 80 (steps_saved_toy_c256.*)
+    python benchmarks/steps_saved_smollm2.py run --full --quick --lrs 1e-5   # full-parameter GRPO, no LoRA
+    # (steps_saved_smollm2_full.*): lr 1e-5 / 2e-5 / 4e-5, two arms at 1x
 
 SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, a level of the math task (default ``math-add``: a + b,
 256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
@@ -30,6 +32,15 @@ n_own(a) / S``. Above 1: the jump saved steps. When vanilla never reaches ``a`` 
 lower bound (``>``). Per arm: mean over seeds, sd and the half-width of a 95% t-interval (the JSON); the md
 writes the mean ± that half-width.
 
+``--full``: full-parameter training (no LoRA adapter), the callback's full-parameter mode (the decoder layers' weights,
+``extrap_full_modules``' default); base rate 1e-5, the regime map's full-parameter rate (``grids.FULL_LR``). Its vanilla
+runs are the regime map's full-parameter runs (dense snapshots every 10 steps), with ``ExtrapolationCallback``
+observing them (``RunSpec.observe_every``: bf16 points every 5 steps, no jump) so that the checkpoint at the jump step
+holds the callback's origin and trajectory and a branch continues it. Checkpoints come every 20 steps (so ``--jump``
+20 or 40); once a vanilla run is done, only the checkpoint at ``--jump`` and the points it names are kept (each
+checkpoint is 2 GB), and a branch keeps only its result. The arms are those that need no optimizer state
+(``--quick``: one gated, one ungated), in bf16 snapshots like vanilla's points. No logit extrapolation.
+
 Output-space extrapolation (``rlvr_extrap.experiments.generation``) is scored at evaluation time: greedy decoding on
 ``z_b + alpha (z_b - z_a)`` between vanilla checkpoints ``a`` and ``b``, against checkpoint ``b`` alone.
 
@@ -42,10 +53,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +67,7 @@ from forecast import grids, recording
 from stats import INTERVAL, mean_interval, ratio_of, with_interval
 
 from rlvr_extrap.experiments.tasks import TOY_TASK, get_task
-from rlvr_extrap.runtime.state import STATE_FILE
+from rlvr_extrap.runtime.state import POINTS_DIR, STATE_FILE, load_state
 from rlvr_extrap.utils.files import atomic_write_text, write_json
 
 CACHE = Path(__file__).parent / "cache" / "steps_saved_smollm2"
@@ -83,6 +95,8 @@ SETTINGS = {
     "smollm2": Setting("SmolLM2-135M-Instruct", "math-add", 5e-5, 60, 8, 20, 20, ((20, 40), (30, 40))),
     # the toy regime map's predictable regime (256 completions per step), at rates where accuracy still moves
     "toy": Setting("the embedded toy (a+b)", TOY_TASK, 2.5e-4, 200, 32, 80, 40, ((40, 80), (70, 80))),
+    # --full: the regime map's full-parameter rate (grids.FULL_LR), the LoRA setting's jump and length
+    "smollm2-full": Setting("SmolLM2-135M-Instruct, full-parameter", "math-add", grids.FULL_LR, 60, 8, 20, 20, ()),
 }
 
 GATED = {"extrap_min_skill": 0.2, "extrap_horizon": "auto"}  # the package's defaults for the gate, auto horizon
@@ -115,12 +129,26 @@ QUICK_ARMS = (
     "optimizer direction (coasting), horizon J, ungated",
     "gated relex keep-residual, auto horizon",
 )
+FULL_QUICK_ARMS = ("relex keep-residual, horizon J, ungated", "gated relex keep-residual, auto horizon")
+FULL_ARM = {"extrap_snapshot_dtype": "bfloat16"}  # as the vanilla runs' points (recording.OBSERVER)
+OBSERVE_EVERY = 5  # as the arms snapshot (SNAPSHOTS)
 # z_a + alpha (z_b - z_a): alpha 1 is b alone, so only alpha > 1 extrapolates (1.5 and 2 from 20 -> 40 aim at 50, 60)
 LOGIT_ALPHAS = (1.5, 2.0)
 
 
-def vanilla_spec(model: str, learning_rate: float, prompts: int, seed: int, steps: int, task: str) -> grids.RunSpec:
-    """The forecast run that is vanilla GRPO at ``learning_rate`` (constant), with a trainer checkpoint every 10 steps."""
+def setting_key(model: str, full: bool) -> str:
+    """The ``SETTINGS`` entry of a model, full-parameter or not."""
+    return f"{model}-full" if full else model
+
+
+def vanilla_spec(
+    model: str, learning_rate: float, prompts: int, seed: int, steps: int, task: str, full: bool = False
+) -> grids.RunSpec:
+    """The forecast run that is vanilla GRPO at ``learning_rate`` (constant), with trainer checkpoints (every 10 steps;
+    ``full``: every 20, observed by the callback)."""
+    if full:
+        spec = grids.smollm2_full_spec(learning_rate, prompts, seed, steps, task)
+        return replace(spec, observe_every=OBSERVE_EVERY)
     if model == "toy":
         return grids.RunSpec(
             "toy", learning_rate, prompts, seed, steps=steps, snapshot_every=5, lr_schedule="constant",
@@ -130,11 +158,11 @@ def vanilla_spec(model: str, learning_rate: float, prompts: int, seed: int, step
 
 
 def vanilla_specs(
-    model: str, seeds: list[int], steps: int, prompts: int, task: str, base_lr: float
+    model: str, seeds: list[int], steps: int, prompts: int, task: str, base_lr: float, full: bool = False
 ) -> dict[tuple[float, int], grids.RunSpec]:
     """(learning rate, seed) -> the forecast run that is vanilla there, seed by seed, 1x and 4x first."""
     return {
-        (base_lr * k, seed): vanilla_spec(model, base_lr * k, prompts, seed, steps, task)
+        (base_lr * k, seed): vanilla_spec(model, base_lr * k, prompts, seed, steps, task, full)
         for seed in seeds
         for k in LR_MULTIPLES
     }
@@ -171,12 +199,38 @@ def branch(spec: grids.RunSpec, arm: str, jump: int, after: int, train: bool) ->
         raise FileNotFoundError(
             f"{checkpoint}: no vanilla checkpoint to branch from; run `python benchmarks/forecast collect` first"
         )
-    run = recording.run_of(spec, name=arm, grpo_steps=jump + after, extrap=arm_settings(arm, jump), save_every=None)
+    full = spec.lora_rank is None
+    if full and not load_state(checkpoint).point_files:
+        raise FileNotFoundError(
+            f"{checkpoint}: its state has no trajectory for a full-parameter branch (a regime-map run trained without "
+            f"the callback observing it); delete {grids.run_dir(spec)} and run again to retrain it observed"
+        )
+    settings = arm_settings(arm, jump) | (FULL_ARM if full else {})
+    run = recording.run_of(spec, name=arm, grpo_steps=jump + after, extrap=settings, save_every=None)
     start = time.perf_counter()
     result = run_experiment(run, out / "trainer", resume_from=checkpoint)
     result["wall_seconds"] = time.perf_counter() - start
     write_json(done, result)
+    if full:  # its final state and points: 2 GB the analysis never reads
+        shutil.rmtree(out / "trainer")
     return result
+
+
+def prune_full(spec: grids.RunSpec, jump: int) -> None:
+    """Of a finished full-parameter vanilla run's trainer folder, keep only what a branch at ``jump`` reads: that
+    checkpoint and the trajectory points its state names (each checkpoint is 2 GB, each point 212 MB)."""
+    trainer = grids.run_dir(spec) / "trainer"
+    keep = trainer / f"checkpoint-{jump}"
+    if not (keep / STATE_FILE).is_file():
+        return  # branch() says what is missing
+    named = {(keep / file).resolve() for file in load_state(keep).point_files or []}
+    for checkpoint in trainer.glob("checkpoint-*"):
+        if checkpoint != keep:
+            shutil.rmtree(checkpoint)
+    for point in (trainer / POINTS_DIR).glob("*.safetensors"):
+        if point.resolve() not in named:
+            point.unlink()
+    (trainer / STATE_FILE).unlink(missing_ok=True)  # the final state, naming the points just deleted
 
 
 def logit_accuracy(spec: grids.RunSpec, a: int, b: int, alpha: float, train: bool) -> float | None:
@@ -224,7 +278,12 @@ def logit_accuracy(spec: grids.RunSpec, a: int, b: int, alpha: float, train: boo
 
 def vanilla_runs(specs: dict[tuple[float, int], grids.RunSpec]) -> dict[tuple[float, int], recording.CachedRun]:
     """The cached vanilla runs, read once: their accuracy curves and step times both come from here."""
-    return {key: recording.load_run(grids.run_dir(spec)) for key, spec in specs.items() if grids.is_cached(spec)}
+    return {key: load_vanilla(spec) for key, spec in specs.items() if grids.is_cached(spec)}
+
+
+def load_vanilla(spec: grids.RunSpec) -> recording.CachedRun:
+    """A cached vanilla run's curve and times (not a full-parameter run's dense snapshots: 2 GB a run)."""
+    return recording.load_run(grids.run_dir(spec), snapshots=False)
 
 
 def curve_of(run: recording.CachedRun) -> list[tuple[int, float]]:
@@ -249,9 +308,12 @@ def curves_of_seed(curves: dict[tuple[float, int], list], seed: int) -> dict[flo
 
 
 def analyze(results: list[dict[str, Any]], curves: dict, logits: list[dict[str, Any]], meta: dict) -> dict[str, Any]:
-    # "vs best" only over the seeds with a vanilla run at every rate (a missing rate might have got there first)
-    rates_run = {lr for lr, _ in curves}
-    complete = {seed for _, seed in curves if set(curves_of_seed(curves, seed)) == rates_run}
+    # "vs best" only over the seeds with a vanilla run at every rate of the grid (a missing rate might have got there
+    # first), also while a seed's last rate is still training
+    grid = [meta["base_lr"] * k for k in LR_MULTIPLES]
+    complete = {
+        seed for _, seed in curves if all(any(math.isclose(lr, g) for lr in curves_of_seed(curves, seed)) for g in grid)
+    }
     rows = []
     by_arm: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in results:
@@ -330,7 +392,7 @@ def _setup_section(data: dict[str, Any]) -> list[str]:
     """Title, command and machine, the setup, vanilla's held-out accuracy per rate and seed, what was carried."""
     m = data["meta"]
     base = m["base_lr"]
-    label = SETTINGS[m.get("model", "smollm2")].label
+    label = SETTINGS[meta_setting(m)].label
     points = range(0, max(m["steps"], 100) + 1, 20 if m["steps"] <= 100 else 40)
     lines = [
         f"# Steps saved on {label} ({m['task']}), against vanilla GRPO at its best learning rate",
@@ -366,6 +428,11 @@ def _setup_section(data: dict[str, Any]) -> list[str]:
             f"`source` in the JSON): vanilla {where or 'none'}; {carried.get('rows', 0)} arm and logit rows.",
         ]
     return lines
+
+
+def meta_setting(meta: dict[str, Any]) -> str:
+    """The ``SETTINGS`` entry results were made with (results from before the toy have no "model")."""
+    return setting_key(meta.get("model", "smollm2"), meta.get("full", False))
 
 
 def _interval(triple: list[float]) -> str:
@@ -451,14 +518,15 @@ def plot(data: dict[str, Any], path: Path) -> None:
         means = [statistics.fmean(dict(c)[s] for c in curves) for s in steps]
         seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
         series.append({"name": f"{name} ({seeds})", "steps": steps, "mean": means, "jumps": sorted(jumps)})
-    title = f"{SETTINGS[data['meta'].get('model', 'smollm2')].label}, {data['meta']['task']}: held-out accuracy against actual GRPO steps"
+    title = f"{SETTINGS[meta_setting(data['meta'])].label}, {data['meta']['task']}: held-out accuracy against actual GRPO steps"
     plot_accuracy_curves(series, path, title=title)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "analyze", "render"), help="render: the md from the json only")
-    parser.add_argument("--model", choices=sorted(SETTINGS), default="smollm2", help="the defaults below follow it")
+    parser.add_argument("--model", choices=("smollm2", "toy"), default="smollm2", help="the defaults below follow it")
+    parser.add_argument("--full", action="store_true", help="full-parameter training, no LoRA (smollm2; base lr 1e-5)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--task", help="level of the math task (math-add, math-mul, ...; smollm2 only)")
     parser.add_argument("--base-lr", type=float, help="vanilla's 1x rate (also 2x and 4x; smollm2 5e-5, toy 2.5e-4)")
@@ -481,7 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cpu" and visible == "cuda":
         parser.error("--device cpu: the runs use a visible GPU; hide it (CUDA_VISIBLE_DEVICES=) to train on the CPU")
     args.device = visible
-    setting = SETTINGS[args.model]
+    if args.full and args.model == "toy":
+        parser.error("--full: the toy trains LoRA only; drop --full or use --model smollm2")
+    setting = SETTINGS[setting_key(args.model, args.full)]
     if args.model == "toy" and args.task not in (None, setting.task):
         parser.error(f"--task {args.task}: the toy has one task ({setting.task}); drop --task or use --model smollm2")
     for field in ("task", "base_lr", "steps", "prompts", "jump", "after"):
@@ -489,17 +559,21 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, field, getattr(setting, field))
     if args.jump % 10 or not 0 < args.jump < args.steps:
         parser.error(f"--jump {args.jump}: must be a multiple of 10 (a vanilla checkpoint) between 0 and --steps")
-    specs = vanilla_specs(args.model, args.seeds, args.steps, args.prompts, args.task, args.base_lr)
+    if args.full and args.jump % 20:
+        parser.error(f"--jump {args.jump}: full-parameter vanilla runs save a checkpoint every 20 steps; give 20 or 40")
+    specs = vanilla_specs(args.model, args.seeds, args.steps, args.prompts, args.task, args.base_lr, args.full)
     first = next(iter(specs.values()))
-    name = results_name(args.task, args.model, first.completions)
+    name = results_name(args.task, args.model, first.completions, args.full)
     if args.command == "render":
         atomic_write_text(args.out / f"{name}.md", render(load_results(args.out / f"{name}.json")))
         return
     train = args.command == "run"
-    arms = QUICK_ARMS if args.quick else tuple(ARMS)
+    arms = arms_of(args.quick, args.full)
     if train:  # vanilla run by run, the given (default: 1x) rate's arms right after its vanilla run
         for (lr, _seed), spec in specs.items():
             recording.collect([spec], workers=1)
+            if args.full:
+                prune_full(spec, args.jump)
             if any(math.isclose(lr, x) for x in args.lrs or [args.base_lr]):
                 arm_and_logit_results(spec, arms, args, train)
     vanilla = vanilla_runs(specs)
@@ -508,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(), "device": args.device, "model": args.model, "task": args.task, "base_lr": args.base_lr,
         "seeds": args.seeds, "steps": args.steps, "prompts": args.prompts, "generations": first.generations,
         "heldout": len(get_task(args.task).heldout_problems()), "jump": args.jump, "after": args.after,
-        "note": args.note,
+        "note": args.note, "full": args.full,
     }  # fmt: skip
     previous = None if args.fresh else read_previous(args.out / f"{name}.json", meta)
     carried_curves = carry_curves(previous, curves, args.seeds)
@@ -528,12 +602,20 @@ def main(argv: list[str] | None = None) -> None:
     print(render(data))
 
 
-def results_name(task: str, model: str = "smollm2", completions: int = 32) -> str:
-    """The results files' stem: one set per task level (``steps_saved_smollm2_add2`` for ``math-add2``) and for the
-    toy per batch (``steps_saved_toy_c256``)."""
+def results_name(task: str, model: str = "smollm2", completions: int = 32, full: bool = False) -> str:
+    """The results files' stem: one set per task level (``steps_saved_smollm2_add2`` for ``math-add2``), for the
+    toy per batch (``steps_saved_toy_c256``), ``_full`` for full-parameter training (``steps_saved_smollm2_full``)."""
     if model == "toy":
         return f"steps_saved_toy_c{completions}"
-    return NAME if task == SETTINGS["smollm2"].task else f"{NAME}_{task.removeprefix('math-')}"
+    stem = NAME if task == SETTINGS["smollm2"].task else f"{NAME}_{task.removeprefix('math-')}"
+    return f"{stem}_full" if full else stem
+
+
+def arms_of(quick: bool, full: bool) -> tuple[str, ...]:
+    """The arms a run trains: full-parameter runs only those that read no optimizer state (the callback refuses)."""
+    if full:
+        return FULL_QUICK_ARMS if quick else tuple(a for a in ARMS if ARMS[a]["extrap_method"] != "optimizer")
+    return QUICK_ARMS if quick else tuple(ARMS)
 
 
 def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -541,8 +623,8 @@ def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
-    same = ("model", "task", "base_lr", "steps", "jump", "after")
-    before_toy = {"model": "smollm2"}  # results from before the toy had no "model"
+    same = ("model", "full", "task", "base_lr", "steps", "jump", "after")
+    before_toy = {"model": "smollm2", "full": False}  # results from before the toy had no "model", "full"
     was, now = before_toy | previous["meta"], before_toy | meta
     return previous if all(was.get(k) == now[k] for k in same) else None
 
@@ -596,8 +678,9 @@ def arm_and_logit_results(
     spec: grids.RunSpec, arms: tuple[str, ...], args: argparse.Namespace, train: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The arms branched from ``spec``'s vanilla run and its logit extrapolations."""
-    vanilla = recording.load_run(grids.run_dir(spec))
-    return arm_results(spec, vanilla, arms, args, train), logit_results(spec, train)
+    vanilla = load_vanilla(spec)
+    pairs = SETTINGS[setting_key(args.model, args.full)].logit_pairs
+    return arm_results(spec, vanilla, arms, args, train), logit_results(spec, train, pairs)
 
 
 def arm_results(
@@ -621,9 +704,9 @@ def arm_results(
     return rows
 
 
-def logit_results(spec: grids.RunSpec, train: bool) -> list[dict[str, Any]]:
+def logit_results(spec: grids.RunSpec, train: bool, pairs: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
     rows = []
-    for a, b in SETTINGS[spec.model].logit_pairs:
+    for a, b in pairs:
         for alpha in LOGIT_ALPHAS:
             accuracy = logit_accuracy(spec, a, b, alpha, train)
             if accuracy is not None:

@@ -52,6 +52,8 @@ def test_results_made_with_other_settings_are_not_carried(tmp_path):
     assert bench.read_previous(committed(tmp_path), {**META, "model": "toy"}) is None  # no "model": smollm2
     assert bench.results_name("math-add") == "steps_saved_smollm2" != bench.results_name("math-add2")
     assert bench.results_name("toy-arithmetic", "toy", 256) == "steps_saved_toy_c256"
+    assert bench.results_name("math-add", full=True) == "steps_saved_smollm2_full"
+    assert bench.read_previous(committed(tmp_path), {**META, "full": True}) is None  # LoRA rows: not full-parameter
     assert bench.read_previous(tmp_path / "missing.json", META) is None
 
 

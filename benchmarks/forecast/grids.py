@@ -34,6 +34,11 @@ class RunSpec:
     save_every: int | None = None
     """Trainer checkpoints every this many steps, kept in ``<run>/trainer``: an interrupted run resumes from the
     latest, and jump arms can branch from them (``steps_saved``); None: none (an interrupted run restarts)."""
+    observe_every: int | None = None
+    """Full-parameter runs: ``ExtrapolationCallback`` observes the run (no jump), a snapshot every this many steps,
+    so each trainer checkpoint carries its state (the origin, and the points under ``<run>/trainer/extrap/points``)
+    and a jump arm branches from it with the trajectory (``steps_saved_smollm2.py --full``); every checkpoint is
+    kept. None: no observer (the recorder's own state, enough to resume the run only). Not part of ``run_id``."""
 
     @property
     def completions(self) -> int:
@@ -87,6 +92,16 @@ FULL_LR = 1e-5
 """Full-parameter SmolLM2 learning rate: see ``smollm2_full_grid``."""
 
 
+def smollm2_full_spec(
+    learning_rate: float, prompts: int, seed: int, steps: int = 60, task: str = "math-add"
+) -> RunSpec:
+    """A SmolLM2 full-parameter run as ``smollm2_full_grid`` trains it (dense snapshots every 10 steps, a checkpoint
+    every 20)."""
+    return replace(
+        smollm2_spec(learning_rate, prompts, seed, steps, task), snapshot_every=10, lora_rank=None, save_every=20
+    )
+
+
 def smollm2_full_grid(steps: int = 60, learning_rate: float = FULL_LR) -> list[RunSpec]:
     """SmolLM2 full-parameter training on ``math-add`` (issue 12 item 5: is LoRA's ``B @ A`` what makes the
     trajectory unpredictable?): the LoRA grid's task and batch (8 prompts x 4 completions), constant lr, seeds 0
@@ -101,10 +116,7 @@ def smollm2_full_grid(steps: int = 60, learning_rate: float = FULL_LR) -> list[R
     step (2e-6 would move 5x less, and 100 steps of it barely leave the base). Held-out accuracy after the 2
     steps: 0.227 -> 0.230 (no collapse).
     """
-    return [
-        replace(smollm2_spec(learning_rate, 8, seed, steps), snapshot_every=10, lora_rank=None, save_every=20)
-        for seed in (0, 1)
-    ]
+    return [smollm2_full_spec(learning_rate, 8, seed, steps) for seed in (0, 1)]
 
 
 GRIDS: dict[str, Callable[..., list[RunSpec]]] = {

@@ -70,6 +70,16 @@ class SnapshotRecorder(TrainerCallback):
 
 
 SNAPSHOT_DIR = "snapshots"
+OBSERVED_STEPS = "recorder_steps"
+"""The recorder's snapshot steps, in the history of the callback's state where the callback observes the run."""
+OBSERVER = {
+    "extrap_method": "linear",
+    "extrap_fit_window": 2,
+    "extrap_jump_at": [],
+    "extrap_snapshot_dtype": "bfloat16",
+}
+"""``ExtrapolationCallback`` observing a full-parameter run (``RunSpec.observe_every``): snapshots and backtests, no
+jump; bf16 points (as the recorder's snapshots), 212 MB each for SmolLM2's decoder layers."""
 
 
 def linear_modules(model: torch.nn.Module) -> list[str]:
@@ -101,7 +111,18 @@ class DenseSnapshotRecorder(SnapshotRecorder):
 
     def restore(self, checkpoint: Path) -> None:
         state = load_state(checkpoint)
-        self.steps, self.lrs = state.steps, state.history["lrs"]
+        self.steps, self.lrs = state.history.get(OBSERVED_STEPS, state.steps), state.history["lrs"]
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Where ``ExtrapolationCallback`` observes the run (``RunSpec.observe_every``) it has written its state into
+        the checkpoint (it runs first): the recorder's steps and lrs go into that state's history; else its own."""
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        saved = load_state(checkpoint) if (checkpoint / STATE_FILE).is_file() else None
+        if saved is None or saved.origin is None:
+            super().on_save(args, state, control, **kwargs)
+            return
+        saved.history |= {OBSERVED_STEPS: self.steps, "lrs": self.lrs}
+        save_state(saved, checkpoint)
 
     def _snapshot(self, step: int, model: Any) -> None:
         from safetensors.torch import save_file
@@ -169,7 +190,9 @@ def run_of(spec: RunSpec, **changes: Any) -> Any:
         num_generations=spec.generations,
         lr_scheduler_type=spec.lr_schedule,
         save_every=spec.save_every,
-        save_total_limit=2 if spec.lora_rank is None else None,  # full-parameter checkpoints are 1.6 GB each
+        # full-parameter checkpoints are 1.6 GB each; an observed run keeps every one, for branches
+        save_total_limit=2 if spec.lora_rank is None and spec.observe_every is None else None,
+        extrap=OBSERVER | {"extrap_snapshot_every": spec.observe_every} if spec.observe_every else {},
     )
     return replace(run, **changes)
 
@@ -254,14 +277,14 @@ class CachedRun:
         return {name: deltas[i] for name, deltas in self.rest.items()}
 
 
-def load_run(path: Path) -> CachedRun:
+def load_run(path: Path, snapshots: bool = True) -> CachedRun:
     """A finished run; a full-parameter run's dense bf16 snapshots are read from its files (all in memory: about
-    270 MB per snapshot for SmolLM2)."""
+    270 MB per snapshot for SmolLM2), unless ``snapshots`` is off (then it has none: its accuracy and times only)."""
     state = load_state(path)
     h = state.history
     spec = RunSpec(**h["spec"])
     deltas, rest = state.deltas, {}
-    if spec.lora_rank is None:
+    if spec.lora_rank is None and snapshots:
         deltas, rest = load_dense_snapshots(path.parent if path.is_file() else path, state.steps)
     return CachedRun(
         spec, state.steps, deltas, h["accuracy"], h["lrs"], h["train_seconds"], rest, h.get("resumed_at", 0)
