@@ -253,12 +253,13 @@ class ExtrapolationCallback(TrainerCallback):
         history = {"snapshot_steps": self.snapshot_steps, "jumps": jumps, "skill": self.skill_history}
         if self.labels:
             history["labels"] = {str(step): label for step, label in self.labels.items()}
-        state = CallbackState(offsets, steps, deltas, history)
         if self.full:  # the origin, and the points by name: each is written once, not into every checkpoint
             files = [
                 os.path.relpath(self._point_file(steps[0], step, i, deltas), directory) for i, step in enumerate(steps)
             ]
             state = CallbackState({}, steps, {}, history, origin=self.worker.origin, point_files=files)
+        else:
+            state = CallbackState(offsets, steps, deltas, history)
         path = save_state(state, directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
@@ -293,14 +294,14 @@ class ExtrapolationCallback(TrainerCallback):
             raise StateFileError(error)
         if offsets is None:
             return False
-        if self.full:
-            self._resume_full(saved, history, directory, state.global_step)
-            return True
-        self.target.restore(offsets, self.model)
         self.snapshot_steps = history["snapshot_steps"]
         self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
         self.skill_history = history.get("skill", [])
         self.labels = {int(step): label for step, label in history.get("labels", {}).items()}
+        if self.full:
+            self._resume_full(saved, directory, state.global_step)
+            return True
+        self.target.restore(offsets, self.model)
         if self.worker is not None:
             self.worker.restore(saved.offsets, saved.steps, saved.deltas, self.labels)
             logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
@@ -314,13 +315,10 @@ class ExtrapolationCallback(TrainerCallback):
             self._point_files[key] = str(write_point(self.trainer.args.output_dir, segment, step, point))
         return self._point_files[key]
 
-    def _resume_full(self, saved: CallbackState | None, history: dict, directory: str, step: int) -> None:
-        """A full-parameter resume: the checkpoint's weights hold every jump; the origin, history and the segment's
-        points come back from their files, or without those files the trajectory starts a new segment at ``step``."""
-        self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
-        self.skill_history = history.get("skill", [])
-        self.labels = {int(s): label for s, label in history.get("labels", {}).items()}
-        self.snapshot_steps = history["snapshot_steps"]
+    def _resume_full(self, saved: CallbackState | None, directory: str, step: int) -> None:
+        """A full-parameter resume (the history is back): the checkpoint's weights hold every jump; the origin and the
+        segment's points come back from their files, or without those files the trajectory starts a new segment at
+        ``step``."""
         points = None if saved is None else read_points(saved, directory)
         found = broadcast_from_main(points is not None)
         if self.worker is not None and points is not None:

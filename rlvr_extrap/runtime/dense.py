@@ -55,7 +55,7 @@ class DenseModule:
 
     def nbytes(self, dtype: torch.dtype) -> int:
         """Bytes of one copy of the whole weight in ``dtype``."""
-        return torch.Size(self.shape).numel() * torch.empty(0, dtype=dtype).element_size()
+        return torch.Size(self.shape).numel() * dtype.itemsize
 
 
 def find_dense_modules(model: nn.Module, patterns: Sequence[str]) -> dict[str, DenseModule]:
