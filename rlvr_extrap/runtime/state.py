@@ -31,7 +31,7 @@ from rlvr_extrap.config import JUMP_INTO
 from rlvr_extrap.linalg.lowrank import LowRank
 from rlvr_extrap.runtime.lora import JumpTarget, NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.utils.files import atomic_path
-from rlvr_extrap.utils.safetensors_io import read_tensors
+from rlvr_extrap.utils.safetensors_io import read_tensors, write_streaming
 
 __all__ = [
     "STATE_FILE",
@@ -168,8 +168,9 @@ def write_point(output_dir: str | Path, segment: int, step: int, deltas: dict[st
     """Write one full-parameter trajectory point (``W_step - origin`` per weight) under ``output_dir``, atomically."""
     path = Path(output_dir) / POINTS_DIR / f"segment-{segment}-step-{step}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({name: d.contiguous() for name, d in deltas.items()}, str(tmp))
+    specs = [(name, d.dtype, tuple(d.shape)) for name, d in deltas.items()]
+    with atomic_path(path) as tmp:  # streamed, as the spill writes: no second copy of the point in memory
+        write_streaming(tmp, specs, deltas.values())
     return path
 
 
