@@ -569,12 +569,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     train = args.command == "run"
     arms = arms_of(args.quick, args.full)
-    if train:  # vanilla run by run, the given (default: 1x) rate's arms right after its vanilla run
-        for (lr, _seed), spec in specs.items():
+    if train:  # the arms' (default: 1x) rate for every seed first, each run's arms right after it; then the others
+
+        def arm_rate(lr: float) -> bool:
+            return any(math.isclose(lr, x) for x in args.lrs or [args.base_lr])
+
+        for (lr, _seed), spec in sorted(specs.items(), key=lambda item: not arm_rate(item[0][0])):
             recording.collect([spec], workers=1)
             if args.full:
                 prune_full(spec, args.jump)
-            if any(math.isclose(lr, x) for x in args.lrs or [args.base_lr]):
+            if arm_rate(lr):
                 arm_and_logit_results(spec, arms, args, train)
     vanilla = vanilla_runs(specs)
     curves = {key: curve_of(run) for key, run in vanilla.items()}
