@@ -614,10 +614,6 @@ class ExtrapolationArguments:
                 self.extrap_edit_rank is not None,
                 "a full-parameter update is a dense matrix, applied exact; leave it None",
             ),
-            "extrap_method": (
-                self.enabled and self.build_extrapolator().needs_optimizer_state,
-                "reading AdamW's state of dense weights is not implemented; use relex, linear, next or alpharl",
-            ),
         }
         for name, (bad, why) in refused.items():
             if bad:

@@ -7,14 +7,18 @@ after SIGKILL in test_resume.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
+from accelerate.utils import DistributedType
 from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_model
 
 from rlvr_extrap import ExtrapolationCallback, apply_offsets
 from rlvr_extrap.config import ExtrapolationConfigError
 from rlvr_extrap.experiments.toy.tokenizer import build_char_tokenizer
+from rlvr_extrap.runtime import distributed
 from rlvr_extrap.runtime.dense import find_dense_modules
 from rlvr_extrap.skill.forecast import schedule_clock
 
@@ -103,9 +107,10 @@ def test_a_bf16_model_without_master_weights_is_told_and_logs_what_landed(tmp_pa
     assert figures.landed_noise > 0.05  # the rounding, measured (float32 weights: 0, see the first test)
 
 
-def test_spilled_snapshots_give_the_same_jump(tmp_path):
-    _, _, _, kept = run(tmp_path / "memory", extrap_method="linear", **JUMPS)
-    _, callback, _, spilled = run(tmp_path / "spill", extrap_method="linear", extrap_snapshot_memory="60KB", **JUMPS)
+@pytest.mark.parametrize("method", ["linear", "optimizer"])  # optimizer: the dense velocities are spilled too
+def test_spilled_snapshots_give_the_same_jump(tmp_path, method):
+    _, _, _, kept = run(tmp_path / "memory", extrap_method=method, **JUMPS)
+    _, callback, _, spilled = run(tmp_path / "spill", extrap_method=method, extrap_snapshot_memory="60KB", **JUMPS)
     assert callback.jumps[0].applied
     for name, w in kept.at[12].items():
         torch.testing.assert_close(spilled.at[12][name], w, rtol=0, atol=0)
@@ -129,13 +134,76 @@ def test_the_guard_probes_a_full_parameter_jump(tmp_path):
         ({"extrap_snapshot_memory": "1KB"}, r"extrap_snapshot_memory='1KB' is less than one module's snapshot"),
         ({"extrap_jump_into": "offset"}, r"extrap_jump_into='offset' does not apply to a full-parameter run"),
         ({"extrap_edit_rank": 2}, r"extrap_edit_rank=2 does not apply to a full-parameter run"),
-        ({"extrap_method": "optimizer"}, r"extrap_method='optimizer' does not apply to a full-parameter run"),
     ],
 )
 def test_bad_full_parameter_settings_end_in_one_line_naming_the_option(tmp_path, settings, match):
     settings = {"extrap_method": "linear", **JUMPS, **settings}
     trainer = make_trainer(tmp_path, [ExtrapolationCallback()], lora=False, **settings)
     with pytest.raises(ExtrapolationConfigError, match=match) as err:
+        trainer.train()
+    assert "\n" not in str(err.value)
+
+
+class AdamProbe(transformers.TrainerCallback):
+    """Each decoder weight, its AdamW state and its param group at the end of ``step`` (before the callback)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.seen: dict[str, tuple[torch.Tensor, dict, dict]] = {}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step != self.step:
+            return
+        inner = getattr(optimizer, "optimizer", optimizer)
+        for name, module in find_dense_modules(model, ["*.layers.*"]).items():
+            (group,) = [g for g in inner.param_groups if any(p is module.weight for p in g["params"])]
+            moments = {k: v.clone() if torch.is_tensor(v) else v for k, v in inner.state[module.weight].items()}
+            self.seen[name] = (module.weight.detach().clone(), moments, dict(group))
+
+
+def adamw_step(weight: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+    """AdamW's next change of ``weight`` with its moments held, written out here: ``-lr (m_hat / (sqrt(v_hat) + eps)
+    + wd w)`` (float64)."""
+    t, (beta1, beta2) = float(state["step"]), group["betas"]
+    m_hat = state["exp_avg"].double() / (1 - beta1**t)
+    v_hat = state["exp_avg_sq"].double() / (1 - beta2**t)
+    return -group["lr"] * (m_hat / (v_hat.sqrt() + group["eps"]) + group["weight_decay"] * weight.double())
+
+
+@pytest.mark.parametrize(
+    ("coast", "dtype", "rel"),
+    [(False, "float32", 1e-5), (True, "float32", 1e-5), (False, "bfloat16", 2**-8)],  # bf16: its rounding of -lr u
+)
+def test_the_optimizer_method_continues_adamw_on_dense_weights(tmp_path, coast, dtype, rel):
+    adam, before, after, callback = AdamProbe(12), WeightProbe(), WeightProbe(), ExtrapolationCallback()
+    settings = {**JUMPS, "lr_scheduler_type": "constant", "weight_decay": 0.5}
+    trainer = make_trainer(
+        tmp_path,
+        [adam, before, callback, after],
+        lora=False,
+        extrap_method="optimizer",
+        extrap_coast=coast,
+        extrap_snapshot_dtype=dtype,
+        **settings,
+    )
+    trainer.train()
+    (record,) = callback.jumps
+    assert record.applied, record.skipped
+    beta1 = trainer.optimizer.param_groups[0]["betas"][0]
+    steps = sum(beta1**k for k in range(1, 9)) if coast else 8  # the momentum fading over the 8-step horizon
+    assert adam.seen.keys() == after.at[12].keys()
+    for name, (weight, state, group) in adam.seen.items():
+        expected = JUMPS["extrap_alpha"] * steps * adamw_step(weight, state, group)
+        landed = after.at[12][name].double() - before.at[12][name].double()
+        assert (landed - expected).norm() <= rel * expected.norm(), name
+    assert len(callback.skill_history) >= 2  # the backtest ran on dense predictions from the earlier points
+
+
+@pytest.mark.parametrize(("kind", "backend"), [("DEEPSPEED", "DeepSpeed"), ("FSDP", "FSDP")])
+def test_the_optimizer_method_is_refused_where_adamw_state_is_sharded(tmp_path, monkeypatch, kind, backend):
+    monkeypatch.setattr(distributed, "PartialState", lambda: SimpleNamespace(distributed_type=DistributedType[kind]))
+    trainer = make_trainer(tmp_path, [ExtrapolationCallback()], lora=False, extrap_method="optimizer", **JUMPS)
+    with pytest.raises(ExtrapolationConfigError, match=rf"extrap_method='optimizer' .* sharded under {backend}") as err:
         trainer.train()
     assert "\n" not in str(err.value)
 

@@ -11,9 +11,10 @@ from grpo_utils import make_trainer
 from rlvr_extrap import ExtrapolationCallback, get_extrapolator
 from rlvr_extrap.extrapolators.optimizer import coasting_steps
 from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.dense import DenseModule, dense_velocities
 from rlvr_extrap.runtime.lora import adam_direction, factor_velocities
 from rlvr_extrap.skill.forecast import backtest_skill, forecast_errors, skill
-from rlvr_extrap.trajectory.trajectory import Trajectory
+from rlvr_extrap.trajectory.trajectory import DenseVelocity, Trajectory
 
 SCALE = 2.0  # lora_alpha / r
 
@@ -109,6 +110,39 @@ def test_weight_decay_is_part_of_the_direction():
     trajectory, _, _ = adam_trajectory(steps=20, every=5, weight_decay=0.5)
     error, persistence = forecast_errors(trajectory, get_extrapolator("optimizer", coast=False), 2, 3)
     assert skill(error, persistence) > 0.999  # decay changes p, hence the direction, slowly: near exact at 5 steps
+
+
+def test_a_dense_velocity_moves_the_weight_linearly_in_float32():
+    d = torch.randn(5, 7).to(torch.bfloat16)  # as a bfloat16 snapshot holds it
+    moved = DenseVelocity(d, beta1=0.9).move(2.5)
+    assert moved.dtype == torch.float32
+    torch.testing.assert_close(moved, 2.5 * d.float(), rtol=0, atol=0)
+
+
+def test_constant_gradient_on_dense_weights_is_predicted_exactly():
+    """AdamW with a constant gradient moves a dense weight by the same ``-lr g / (|g| + eps)`` every step: a line in
+    t, which the dense velocity continues exactly (through the dense backtest's inner products)."""
+    gen = torch.Generator().manual_seed(0)
+    modules = {f"m{k}": DenseModule(f"m{k}", torch.nn.Parameter(torch.randn(5, 7, generator=gen))) for k in range(2)}
+    grads = {name: torch.randn(5, 7, generator=gen) for name in modules}
+    optimizer = torch.optim.AdamW([m.weight for m in modules.values()], lr=0.01, weight_decay=0.0)
+    origin = {name: m.weight.detach().clone() for name, m in modules.items()}
+    assert dense_velocities(modules, optimizer, torch.float32) is None  # no step taken yet
+    trajectory = Trajectory()
+    trajectory.append(0, {name: torch.zeros(5, 7) for name in modules})
+    for step in range(1, 21):
+        for name, module in modules.items():
+            module.weight.grad = grads[name].clone()
+        optimizer.step()
+        if step % 5 == 0:
+            deltas = {name: m.weight.detach() - origin[name] for name, m in modules.items()}
+            trajectory.append(step, deltas, dense_velocities(modules, optimizer, torch.float32))
+    exact = get_extrapolator("optimizer", coast=False)
+    for start, target in ((1, 2), (1, 4), (2, 4)):
+        error, persistence = forecast_errors(trajectory, exact, start, target)
+        assert skill(error, persistence) > 1 - 1e-6, (start, target)
+    error, persistence = forecast_errors(trajectory, get_extrapolator("optimizer"), 1, 4)
+    assert skill(error, persistence) < 0.9  # coasting assumes the gradient stops: it falls short
 
 
 def test_a_point_without_optimizer_state_cannot_be_extrapolated():

@@ -79,7 +79,14 @@ def test_a_kill_while_the_state_is_written_leaves_no_half_file_and_resume_names_
         assert text in line, f"{text!r} not in {line!r}"
 
 
-@pytest.mark.parametrize("method, extra", [("linear", {}), ("optimizer", {"extrap_min_skill": None})])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("linear", {}),
+        ("optimizer", {"extrap_min_skill": None}),
+        ("optimizer", {"extrap_min_skill": None, "lora": False}),  # full-parameter: AdamW's state of dense weights
+    ],
+)
 def test_a_jump_arm_branched_from_a_vanilla_checkpoint_equals_the_unbranched_jump_run(tmp_path, method, extra):
     """Vanilla with the callback observing (snapshots, no jump) saves checkpoint-4; an arm resumed from it with
     ``extrap_jump_at=[4]`` jumps at its first step and ends where a run that jumped at 4 from the start ends.

@@ -43,7 +43,7 @@ class Extrapolator(ABC):
     can_stream: ClassVar[bool] = False
     """Whether each module is fitted on its own, so the offline tools can stream checkpoints module by module."""
     needs_optimizer_state: ClassVar[bool] = False
-    """Whether the fit reads the optimizer's state of the LoRA factors at its last point (``Trajectory.velocities``)."""
+    """Whether the fit reads the optimizer's state of the weights at its last point (``Trajectory.velocities``)."""
     needs_labels: ClassVar[bool] = False
     """Whether the fit reads a score per snapshot (``Trajectory.labels``: accuracy, mean reward)."""
 

@@ -1,12 +1,13 @@
-"""The optimizer's own denoised direction: AdamW's next update of the LoRA factors, continued (issue 12, item 4).
+"""The optimizer's own denoised direction: AdamW's next update of the weights, continued (issue 12, item 4).
 
 AdamW's update ``lr * m_hat / (sqrt(v_hat) + eps)`` is a running average of the gradients, scaled per entry:
 the optimizer's own estimate of where the weights are heading. Continuing it for ``h`` steps moves each factor
 linearly, so in the merged space the prediction is exact and low-rank:
-``D_hat = D_now + s (B + h dB)(A + h dA) - s B A`` with ``dB = -lr u_B``, ``dA = -lr u_A``. It needs the
-optimizer state at the last point, which the callback hands the worker with each snapshot
-(``Trajectory.velocities``). ``coast=True`` lets the momentum fade as it would with no new gradient,
-``sum_{k=1..h} beta1^k`` steps in all (at most ``beta1 / (1 - beta1)``, 9 at 0.9).
+``D_hat = D_now + s (B + h dB)(A + h dA) - s B A`` with ``dB = -lr u_B``, ``dA = -lr u_A``. A dense weight (a
+full-parameter run) moves linearly itself: ``D_hat = D_now + h (-lr u)``. It needs the optimizer state at the last
+point, which the callback hands the worker with each snapshot (``Trajectory.velocities``). ``coast=True`` lets the
+momentum fade as it would with no new gradient, ``sum_{k=1..h} beta1^k`` steps in all (at most
+``beta1 / (1 - beta1)``, 9 at 0.9).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlvr_extrap.extrapolators.base import Extrapolator, ExtrapolatorConfig
-from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank
+from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank, lincomb
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
 __all__ = ["OptimizerConfig", "OptimizerExtrapolator", "coasting_steps"]
@@ -62,7 +63,5 @@ class OptimizerExtrapolator(Extrapolator):
         steps = self.steps_ahead(step)
         if self.config.coast:
             steps = coasting_steps(steps, velocity.beta1)
-        now = self.trajectory.deltas[name][-1]
-        if not isinstance(now, LowRank):
-            raise ValueError(f"extrap_method='optimizer' extrapolates LoRA factors; module {name} is dense")
-        return Combination.of(now, velocity.move(steps))
+        now, move = self.trajectory.deltas[name][-1], velocity.move(steps)
+        return Combination.of(now, move) if isinstance(now, LowRank) else lincomb([1.0, 1.0], [now, move])

@@ -15,7 +15,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from rlvr_extrap.config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
-from rlvr_extrap.runtime.dense import DenseModule, DenseTarget, NoDenseWeightError, find_dense_modules, read_weights
+from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime.dense import (
+    DenseModule,
+    DenseTarget,
+    NoDenseWeightError,
+    dense_velocities,
+    find_dense_modules,
+    read_weights,
+)
 from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support, sharded_backend
 from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
 from rlvr_extrap.runtime.lora import (
@@ -41,6 +49,7 @@ from rlvr_extrap.runtime.state import (
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
+from rlvr_extrap.trajectory.trajectory import Velocity
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -341,7 +350,7 @@ class ExtrapolationCallback(TrainerCallback):
         """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.
 
         For a method that continues the optimizer's direction, the main process also reads AdamW's state of the
-        LoRA factors (one elementwise pass and a CPU copy, like the factors; not supported under sharding).
+        weights (one elementwise pass and a CPU copy, like the snapshot; not supported under sharding).
         """
         if self.config.probe_labels:  # every process scores its share of the probe
             label = self.guard.score()
@@ -356,17 +365,27 @@ class ExtrapolationCallback(TrainerCallback):
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
         if self.full:  # the worker measures the weights from the origin, off the training thread
             weights = read_weights(self.modules, self.model)
+            velocities = self._velocities(optimizer, dtype)
             self.snapshot_seconds += time.perf_counter() - start
             if self.worker is not None:
-                self.worker.add_weights(step, weights, dtype, label)
+                self.worker.add_weights(step, weights, dtype, velocities, label)
             return
         deltas = snapshot_deltas(self.modules, self.model, dtype)
-        velocities = None
-        if self.worker is not None and self.worker.extrapolator.needs_optimizer_state and optimizer is not None:
-            velocities = factor_velocities(self.modules, optimizer, deltas, dtype)
+        velocities = self._velocities(optimizer, dtype, deltas)
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
             self.worker.add_snapshot(step, deltas, velocities, label)
+
+    def _velocities(
+        self, optimizer: torch.optim.Optimizer | None, dtype: torch.dtype, deltas: dict[str, LowRank] | None = None
+    ) -> dict[str, Velocity] | None:
+        """AdamW's velocity of each module at the snapshot ``deltas`` (LoRA; a full-parameter run reads the weights
+        themselves), for a method that continues it: main process only; None otherwise."""
+        if self.worker is None or not self.worker.extrapolator.needs_optimizer_state or optimizer is None:
+            return None
+        if self.full:
+            return dense_velocities(self.modules, optimizer, dtype)
+        return factor_velocities(self.modules, optimizer, deltas, dtype)
 
     def _reward_label(self, step: int) -> float | None:
         """The mean ``reward`` the trainer logged since the previous snapshot; None when it logged none.
@@ -393,8 +412,10 @@ class ExtrapolationCallback(TrainerCallback):
         if self.worker is None or not self.worker.extrapolator.needs_optimizer_state or optimizer is None:
             return
         dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
-        deltas = snapshot_deltas(self.modules, self.model, dtype)
-        self.worker.set_velocities(step, factor_velocities(self.modules, optimizer, deltas, dtype))
+        deltas = None if self.full else snapshot_deltas(self.modules, self.model, dtype)
+        velocities = self._velocities(optimizer, dtype, deltas)
+        if velocities is not None:
+            self.worker.set_velocities(step, velocities)
 
     def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
         """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.

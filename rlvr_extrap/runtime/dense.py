@@ -25,10 +25,18 @@ from torch import nn
 
 from rlvr_extrap.linalg.landed import Landed
 from rlvr_extrap.linalg.lowrank import Delta, to_dense
-from rlvr_extrap.runtime.lora import add_update, unwrapped_name
+from rlvr_extrap.runtime.lora import adam_directions, add_update, unwrapped_name
 from rlvr_extrap.runtime.sharding import full_weights, whole
+from rlvr_extrap.trajectory.trajectory import DenseVelocity
 
-__all__ = ["DenseModule", "DenseTarget", "NoDenseWeightError", "find_dense_modules", "read_weights"]
+__all__ = [
+    "DenseModule",
+    "DenseTarget",
+    "NoDenseWeightError",
+    "dense_velocities",
+    "find_dense_modules",
+    "read_weights",
+]
 
 
 class NoDenseWeightError(ValueError):
@@ -97,6 +105,26 @@ def read_weights(modules: Mapping[str, DenseModule], model: nn.Module | None = N
             master = _deepspeed_master(module.weight)
             value = whole(module.weight.detach()) if master is None else master
             out[name] = value.to("cpu", copy=True)
+    return out
+
+
+def dense_velocities(
+    modules: Mapping[str, DenseModule], optimizer: torch.optim.Optimizer, dtype: torch.dtype
+) -> dict[str, DenseVelocity] | None:
+    """Each weight's ``DenseVelocity`` (AdamW's next change, ``-lr u``) as a CPU copy in ``dtype``, like the snapshot.
+
+    One elementwise pass per weight on its device (one process, DDP: the optimizer holds the whole weight's state).
+    None when any weight has no Adam state yet (before the first step) or the optimizer is not Adam-like.
+    """
+    direction = adam_directions(optimizer)
+    out = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            found = direction(module.weight)
+            if found is None:
+                return None
+            u, group = found
+            out[name] = DenseVelocity(u.mul_(-group["lr"]).to("cpu", dtype), float(group["betas"][0]))
     return out
 
 

@@ -46,8 +46,8 @@ def check_distributed_support(config: ExtrapolationArguments) -> None:
         )
     if config.enabled and config.build_extrapolator().needs_optimizer_state:
         raise ExtrapolationConfigError(
-            f"extrap_method={config.extrap_method!r} reads AdamW's state of the LoRA factors, which is sharded "
-            f"under {kind}; use relex or linear, or train with DDP"
+            f"extrap_method={config.extrap_method!r} reads AdamW's state of the weights it extrapolates (LoRA factors "
+            f"or dense weights), which is partitioned or sharded under {kind}; use relex or linear, or train with DDP"
         )
     if config.extrap_optimizer_policy != "keep":
         raise ExtrapolationConfigError(

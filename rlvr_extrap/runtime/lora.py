@@ -7,7 +7,7 @@ as a float32 offset beside the LoRA path (``runtime.offset``) where the base's d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "LoraModule",
     "NoLoraAdapterError",
     "adam_direction",
+    "adam_directions",
     "add_to_bases",
     "add_update",
     "factor_velocities",
@@ -270,6 +271,20 @@ def adam_direction(param: torch.Tensor, state: dict, group: dict) -> torch.Tenso
     return m_hat / denom + group.get("weight_decay", 0.0) * param.detach().float()
 
 
+def adam_directions(optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict] | None]:
+    """``param -> (u, its param group)``: ``adam_direction`` of a parameter ``optimizer`` steps (float32, on its
+    device); None when it has no Adam moments or the optimizer does not hold it."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    groups = {id(p): g for g in inner.param_groups for p in g["params"]}
+
+    def direction(param: torch.Tensor) -> tuple[torch.Tensor, dict] | None:
+        group = groups.get(id(param))
+        u = None if group is None else adam_direction(param, inner.state.get(param), group)
+        return None if u is None else (u, group)
+
+    return direction
+
+
 def factor_velocities(
     modules: dict[str, LoraModule], optimizer: torch.optim.Optimizer, deltas: dict[str, LowRank], dtype: torch.dtype
 ) -> dict[str, FactorVelocity] | None:
@@ -278,22 +293,18 @@ def factor_velocities(
     One elementwise pass over the LoRA parameters and a CPU copy of the result, like the snapshot itself. None
     when any factor has no Adam state yet (before the first step) or the optimizer is not Adam-like.
     """
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
-    groups = {id(p): g for g in inner.param_groups for p in g["params"]}
+    direction = adam_directions(optimizer)
     out = {}
     with torch.no_grad():
         for name, module in modules.items():
-            a, b = module.lora_parameters()
-            if id(a) not in groups or id(b) not in groups:
+            a, b = (direction(p) for p in module.lora_parameters())
+            if a is None or b is None:
                 return None
-            u_a = adam_direction(a, inner.state.get(a), groups[id(a)])
-            u_b = adam_direction(b, inner.state.get(b), groups[id(b)])
-            if u_a is None or u_b is None:
-                return None
-            d_left = (u_b * (-groups[id(b)]["lr"] * module.scale)).to("cpu", dtype)
-            d_right = (u_a * -groups[id(a)]["lr"]).to("cpu", dtype)
+            (u_a, group_a), (u_b, group_b) = a, b
+            d_left = (u_b * (-group_b["lr"] * module.scale)).to("cpu", dtype)
+            d_right = (u_a * -group_a["lr"]).to("cpu", dtype)
             delta = deltas[name]
-            out[name] = FactorVelocity(delta.left, delta.right, d_left, d_right, float(groups[id(a)]["betas"][0]))
+            out[name] = FactorVelocity(delta.left, delta.right, d_left, d_right, float(group_a["betas"][0]))
     return out
 
 

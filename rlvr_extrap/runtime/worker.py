@@ -23,7 +23,7 @@ from rlvr_extrap.skill.diagnostics import (
 )
 from rlvr_extrap.skill.forecast import SkillRecord, gram_distance, measure_skill
 from rlvr_extrap.trajectory.spill import SnapshotSpill
-from rlvr_extrap.trajectory.trajectory import Clock, FactorVelocity, Trajectory
+from rlvr_extrap.trajectory.trajectory import Clock, DenseVelocity, FactorVelocity, Trajectory, Velocity
 
 __all__ = ["TrajectoryWorker"]
 
@@ -91,11 +91,16 @@ class TrajectoryWorker:
         return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities, label)
 
     def add_weights(
-        self, step: int, weights: dict[str, torch.Tensor], dtype: torch.dtype, label: float | None = None
+        self,
+        step: int,
+        weights: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        velocities: dict[str, DenseVelocity] | None = None,
+        label: float | None = None,
     ) -> Future[None]:
         """Append a full-parameter snapshot: the weights, stored as ``W - origin`` in ``dtype`` (the first weights
-        handed in become the origin)."""
-        return self._pool.submit(self._add_weights, step, weights, dtype, label)
+        handed in become the origin), and as ``add_snapshot`` the optimizer's velocity and the score there."""
+        return self._pool.submit(self._add_weights, step, weights, dtype, velocities, label)
 
     def plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
@@ -124,8 +129,8 @@ class TrajectoryWorker:
             )
         )
 
-    def set_velocities(self, step: int, velocities: dict[str, FactorVelocity]) -> Future[None]:
-        """Attach the optimizer's velocity of the factors to the last point, which must be at ``step``."""
+    def set_velocities(self, step: int, velocities: dict[str, Velocity]) -> Future[None]:
+        """Attach the optimizer's velocity of the weights to the last point, which must be at ``step``."""
 
         def _set() -> None:
             if not self.trajectory.steps or self.trajectory.steps[-1] != step:
@@ -192,14 +197,21 @@ class TrajectoryWorker:
         self._measure_skill()
 
     def _add_weights(
-        self, step: int, weights: dict[str, torch.Tensor], dtype: torch.dtype, label: float | None
+        self,
+        step: int,
+        weights: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        velocities: dict[str, DenseVelocity] | None,
+        label: float | None,
     ) -> None:
         if self.origin is None:
             self.origin = weights
         if self.spill is not None:  # room before it is computed: the budget + one module's subtraction at most
             self.spill.make_room(sum(w.numel() for w in weights.values()) * dtype.itemsize)
         deltas = {name: lincomb([1.0, -1.0], [w, self.origin[name]], dtype) for name, w in weights.items()}
-        self._add_snapshot(step, deltas, None, label)
+        self._add_snapshot(step, deltas, velocities, label)
+        if velocities is not None:  # a dense velocity is as large as the point: it counts against the same budget
+            self._spill_add(f"velocity-{step}", {name: v.d for name, v in velocities.items()})
 
     def _spill_add(self, tag: str, factors: dict[str, Delta]) -> None:
         if self.spill is not None:

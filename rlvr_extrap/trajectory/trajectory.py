@@ -10,7 +10,7 @@ import torch
 from rlvr_extrap.linalg.basis import ModuleBasis, Reduced
 from rlvr_extrap.linalg.lowrank import Combination, Delta, LowRank, inners, lincomb, weighted_terms
 
-__all__ = ["Clock", "FactorVelocity", "Trajectory"]
+__all__ = ["Clock", "DenseVelocity", "FactorVelocity", "Trajectory", "Velocity"]
 
 Clock = Callable[[int], float]
 """Maps an optimizer step to the time axis the fits use (e.g. the cumulative learning rate)."""
@@ -40,6 +40,23 @@ class FactorVelocity:
         )
 
 
+@dataclass(frozen=True)
+class DenseVelocity:
+    """One dense weight's next change per optimizer step, ``d = -lr u`` (``u`` as for ``FactorVelocity``), and
+    ``beta1``: a full-parameter run's counterpart of ``FactorVelocity``, in the snapshot's dtype."""
+
+    d: torch.Tensor
+    beta1: float
+
+    def move(self, steps: float) -> torch.Tensor:
+        """``steps * d`` in float32 (the weight moves linearly: exact)."""
+        return lincomb([steps], [self.d], torch.float32)
+
+
+Velocity = FactorVelocity | DenseVelocity
+"""The optimizer's velocity of one module at a trajectory point (LoRA factors or a dense weight)."""
+
+
 class Trajectory:
     """Per-module global deltas ``D_t = W_t - W0`` at increasing steps, with a cached Gram matrix.
 
@@ -60,8 +77,8 @@ class Trajectory:
     ``clock`` sets the time axis the extrapolators fit and predict against (``time(step)``); without
     one it is the step number itself.
 
-    A point may carry the optimizer's velocity of the LoRA factors there (``velocities[t]``: module ->
-    ``FactorVelocity``, or None), which the ``optimizer`` extrapolator continues.
+    A point may carry the optimizer's velocity there (``velocities[t]``: module -> ``FactorVelocity`` of the LoRA
+    factors or ``DenseVelocity`` of a dense weight, or None), which the ``optimizer`` extrapolator continues.
 
     ``labels`` maps a step to a score measured there (accuracy, mean reward), which the ``alpharl`` extrapolator
     regresses the weights on; the steps need not be points of the trajectory.
@@ -76,7 +93,7 @@ class Trajectory:
         self._atom_gram: dict[str, torch.Tensor] = {}  # H[i, j] = <atom_i, atom_j>
         self._weights: dict[str, torch.Tensor] = {}  # E[t, j]: point t = sum_j E[t, j] atom_j
         self._bases: dict[str, ModuleBasis | None] = {}  # None once a module has a dense atom
-        self.velocities: list[dict[str, FactorVelocity] | None] = []
+        self.velocities: list[dict[str, Velocity] | None] = []
         self.labels: dict[int, float] = {}
 
     def __len__(self) -> int:
@@ -93,9 +110,7 @@ class Trajectory:
     def times(self) -> list[float]:
         return [self.time(s) for s in self.steps]
 
-    def append(
-        self, step: int, deltas: Mapping[str, Delta], velocities: Mapping[str, FactorVelocity] | None = None
-    ) -> None:
+    def append(self, step: int, deltas: Mapping[str, Delta], velocities: Mapping[str, Velocity] | None = None) -> None:
         if self.steps and step <= self.steps[-1]:
             raise ValueError(f"trajectory steps must increase: got step {step} after {self.steps[-1]}")
         if self.steps and set(deltas) != set(self.deltas):
