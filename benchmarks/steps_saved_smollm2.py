@@ -10,7 +10,7 @@
     python benchmarks/steps_saved_smollm2.py run --model toy   # the embedded toy where the regime map found skill:
     # 32 prompts x 8 = 256 completions per step, lr 2.5e-4 / 5e-4 / 1e-3, 200 steps, jump at 80 (steps_saved_toy_c256.*)
     python benchmarks/steps_saved_smollm2.py run --full --quick --lrs 1e-5   # full-parameter GRPO, no LoRA
-    # (steps_saved_smollm2_full.*): lr 1e-5 / 2e-5 / 4e-5, two arms at 1x
+    # (steps_saved_smollm2_full.*): lr 1e-5 / 2e-5 / 4e-5, three arms at 1x
 
 SmolLM2-135M-Instruct, LoRA r=16 on every linear layer, a level of the math task (default ``math-add``: a + b,
 256 held-out problems never trained on), constant learning rate, 8 prompts x 4 completions per step.
@@ -38,8 +38,9 @@ runs are the regime map's full-parameter runs (dense snapshots every 10 steps), 
 observing them (``RunSpec.observe_every``: bf16 points every 5 steps, no jump) so that the checkpoint at the jump step
 holds the callback's origin and trajectory and a branch continues it. Checkpoints come every 20 steps (so ``--jump``
 20 or 40); once a vanilla run is done, only the checkpoint at ``--jump`` and the points it names are kept (each
-checkpoint is 2 GB), and a branch keeps only its result. The arms are those that need no optimizer state
-(``--quick``: one gated, one ungated), in bf16 snapshots like vanilla's points. No logit extrapolation.
+checkpoint is 2 GB), and a branch keeps only its result. The arms are the LoRA runs' (``--quick``: the same three),
+in bf16 snapshots like vanilla's points (the optimizer arm reads AdamW's state of the dense weights from the
+checkpoint). No logit extrapolation.
 
 Output-space extrapolation (``rlvr_extrap.experiments.generation``) is scored at evaluation time: greedy decoding on
 ``z_b + alpha (z_b - z_a)`` between vanilla checkpoints ``a`` and ``b``, against checkpoint ``b`` alone.
@@ -129,7 +130,6 @@ QUICK_ARMS = (
     "optimizer direction (coasting), horizon J, ungated",
     "gated relex keep-residual, auto horizon",
 )
-FULL_QUICK_ARMS = ("relex keep-residual, horizon J, ungated", "gated relex keep-residual, auto horizon")
 FULL_ARM = {"extrap_snapshot_dtype": "bfloat16"}  # as the vanilla runs' points (recording.OBSERVER)
 OBSERVE_EVERY = 5  # as the arms snapshot (SNAPSHOTS)
 # z_a + alpha (z_b - z_a): alpha 1 is b alone, so only alpha > 1 extrapolates (1.5 and 2 from 20 -> 40 aim at 50, 60)
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jump", type=int, help="the jump step, a multiple of 10: a vanilla checkpoint (20, toy 80)")
     parser.add_argument("--after", type=int, help="GRPO steps after the jump (smollm2 20, toy 40)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="arms' rates (default: 1x and the best)")
-    parser.add_argument("--quick", action="store_true", help="two arms only")
+    parser.add_argument("--quick", action="store_true", help="three arms only (QUICK_ARMS)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="where it trains (default: cuda when visible)")
     parser.add_argument("--note", default="")
     parser.add_argument(
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(args.out / f"{name}.md", render(load_results(args.out / f"{name}.json")))
         return
     train = args.command == "run"
-    arms = arms_of(args.quick, args.full)
+    arms = QUICK_ARMS if args.quick else tuple(ARMS)
     if train:  # the arms' (default: 1x) rate for every seed first, each run's arms right after it; then the others
 
         def arm_rate(lr: float) -> bool:
@@ -613,13 +613,6 @@ def results_name(task: str, model: str = "smollm2", completions: int = 32, full:
         return f"steps_saved_toy_c{completions}"
     stem = NAME if task == SETTINGS["smollm2"].task else f"{NAME}_{task.removeprefix('math-')}"
     return f"{stem}_full" if full else stem
-
-
-def arms_of(quick: bool, full: bool) -> tuple[str, ...]:
-    """The arms a run trains: full-parameter runs only those that read no optimizer state (the callback refuses)."""
-    if full:
-        return FULL_QUICK_ARMS if quick else tuple(a for a in ARMS if ARMS[a]["extrap_method"] != "optimizer")
-    return QUICK_ARMS if quick else tuple(ARMS)
 
 
 def read_previous(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
