@@ -292,9 +292,11 @@ def load_run(path: Path, snapshots: bool = True) -> CachedRun:
 
 
 def trajectory_of(run: CachedRun) -> Trajectory:
+    """The run's snapshots, labelled with the held-out accuracy where it was measured (alpharl regresses on it)."""
     trajectory = Trajectory()
     for i, step in enumerate(run.steps):
         trajectory.append(step, {name: deltas[i] for name, deltas in run.deltas.items()})
+    trajectory.labels = {s: a for s, a in zip(run.steps, run.accuracy, strict=True) if a is not None}
     return trajectory
 
 

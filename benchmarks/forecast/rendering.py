@@ -16,7 +16,17 @@ from stats import INTERVAL, mean_interval, with_interval
 
 from forecast.grids import CACHE, RunSpec
 from forecast.recording import CachedRun
-from forecast.scoring import AXES, HORIZONS, MIN_ORIGIN, RECORD_COLUMNS, VARIANTS, all_variants, cached_scores
+from forecast.scoring import (
+    AXES,
+    HORIZONS,
+    MIN_ORIGIN,
+    ORACLE_TARGET,
+    PRESET_VARIANTS,
+    RECORD_COLUMNS,
+    VARIANTS,
+    all_variants,
+    cached_scores,
+)
 from forecast.summaries import (
     GATE_BARS,
     SWEEP_BARS,
@@ -62,8 +72,9 @@ def analyze(
 
     torch.set_num_threads(1)  # small tensors: more threads only slow down on a shared machine
     variants = all_variants()
-    if quick:
-        variants = {k: variants[k] for k in ("linear from origin", "relex (paper)", "relex keep residual")}
+    if quick:  # and the presets' rows, to check them
+        quick_rows = ("linear from origin", "relex (paper)", "relex keep residual", *PRESET_VARIANTS)
+        variants = {k: variants[k] for k in quick_rows}
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
     for run in runs:
@@ -185,6 +196,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     gates = _gate_lookup(data)
     sections = [
         _header(data),
+        _presets_section(data),
         _runs_section(data),
         _regime_map_section(data),
         _true_skill_section(data, variants),
@@ -228,6 +240,41 @@ def _header(data: dict[str, Any]) -> Lines:
         '("weights+accuracy", only at the (H, h) pairs where accuracy was measured).',
         "",
     ]
+
+
+PRESET_ROWS = (
+    ("relex", "weizhepei/RELEX", "relex (paper)", "steps axis"),
+    ("rl-extra", "Miaow-Lab/RLVR-Linearity", "linear from origin", "steps axis"),
+    ("next", "RUCAIBox/NExt", "next (reference)", "`NextConfig.reference()`"),
+    ("alpharl", "caiyuchen-ustc/AlphaRL", f"alpharl (reference: target = {ORACLE_TARGET})", "oracle input"),
+)
+"""(``extrap_preset``, its reference code, the row that scores it, how)."""
+
+
+def _presets_section(data: dict[str, Any]) -> Lines:
+    """Which row scores each anchor's preset (``rlvr_extrap.presets``); none in a map without the presets' rows."""
+    if not set(PRESET_VARIANTS) <= set(data["variants"]):
+        return []
+    lines = [
+        "## The anchors' presets",
+        "",
+        "| `extrap_preset` | reference code | row | |",
+        "|---|---|---|---|",
+        *(f"| {preset} | {code} | {row} | {how} |" for preset, code, row, how in PRESET_ROWS),
+        "",
+        "Our defaults for the same methods: `next` (`NextConfig()`) and `alpharl (ours: label trend)`. Labels of "
+        "alpharl: the held-out accuracy measured at each snapshot up to H (`Trajectory.prefix` drops later ones). "
+        "The reference alpharl adds the predicted rank-1 part onto the last delta (`add_to_last=True`) and takes the "
+        "target label as input: here the held-out accuracy actually measured at T = H + h, an **oracle input** no "
+        "run has at H; ours replaces the last delta's rank-1 part and aims at the labels' own linear trend at T (on "
+        "the fit's time axis, so it has a step and an lr row). NExt's reference learns the 5-snapshot (50-step) "
+        "change and jumps 1.5 times it, so its forecast stands for 75 steps whatever h; it needs 7 snapshots (H >= "
+        "60). None of these four rows has a backtest (the methods' `can_backtest` is off: a backtest would refit at "
+        "every earlier origin), so they are scored only at the (H, h) pairs with held-out accuracy and are not in "
+        "the gate's tables.",
+        "",
+    ]
+    return lines
 
 
 def _runs_section(data: dict[str, Any]) -> Lines:

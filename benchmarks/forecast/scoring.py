@@ -14,7 +14,7 @@ import torch
 from forecast.grids import MODELS, ModelSupport, RunSpec, run_dir
 from forecast.recording import CachedRun, trajectory_of
 from rlvr_extrap.experiments.tasks import TOY_TASK
-from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, get_extrapolator
+from rlvr_extrap.extrapolators import EXTRAPOLATORS, Extrapolator, NextConfig, get_extrapolator
 from rlvr_extrap.linalg.lowrank import Delta
 from rlvr_extrap.runtime.lora import find_lora_modules
 from rlvr_extrap.skill.forecast import (
@@ -101,6 +101,27 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }  # Holt's linear trend was in the first map (benchmarks/results/forecast.md) and removed: below 0 everywhere
 
 
+ORACLE_TARGET = "actual accuracy at T"
+"""alpharl's ``target_score`` in a variant's config: the held-out accuracy measured at the forecast's target step T,
+given as the reference's input (an oracle: no run knows it at H)."""
+
+
+def reference_next() -> dict[str, Any]:
+    """``NextConfig.reference()``'s fields that differ from our defaults."""
+    ours, reference = NextConfig(), NextConfig.reference()
+    return {k: v for k, v in vars(reference).items() if getattr(ours, k) != v}
+
+
+PRESET_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "next (reference)": ("next", reference_next()),
+    f"alpharl (reference: target = {ORACLE_TARGET})": ("alpharl", {"add_to_last": True, "target_score": ORACLE_TARGET}),
+    "alpharl (ours: label trend)": ("alpharl", {}),
+}
+"""The anchors' presets not among ``VARIANTS`` (``rlvr_extrap.presets``), and alpharl with our defaults; labels are
+the held-out accuracy at each snapshot up to H. No backtest (their methods' ``can_backtest`` is off): scored only at
+the accuracy pairs, and left out of the gate's tables, which pool ``VARIANTS``."""
+
+
 HORIZONS = (10, 20, 30, 50, 70, 100)
 
 
@@ -111,12 +132,43 @@ AXES = ("steps", "lr")
 
 
 def all_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """``VARIANTS``, every other method with its defaults, then ``PRESET_VARIANTS`` (alpharl only as named there)."""
     named = {method for method, _ in VARIANTS.values()}
-    return VARIANTS | {
+    defaults = {
         method: (method, {})
         for method, cls in EXTRAPOLATORS.items()
         if method not in named and not cls.needs_optimizer_state and not cls.needs_labels
-    }  # no AdamW state (optimizer_direction.py scores that one from trainer checkpoints) nor labels in the cache
+    }  # no AdamW state: optimizer_direction.py scores that one from trainer checkpoints
+    return VARIANTS | defaults | PRESET_VARIANTS
+
+
+def reads_clock(method: str, config: dict[str, Any]) -> bool:
+    """Whether a variant's forecast depends on the time axis: next counts snapshot intervals, and alpharl reads time
+    only for its label trend (no ``target_score``)."""
+    if method == "next":
+        return False
+    return method != "alpharl" or config.get("target_score") is None
+
+
+def forecaster(method: str, config: dict[str, Any], accuracy_at_target: float | None) -> Extrapolator:
+    """The variant's extrapolator for one forecast; ``ORACLE_TARGET`` becomes the accuracy measured at T."""
+    if config.get("target_score") == ORACLE_TARGET:
+        if accuracy_at_target is None:
+            raise ValueError("no held-out accuracy recorded at the target step for the oracle target")
+        config = config | {"target_score": accuracy_at_target}
+    return get_extrapolator(method, **config)
+
+
+def fitted_at(
+    method: str, config: dict[str, Any], view: Trajectory, accuracy_at_target: float | None, fit: Extrapolator | None
+) -> Extrapolator:
+    """The variant fitted on ``view`` (the points up to H, and the labels up to H only: ``Trajectory.prefix``).
+    ``fit``, the same variant's fit at H for another horizon, serves again unless its target is the accuracy at T."""
+    if fit is not None and config.get("target_score") != ORACLE_TARGET:
+        return fit
+    model = forecaster(method, config, accuracy_at_target)
+    model.fit(view)
+    return model
 
 
 def on_axis(trajectory: Trajectory, axis: str, lrs: list[float]) -> Trajectory:
@@ -214,11 +266,11 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
     for axis in AXES if run.spec.lr_schedule != "constant" else ("steps",):  # constant: the lr axis is the same
         trajectory = on_axis(base, axis, run.lrs)
         for variant, (method, config) in variants.items():
-            extrapolator = get_extrapolator(method, **config)
-            cheap = extrapolator.can_backtest
-            if not cheap and axis != "steps":
-                continue  # next counts snapshot intervals, whatever the clock: the lr axis changes nothing
-            errors = error_matrix(trajectory, extrapolator, max(HORIZONS) // spacing) if cheap else {}
+            cheap = EXTRAPOLATORS[method].can_backtest
+            if not cheap and axis != "steps" and not reads_clock(method, config):
+                continue  # the lr axis would change nothing
+            extrapolator = get_extrapolator(method, **config) if cheap else None
+            errors = error_matrix(trajectory, extrapolator, max(HORIZONS) // spacing) if extrapolator else {}
             if cheap and not CHECKED_BACKTEST.get(method):
                 last = len(steps) // 2
                 expected = backtest_skill(trajectory.prefix(last + 1), extrapolator)
@@ -230,19 +282,20 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                 CHECKED_BACKTEST[method] = True
             for origin in origins:
                 i = index[origin]
-                backtest = backtest_from(errors, steps, i)
+                backtest = backtest_from(errors, steps, i) if cheap else {}  # not from the few forecasts below
+                model: Extrapolator | None = None  # a method without a backtest: its fit at H, for every horizon
                 for horizon in HORIZONS:
                     with_accuracy = (origin, horizon) in pairs and (evaluated is None or variant in evaluated)
                     if origin + horizon not in index or not (cheap or with_accuracy):
                         continue  # a method without a cheap backtest (next) is scored only where accuracy is
                     j = index[origin + horizon]
                     prediction = None
-                    if (i, j) not in errors:  # next, at an accuracy pair: fit once for the error and the accuracy
+                    if (i, j) not in errors:  # next, alpharl at an accuracy pair: one fit for error and accuracy
                         try:
-                            model = type(extrapolator)(extrapolator.config)
-                            model.fit(trajectory.prefix(i + 1))
+                            model = fitted_at(method, config, trajectory.prefix(i + 1), run.accuracy[j], model)
                             prediction = model.predict(origin + horizon)
-                        except ValueError:  # too few points for this horizon
+                        except ValueError as e:  # too few points or labels, a target label out of reach
+                            print(f"  {run.spec.run_id}: {variant} ({axis}) H={origin} h={horizon} not scored: {e}")
                             continue
                         errors[i, j] = prediction_errors(trajectory, prediction, i, j)
                     error, persistence = errors[i, j]
@@ -259,6 +312,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                     }
                     if with_accuracy:
                         if prediction is None:
+                            assert extrapolator is not None  # a method without a backtest has predicted above
                             model = type(extrapolator)(extrapolator.config)
                             model.fit(trajectory.prefix(i + 1))
                             prediction = model.predict(origin + horizon)
