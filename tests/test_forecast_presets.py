@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,11 @@ def test_the_next_reference_row_is_the_reference_config():
     method, config = scoring.all_variants()["next (reference)"]
     assert get_extrapolator(method, **config).config == NextConfig.reference()
     assert "alpharl" not in scoring.all_variants()  # only as named: its default needs the labels' row names
+
+
+def test_the_presets_are_scored_where_a_model_evaluates_only_some_variants(score, monkeypatch):
+    """SmolLM2's maps evaluate the predictions of three variants only; the presets' rows exist only with accuracy."""
+    support = grids.MODELS["toy"]
+    monkeypatch.setitem(grids.MODELS, "toy", replace(support, accuracy_variants=("linear from origin",)))
+    records = score(labels())
+    assert {v for v, _, _, _ in records} == {ORACLE, OURS}

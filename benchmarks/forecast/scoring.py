@@ -171,6 +171,12 @@ def fitted_at(
     return model
 
 
+def gets_accuracy(variant: str, evaluated: tuple[str, ...] | None) -> bool:
+    """Whether a variant's predictions get a held-out evaluation: those of ``ModelSupport.accuracy_variants`` (None:
+    all) and the presets' rows, which are scored only where the accuracy is measured (no backtest)."""
+    return evaluated is None or variant in evaluated or variant in PRESET_VARIANTS
+
+
 def on_axis(trajectory: Trajectory, axis: str, lrs: list[float]) -> Trajectory:
     """The same points and Gram matrices, fitted against steps or against the cumulative learning rate."""
     view = trajectory.prefix(len(trajectory))
@@ -285,7 +291,7 @@ def score_run(run: CachedRun, variants: dict[str, tuple[str, dict[str, Any]]], q
                 backtest = backtest_from(errors, steps, i) if cheap else {}  # not from the few forecasts below
                 model: Extrapolator | None = None  # a method without a backtest: its fit at H, for every horizon
                 for horizon in HORIZONS:
-                    with_accuracy = (origin, horizon) in pairs and (evaluated is None or variant in evaluated)
+                    with_accuracy = (origin, horizon) in pairs and gets_accuracy(variant, evaluated)
                     if origin + horizon not in index or not (cheap or with_accuracy):
                         continue  # a method without a cheap backtest (next) is scored only where accuracy is
                     j = index[origin + horizon]
