@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import json
 import multiprocessing
+import signal
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -254,9 +257,17 @@ def collect(specs: list[RunSpec], workers: int, cache: Path = CACHE) -> None:
     start = time.perf_counter()
     # spawned, not forked: a child forked from a process whose torch has run an OpenMP team (a branch trained
     # before this collect, in steps_saved_smollm2) hangs in its first parallel region, as libgomp is not fork-safe
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_die_with_parent) as pool:
         for run_id, seconds in pool.map(_collect_one, [(s, cache) for s in todo]):
             print(f"[{time.perf_counter() - start:.0f} s] cached {run_id} ({seconds:.0f} s)", flush=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker is killed when the collecting process dies (a killed ``collect`` left its workers training
+    into the cache, where a restarted one raced them on the same run)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
