@@ -185,7 +185,7 @@ class TrajectoryWorker:
         self,
         step: int,
         lora_deltas: dict[str, LowRank],
-        velocities: dict[str, FactorVelocity] | None = None,
+        velocities: dict[str, Velocity] | None = None,
         label: float | None = None,
     ) -> None:
         deltas = {n: Combination.of(self.offsets[n], d) if n in self.offsets else d for n, d in lora_deltas.items()}
