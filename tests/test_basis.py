@@ -14,7 +14,7 @@ from rlvr_extrap.extrapolators import get_extrapolator
 from rlvr_extrap.linalg.lowrank import LowRank
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
-from rlvr_extrap.trajectory.trajectory import Trajectory
+from rlvr_extrap.trajectory.trajectory import DenseVelocity, Trajectory
 
 
 def structured(points: int = 6, m: int = 40, n: int = 30, r: int = 3, noise: float = 0.0) -> list[LowRank]:
@@ -246,23 +246,34 @@ def test_spilled_snapshots_give_the_same_trajectory_and_jump(tmp_path):
     assert not (tmp_path / "spill").exists()  # the last segment's files and the directory are gone
 
 
-def test_a_dense_snapshot_is_given_room_before_it_is_computed(tmp_path, monkeypatch):
-    """Full-parameter snapshots: the oldest is spilled before the new one is computed, so the snapshots held never
-    exceed the budget (only the subtraction of one module is in flight beyond it); the Gram matrix is unchanged."""
+@pytest.mark.parametrize("with_velocities", [False, True])  # the optimizer method: a velocity as large as the point
+def test_a_dense_snapshot_is_given_room_before_it_is_computed(tmp_path, monkeypatch, with_velocities):
+    """Full-parameter snapshots: the oldest is spilled before the new one (and its dense velocity) is computed, so the
+    snapshots held never exceed the budget (only the subtraction of one module is in flight beyond it); the Gram
+    matrix is unchanged."""
     shapes = {"q": (30, 24), "v": (12, 24)}
-    snapshot = sum(m * n for m, n in shapes.values()) * 2  # bfloat16
+    snapshot = sum(m * n for m, n in shapes.values()) * 2 * (1 + with_velocities)  # bfloat16
     spill = SnapshotSpill(tmp_path / "spill", budget=3 * snapshot)
     plain, spilled = (TrajectoryWorker(get_extrapolator("relex"), spill=s) for s in (None, spill))
-    held = []
+    held, asked = [], []
     make_room = spill.make_room
-    monkeypatch.setattr(spill, "make_room", lambda n: (make_room(n), held.append(spill.resident_bytes() + n)))
+    monkeypatch.setattr(
+        spill, "make_room", lambda n: (make_room(n), held.append(spill.resident_bytes() + n), asked.append(n))
+    )
     g = torch.Generator().manual_seed(0)
     weights = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
     for t in range(6):
         weights = {name: w + 0.01 * torch.randn(w.shape, generator=g) for name, w in weights.items()}
+        velocities = (
+            {name: DenseVelocity(torch.randn(w.shape, generator=g).bfloat16(), 0.9) for name, w in weights.items()}
+            if with_velocities
+            else None
+        )
         for worker in (plain, spilled):
-            worker.add_weights(10 * t, dict(weights), torch.bfloat16).result()
-    assert held and max(held) <= spill.budget and spill.spilled == 3
+            worker.add_weights(10 * t, dict(weights), torch.bfloat16, velocities).result()
+            assert worker is plain or spill.resident_bytes() <= spill.budget
+    assert set(asked) == {snapshot}  # room for the point and its velocity (already in memory) both
+    assert held and max(held) <= spill.budget and spill.spilled == 3 * (1 + with_velocities)
     for name in shapes:
         torch.testing.assert_close(spilled.trajectory.gram(name), plain.trajectory.gram(name), rtol=0, atol=0)
     for worker in (plain, spilled):

@@ -206,8 +206,9 @@ class TrajectoryWorker:
     ) -> None:
         if self.origin is None:
             self.origin = weights
-        if self.spill is not None:  # room before it is computed: the budget + one module's subtraction at most
-            self.spill.make_room(sum(w.numel() for w in weights.values()) * dtype.itemsize)
+        if self.spill is not None:  # room before it is computed (the budget + one module's subtraction at most), and
+            point = sum(w.numel() for w in weights.values()) * dtype.itemsize  # for the velocity, in memory already
+            self.spill.make_room(point + sum(v.d.numel() * v.d.element_size() for v in (velocities or {}).values()))
         deltas = {name: lincomb([1.0, -1.0], [w, self.origin[name]], dtype) for name, w in weights.items()}
         self._add_snapshot(step, deltas, velocities, label)
         if velocities is not None:  # a dense velocity is as large as the point: it counts against the same budget
