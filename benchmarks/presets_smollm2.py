@@ -1,25 +1,28 @@
 """Each anchor's preset on the real model: do the references' schedules run and jump on SmolLM2 (issue 35)?
 
-    python benchmarks/presets_smollm2.py            # trains what is missing (resumable), writes presets_smollm2.{md,json}
-    python benchmarks/presets_smollm2.py --steps 16 --jump 8
+    python benchmarks/presets_smollm2.py --seeds 0 1 2   # trains what is missing (resumable), writes presets_smollm2.{md,json}
+    python benchmarks/presets_smollm2.py --seeds 0 --rates 1   # one seed, no faster vanilla: no 'vs best'
 
 SmolLM2-135M-Instruct with the demo's settings (LoRA r=16, math-add, lr 2e-4 constant, 8 prompts x 4 completions,
-256 held-out problems), one seed, ``--steps`` GRPO steps per arm, the trainer logging every step (the reward the
-``alpharl`` labels are made of). Arms, all from the same start and data order:
+256 held-out problems), ``--steps`` GRPO steps per arm, the trainer logging every step (the reward the ``alpharl``
+labels are made of). Per seed, all arms from the same start and data order:
 
-- vanilla GRPO;
+- vanilla GRPO at the demo's rate, evaluated every ``--eval-every`` steps (its curve gives the steps ratios), and at
+  the ``--rates`` multiples of it (the best rate: "vs best");
 - ``extrap_preset="relex"``, ``"alpharl"``, and our ``alpharl`` default (label trend, no target; guard on, no gate:
   alpharl has no cheap backtest): snapshots every 2 steps, one jump at ``--jump``, ``--horizon`` steps ahead,
   labels = the mean training reward logged since the previous snapshot. The ``alpharl`` preset needs the target the
   reference takes as input: here vanilla's mean logged reward over the ``--horizon`` steps after ``--jump`` (an
-  oracle from the vanilla arm of this run, as a user would give a reward they expect to reach);
+  oracle from the vanilla arm of the same seed, as a user would give a reward they expect to reach);
 - ``extrap_preset="rl-extra"`` with (m, n) = (``--m``, ``--n``): a jump after every m steps, n steps ahead;
 - ``extrap_preset="next"`` is not run: its fixed 10-step snapshot interval and 5-snapshot target need 7 snapshots
   (60 steps) before a jump, 30+ min per arm on these cores; the toy runs its schedule (tests/test_presets.py) and
   the regime map scores its forecasts.
 
-This is a check that each preset runs its schedule on a real model and what the held-out accuracy does right after,
-with one seed: not a steps-saved claim (``steps_saved_smollm2.py`` makes those, over seeds).
+Every seed trains vanilla and the arms at the demo's rate before any seed's faster vanilla runs, so an interrupted
+run leaves whole seeds. Steps ratio: vanilla steps to reach the arm's held-out accuracy / the arm's steps
+(``stats.ratio_of``; > 1: steps saved), against vanilla at the same rate ("vs own") and at whichever rate got there
+first ("vs best", over the seeds with every rate).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from common import machine, write_results
+from stats import INTERVAL, mean_interval, ratio_of, with_interval
 from transformers import TrainerCallback
 
 NAME = "presets_smollm2"
 SNAPSHOT_EVERY = 2
+VANILLA = "vanilla"
 
 
 class LoggedRewards(TrainerCallback):
@@ -48,37 +53,45 @@ class LoggedRewards(TrainerCallback):
             self.rewards[state.global_step] = float(logs["reward"])
 
 
-def arms(args: argparse.Namespace, target: float | None) -> dict[str, dict[str, Any]]:
-    """Arm name -> its ``extrap_*`` settings; the alpharl preset only once vanilla's rewards give its target."""
+def arms(args: argparse.Namespace, target: float) -> dict[str, dict[str, Any]]:
+    """Arm name -> its ``extrap_*`` settings (vanilla's own rows apart)."""
     one_jump = {"extrap_snapshot_every": SNAPSHOT_EVERY, "extrap_jump_at": [args.jump], "extrap_horizon": args.horizon}
-    out: dict[str, dict[str, Any]] = {
-        "vanilla": {},
+    alpharl = {"extrap_preset": "alpharl", "extrap_target_score": target, **one_jump}
+    return {
         "preset relex": {"extrap_preset": "relex", **one_jump},
         "preset rl-extra": {"extrap_preset": "rl-extra", "extrap_snapshot_every": args.m, "extrap_horizon": args.n},
         "alpharl (ours: label trend)": {"extrap_method": "alpharl", "extrap_min_skill": None, **one_jump},
+        # extrap_label_reach (not the reference's: it has no limit) refuses far targets; 3 allows
+        "preset alpharl (target: vanilla's reward)": alpharl,
+        "preset alpharl (target: vanilla's reward), extrap_label_reach=3": alpharl | {"extrap_label_reach": 3.0},
     }
-    if target is not None:  # extrap_label_reach (not the reference's: it has no limit) refuses far targets; 3 allows
-        alpharl = {"extrap_preset": "alpharl", "extrap_target_score": target, **one_jump}
-        out["preset alpharl (target: vanilla's reward)"] = alpharl
-        out["preset alpharl (target: vanilla's reward), extrap_label_reach=3"] = alpharl | {"extrap_label_reach": 3.0}
-    return out
 
 
-def train_arm(name: str, extrap: dict[str, Any], args: argparse.Namespace, cache: Path) -> dict[str, Any]:
-    """One arm (cached as ``<cache>/<arm>/result.json``)."""
+def vanilla_name(multiple: float) -> str:
+    return VANILLA if multiple == 1 else f"{VANILLA} lr x{multiple:g}"
+
+
+def train_arm(
+    name: str, extrap: dict[str, Any], args: argparse.Namespace, cache: Path, seed: int, multiple: float = 1.0
+) -> dict[str, Any]:
+    """One arm (cached as ``<cache>/seed<seed>/<arm>/result.json``); vanilla is evaluated every ``--eval-every``."""
     from rlvr_extrap.experiments.demo import DEMO_MODELS
     from rlvr_extrap.experiments.experiment import Run, run_experiment
 
-    out = cache / "".join(c if c.isalnum() else "-" for c in name)
+    out = cache / f"seed{seed}" / "".join(c if c.isalnum() else "-" for c in name)
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     rewards = LoggedRewards()
-    settings = DEMO_MODELS["smollm2"].run
-    run = Run(name, args.steps, extrap=extrap, eval_every=args.steps, logging_steps=1, progress=False, **settings)
+    settings = dict(DEMO_MODELS["smollm2"].run)
+    settings["learning_rate"] *= multiple
+    eval_every = args.eval_every if name.startswith(VANILLA) else args.steps
+    run = Run(name, args.steps, extrap=extrap, eval_every=eval_every, logging_steps=1, progress=False, seed=seed,
+              **settings)  # fmt: skip
     row = run_experiment(run, out / "run", [rewards])
-    row["rewards"] = rewards.rewards
+    row |= {"rewards": rewards.rewards, "seed": seed, "learning_rate": settings["learning_rate"]}
     done.write_text(json.dumps(row, default=str))
+    print(f"  seed {seed}: {name}: {row['heldout_accuracy']:.3f} ({row['train_seconds']:.0f} s)", flush=True)
     return row
 
 
@@ -88,32 +101,80 @@ def vanilla_target(vanilla: dict[str, Any], jump: int, horizon: int) -> float:
     return statistics.mean(rewards[s] for s in range(jump + 1, jump + horizon + 1))
 
 
+def analyze(runs: dict[int, dict[str, dict[str, Any]]], rates: list[float]) -> list[dict[str, Any]]:
+    """One row per arm: end accuracy, its difference from vanilla and the steps ratios, each over the seeds."""
+    curves = {
+        seed: {row["learning_rate"]: row["history"] for name, row in seed_runs.items() if name.startswith(VANILLA)}
+        for seed, seed_runs in runs.items()
+    }
+    complete = {seed for seed, c in curves.items() if len(c) == len(rates)}
+    names = list(dict.fromkeys(name for seed_runs in runs.values() for name in seed_runs))
+    rows = []
+    for name in names:
+        per_seed = {seed: seed_runs[name] for seed, seed_runs in runs.items() if name in seed_runs}
+        accs = [r["heldout_accuracy"] for r in per_seed.values()]
+        diffs = [r["heldout_accuracy"] - runs[s][VANILLA]["heldout_accuracy"] for s, r in per_seed.items()]
+        own = [ratio_of({r["learning_rate"]: curves[s][r["learning_rate"]]}, r["heldout_accuracy"], r["grpo_steps"])
+               for s, r in per_seed.items()]  # fmt: skip
+        best = [
+            ratio_of(curves[s], r["heldout_accuracy"], r["grpo_steps"]) for s, r in per_seed.items() if s in complete
+        ]
+        rows.append(
+            {
+                "arm": name, "seeds": sorted(per_seed), "accuracy": mean_interval(accs), "minus_vanilla": mean_interval(diffs),
+                "ratio_vs_own": mean_interval([r[0] for r in own]), "ratio_vs_best": mean_interval([r[0] for r in best]),
+                "seeds_vs_best": len(best), "own_is_bound": any(r[1] for r in own), "best_is_bound": any(r[1] for r in best),
+                "per_seed": {s: r["heldout_accuracy"] for s, r in per_seed.items()},
+                "jumps": {s: [f"{j['step']}+{j['horizon']}: {j.get('skipped') or 'applied'}" for j in r["jumps"]]
+                          for s, r in per_seed.items()},
+            }
+        )  # fmt: skip
+    return rows
+
+
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     info = meta["machine"]
+    seeds = meta["seeds"]
+    targets = ", ".join(f"{t:.3f} (seed {s})" for s, t in meta["targets"].items())
     lines = [
-        "# The anchors' presets on SmolLM2-135M-Instruct (math-add, LoRA, one seed)",
+        f"# The anchors' presets on SmolLM2-135M-Instruct (math-add, LoRA, {len(seeds)} seed{'s' * (len(seeds) > 1)})",
         "",
         f"Command: `{info['command']}` · commit {info['commit']} · {info['platform']}, {info['cpu_count']} CPUs, "
         f"torch {info['torch']}",
         "",
-        f"{meta['steps']} GRPO steps per arm from the same start and data order, demo settings (lr 2e-4, 8 prompts x 4 "
-        f"completions); single jumps at step {meta['jump']}, {meta['horizon']} steps ahead, snapshots every "
-        f"{SNAPSHOT_EVERY}; rl-extra (m, n) = ({meta['m']}, {meta['n']}). The alpharl preset's target: "
-        f"{meta['target']:.3f}, vanilla's mean logged reward over steps {meta['jump'] + 1}-{meta['jump'] + meta['horizon']} "
-        "(an oracle input). Held-out accuracy on 256 problems at step 0 and at the end; one seed, so a difference of a "
-        "few problems (1 problem = 0.004) is noise. Wall times: `train_seconds` in the JSON. What each preset fixes: "
+        f"{meta['steps']} GRPO steps per arm, per seed from the same start and data order, demo settings (lr 2e-4, 8 "
+        f"prompts x 4 completions); single jumps at step {meta['jump']}, {meta['horizon']} steps ahead, snapshots every "
+        f"{SNAPSHOT_EVERY}; rl-extra (m, n) = ({meta['m']}, {meta['n']}). The alpharl preset's target: vanilla's mean "
+        f"logged reward over steps {meta['jump'] + 1}-{meta['jump'] + meta['horizon']} of the same seed (an oracle "
+        f"input): {targets}. Held-out accuracy on 256 problems at the end (1 problem = 0.004); vanilla evaluated every "
+        f"{meta['eval_every']} steps at {', '.join(f'{r:g}x' for r in meta['rates'])} the rate. Mean over seeds "
+        f"{INTERVAL} (Student's t; the mean alone for one seed). Steps ratio: vanilla steps to reach the arm's accuracy "
+        "/ the arm's steps (> 1: steps saved; '≥': no vanilla curve reached it, a lower bound); 'vs best' over the seeds "
+        "with every rate (their number in brackets). Wall times: `train_seconds` in the JSON. What each preset fixes: "
         "docs/methods.md.",
         "",
-        "| arm | held-out accuracy at 0 / end | vanilla at end | jumps (step+horizon: outcome) |",
-        "|---|---|---|---|",
+        "| arm | seeds | held-out accuracy at end | minus vanilla (same seed) | steps ratio vs own rate | vs best |",
+        "|---|---|---|---|---|---|",
     ]
-    vanilla_end = rows[0]["heldout_accuracy"]
     for row in rows:
-        history = row["history"]
-        jumps = "; ".join(f"{j['step']}+{j['horizon']}: {j.get('skipped') or 'applied'}" for j in row["jumps"])
-        lines.append(
-            f"| {row['name']} | {history[0][1]:.3f} / {history[-1][1]:.3f} | {vanilla_end:.3f} | {jumps or '–'} |"
+        acc, diff, own, best = (
+            with_interval(row[k][0], row[k][2], 3)
+            for k in ("accuracy", "minus_vanilla", "ratio_vs_own", "ratio_vs_best")
         )
+        own = "≥ " * row["own_is_bound"] + own
+        best = "≥ " * row["best_is_bound"] + best
+        if row["seeds_vs_best"] and row["seeds_vs_best"] < len(row["seeds"]):
+            best += f" [{row['seeds_vs_best']}]"
+        lines.append(f"| {row['arm']} | {len(row['seeds'])} | {acc} | {diff} | {own} | {best} |")
+    lines += ["", "Per seed: held-out accuracy at the end, and the jumps (step+horizon: outcome).", ""]
+    lines += ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for row in rows:
+        cells = []
+        for s in seeds:
+            acc = row["per_seed"].get(s, row["per_seed"].get(str(s)))
+            jumps = "; ".join(row["jumps"].get(s, row["jumps"].get(str(s))) or [])
+            cells.append("–" if acc is None else f"{acc:.3f}" + (f" ({jumps})" if jumps else ""))
+        lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
     if meta.get("note"):
         lines += ["", meta["note"]]
     return "\n".join(lines) + "\n"
@@ -126,18 +187,33 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=4)
     parser.add_argument("--m", type=int, default=4, help="rl-extra: steps per segment")
     parser.add_argument("--n", type=int, default=8, help="rl-extra: steps extrapolated ahead per segment")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                        help="vanilla's learning rates, as multiples of the demo's 2e-4 (must include 1)")  # fmt: skip
+    parser.add_argument("--eval-every", type=int, default=4, help="vanilla's evaluation interval, in steps")
     parser.add_argument("--note", default="", help="a reading paragraph for the md, written from the numbers")
     args = parser.parse_args()
     if args.jump % SNAPSHOT_EVERY or not 0 < args.jump <= args.steps or args.jump + args.horizon > args.steps:
         parser.error(f"--jump {args.jump}: a multiple of {SNAPSHOT_EVERY}, with --jump + --horizon <= --steps")
+    if 1.0 not in args.rates:
+        parser.error(f"--rates {args.rates}: must include 1 (the arms' rate)")
+    if args.steps % args.eval_every:
+        parser.error(f"--eval-every {args.eval_every}: must divide --steps {args.steps}")
     cache = Path(__file__).parent / "cache" / NAME / f"s{args.steps}_j{args.jump}_h{args.horizon}_m{args.m}_n{args.n}"
-    cache.mkdir(parents=True, exist_ok=True)
-    vanilla = train_arm("vanilla", {}, args, cache)
-    target = vanilla_target(vanilla, args.jump, args.horizon)
-    rows = [train_arm(name, extrap, args, cache) for name, extrap in arms(args, target).items()]
-    meta = {"machine": machine(), **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "note")}}
-    meta["target"] = target
-    write_results(NAME, {"meta": meta, "rows": rows}, render(rows, meta))
+    runs: dict[int, dict[str, dict[str, Any]]] = {}
+    targets: dict[int, float] = {}
+    for seed in args.seeds:  # the arms' rate for every seed first
+        runs[seed] = {VANILLA: train_arm(VANILLA, {}, args, cache, seed)}
+        targets[seed] = vanilla_target(runs[seed][VANILLA], args.jump, args.horizon)
+        for name, extrap in arms(args, targets[seed]).items():
+            runs[seed][name] = train_arm(name, extrap, args, cache, seed)
+    for seed in args.seeds:
+        for multiple in (r for r in args.rates if r != 1.0):
+            runs[seed][vanilla_name(multiple)] = train_arm(vanilla_name(multiple), {}, args, cache, seed, multiple)
+    meta = {"machine": machine(), "targets": targets, "rates": args.rates,
+            **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "seeds", "eval_every", "note")}}  # fmt: skip
+    rows = analyze(runs, args.rates)
+    write_results(NAME, {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
     print(render(rows, meta))
 
 
