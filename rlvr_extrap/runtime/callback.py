@@ -9,47 +9,22 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from peft.tuners.lora import LoraLayer
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from rlvr_extrap.config import SNAPSHOT_DTYPES, ExtrapolationArguments, ExtrapolationConfigError
-from rlvr_extrap.linalg.lowrank import LowRank
-from rlvr_extrap.runtime.dense import (
-    DenseModule,
-    DenseTarget,
-    NoDenseWeightError,
-    dense_velocities,
-    find_dense_modules,
-    read_weights,
-)
-from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support, sharded_backend
+from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
+from rlvr_extrap.runtime.dense import DenseTarget
+from rlvr_extrap.runtime.distributed import broadcast_from_main, check_distributed_support
 from rlvr_extrap.runtime.guard import JumpGuard, probe_rows
-from rlvr_extrap.runtime.lora import (
-    JumpTarget,
-    LoraModule,
-    NoLoraAdapterError,
-    factor_velocities,
-    find_lora_modules,
-    snapshot_deltas,
-)
+from rlvr_extrap.runtime.lora import JumpTarget
 from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.record import JumpFigures, JumpRecord
-from rlvr_extrap.runtime.state import (
-    POINTS_DIR,
-    STATE_FILE,
-    CallbackState,
-    StateFileError,
-    read_points,
-    read_resume_state,
-    save_state,
-    write_point,
-)
+from rlvr_extrap.runtime.state import POINTS_DIR, STATE_FILE, StateFileError, read_resume_state, save_state
+from rlvr_extrap.runtime.weights import DenseWeights, RunWeights, find_weights
 from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
-from rlvr_extrap.trajectory.trajectory import Velocity
 
 __all__ = ["ExtrapolationCallback", "reset_optimizer_state"]
 
@@ -80,9 +55,8 @@ class ExtrapolationCallback(TrainerCallback):
         self.trainer = trainer
         self.settings = settings
         self.config: ExtrapolationArguments | None = None
-        self.modules: dict[str, LoraModule] | dict[str, DenseModule] = {}
+        self.weights: RunWeights | None = None  # what is extrapolated, found at train begin
         self.full = False  # a full-parameter run: no LoRA adapter, the weights themselves are extrapolated
-        self.target: JumpTarget | DenseTarget | None = None  # where jumps land, set at train begin
         self.worker: TrajectoryWorker | None = None  # main process only
         self.model: torch.nn.Module | None = None
         self.guard: JumpGuard | None = None
@@ -92,12 +66,16 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_steps: list[int] = []
         self.labels: dict[int, float] = {}  # step -> score, for methods that regress on one (main process)
         self.snapshot_seconds = 0.0
-        self._point_files: dict[tuple[int, int], str] = {}  # (segment start, step) -> file, full-parameter runs
         self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
 
     @property
     def active(self) -> bool:
-        return bool(self.modules)  # found at train begin only when a method is set; cleared at train end
+        return self.weights is not None  # found at train begin only when a method is set; cleared at train end
+
+    @property
+    def target(self) -> JumpTarget | DenseTarget | None:
+        """Where jumps land (None outside training)."""
+        return None if self.weights is None else self.weights.target
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
@@ -130,8 +108,8 @@ class ExtrapolationCallback(TrainerCallback):
                     "unknown; fitting against steps instead"
                 )
         self.model = model  # what the trainer hands callbacks: the FSDP1 root under FSDP1
-        self.modules, self.full = self._find_modules(model)
-        self.target = self._jump_target()
+        self.weights = find_weights(model, self.config, args.output_dir)
+        self.full = isinstance(self.weights, DenseWeights)
         if self.config.extrap_guard or self.config.probe_labels:  # the probe also labels snapshots
             self.guard = self._build_guard(args)
         if state.is_world_process_zero:  # the trajectory lives on the main process only; the others get the plan
@@ -139,7 +117,8 @@ class ExtrapolationCallback(TrainerCallback):
             cfg = self.config
             gate = JumpGate(cfg.extrap_min_energy, cfg.extrap_min_r2, cfg.extrap_max_update_ratio, cfg.extrap_min_skill)
             budget = parse_memory(cfg.extrap_snapshot_memory)
-            self._check_budget(budget)
+            if budget is not None:
+                self.weights.check_budget(cfg, budget)
             spill = None if budget is None else SnapshotSpill(os.path.join(args.output_dir, "extrap", "spill"), budget)
             self.worker = TrajectoryWorker(
                 cfg.build_extrapolator(),
@@ -187,48 +166,7 @@ class ExtrapolationCallback(TrainerCallback):
             finally:  # a failed save still ends the thread
                 self.worker.close()
                 self.worker = None
-        self.modules, self.model, self.target = {}, None, None
-
-    def _find_modules(self, model: torch.nn.Module) -> tuple[dict, bool]:
-        """The LoRA modules, or on a model with no LoRA layer at all the dense weights ``extrap_full_modules``
-        selects (and True: a full-parameter run)."""
-        try:
-            return find_lora_modules(model, self.config.extrap_jump_into), False
-        except NoLoraAdapterError:
-            if any(isinstance(m, LoraLayer) for m in model.modules()):
-                raise  # an adapter the callback cannot use: its message names the fix
-        self.config.validate_full_parameter()
-        try:
-            modules = find_dense_modules(model, self.config.full_module_patterns)
-        except NoDenseWeightError as err:
-            raise ExtrapolationConfigError(str(err)) from None
-        halves = sorted({str(m.weight.dtype).removeprefix("torch.") for m in modules.values()} - {"float32"})
-        if halves and sharded_backend() != "DeepSpeed":
-            logger.warning(
-                f"extrapolation: the trainable weights are {'/'.join(halves)} with no float32 master copy, so a jump "
-                "is rounded to their dtype (a small update can be mostly lost; extrap/landed_fraction logs what is "
-                "kept); load the model in float32 and train with bf16=True (autocast) to keep jumps exact"
-            )
-        return modules, True
-
-    def _check_budget(self, budget: int | None) -> None:
-        """``extrap_snapshot_memory`` must hold at least one module's snapshot (full-parameter runs)."""
-        if budget is None or not self.full:
-            return
-        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
-        name, module = max(self.modules.items(), key=lambda item: item[1].nbytes(dtype))
-        if budget < module.nbytes(dtype):
-            raise ExtrapolationConfigError(
-                f"extrap_snapshot_memory={self.config.extrap_snapshot_memory!r} is less than one module's snapshot "
-                f"({name}: {module.nbytes(dtype):,} bytes in {self.config.extrap_snapshot_dtype}); give at least "
-                f"{module.nbytes(dtype):,} bytes, better a few snapshots' worth"
-            )
-
-    def _jump_target(self) -> JumpTarget | DenseTarget:
-        """Where jumps land: a full-parameter run's weights, or as ``extrap_jump_into`` says."""
-        if self.full:
-            return DenseTarget(self.modules)
-        return JumpTarget(self.modules, self.config.extrap_jump_into, self.config.extrap_offset_rank)
+        self.weights, self.model = None, None
 
     def _build_guard(self, args: TrainingArguments) -> JumpGuard:
         try:
@@ -256,20 +194,13 @@ class ExtrapolationCallback(TrainerCallback):
 
     def _save_state(self, directory: str) -> None:
         """Once the worker has caught up: log its finished backtests, then save offsets, trajectory and history."""
-        offsets, steps, deltas = self.worker.state_now().result()
+        now = self.worker.state_now().result()
         self._log_skill()  # every backtest up to here goes into the saved history
         jumps = [j.to_dict() for j in self.jumps]
         history = {"snapshot_steps": self.snapshot_steps, "jumps": jumps, "skill": self.skill_history}
         if self.labels:
             history["labels"] = {str(step): label for step, label in self.labels.items()}
-        if self.full:  # the origin, and the points by name: each is written once, not into every checkpoint
-            files = [
-                os.path.relpath(self._point_file(steps[0], step, i, deltas), directory) for i, step in enumerate(steps)
-            ]
-            state = CallbackState({}, steps, {}, history, origin=self.worker.origin, point_files=files)
-        else:
-            state = CallbackState(offsets, steps, deltas, history)
-        path = save_state(state, directory)
+        path = save_state(self.weights.state(self.worker, now, history, directory), directory)
         logger.info(f"extrapolation: state saved to {path} (load a jumped model with rlvr_extrap.apply_offsets)")
 
     def _jump_due_at_resume(self, step: int) -> bool:
@@ -307,44 +238,18 @@ class ExtrapolationCallback(TrainerCallback):
         self.jumps = [JumpRecord.from_dict(j) for j in history["jumps"]]
         self.skill_history = history.get("skill", [])
         self.labels = {int(step): label for step, label in history.get("labels", {}).items()}
-        if self.full:
-            self._resume_full(saved, directory, state.global_step)
+        if self.weights.resume(self.worker, saved, offsets, directory, self.labels):
+            if self.worker is not None:
+                logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
             return True
-        self.target.restore(offsets, self.model)
-        if self.worker is not None:
-            self.worker.restore(saved.offsets, saved.steps, saved.deltas, self.labels)
-            logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
-        return True
-
-    def _point_file(self, segment: int, step: int, index: int, deltas: dict[str, list]) -> str:
-        """The file of a full-parameter trajectory point, written the first time a checkpoint needs it."""
-        key = (segment, step)
-        if key not in self._point_files:
-            point = {name: points[index] for name, points in deltas.items()}
-            self._point_files[key] = str(write_point(self.trainer.args.output_dir, segment, step, point))
-        return self._point_files[key]
-
-    def _resume_full(self, saved: CallbackState | None, directory: str, step: int) -> None:
-        """A full-parameter resume (the history is back): the checkpoint's weights hold every jump; the origin and the
-        segment's points come back from their files, or without those files the trajectory starts a new segment at
-        ``step``."""
-        points = None if saved is None else read_points(saved, directory)
-        found = broadcast_from_main(points is not None)
-        if self.worker is not None and points is not None:
-            self.worker.restore({}, saved.steps, points, self.labels, origin=saved.origin)
-            for file, point_step in zip(saved.point_files, saved.steps, strict=True):
-                self._point_files[(saved.steps[0], point_step)] = os.path.join(directory, file)
-            logger.info(f"extrapolation: resumed from {directory} ({len(saved.steps)} trajectory points)")
-            return
-        if self.worker is not None:
-            self.worker.restore({}, [], {}, self.labels, origin=saved.origin)
+        if self.worker is not None:  # only a full-parameter run keeps its points in files of their own
             logger.warning(
                 f"extrapolation: the trajectory points {directory}/{STATE_FILE} names are missing (deleted "
-                f"{POINTS_DIR} of the run?); the trajectory restarts at step {step}"
+                f"{POINTS_DIR} of the run?); the trajectory restarts at step {state.global_step}"
             )
-        if not found:
-            self.snapshot_steps = [s for s in self.snapshot_steps if s < step]
-            self._snapshot(step)
+        self.snapshot_steps = [s for s in self.snapshot_steps if s < state.global_step]
+        self._snapshot(state.global_step)
+        return True
 
     def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.
@@ -362,30 +267,17 @@ class ExtrapolationCallback(TrainerCallback):
             self.labels[step] = label
         self.snapshot_steps.append(step)
         start = time.perf_counter()
-        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
-        if self.full:  # the worker measures the weights from the origin, off the training thread
-            weights = read_weights(self.modules, self.model)
-            velocities = self._velocities(optimizer, dtype)
-            self.snapshot_seconds += time.perf_counter() - start
-            if self.worker is not None:
-                self.worker.add_weights(step, weights, dtype, velocities, label)
-            return
-        deltas = snapshot_deltas(self.modules, self.model, dtype)
-        velocities = self._velocities(optimizer, dtype, deltas)
+        snapshot, velocities = self.weights.read(self._velocity_source(optimizer))
         self.snapshot_seconds += time.perf_counter() - start
         if self.worker is not None:
-            self.worker.add_snapshot(step, deltas, velocities, label)
+            self.weights.add(self.worker, step, snapshot, velocities, label)
 
-    def _velocities(
-        self, optimizer: torch.optim.Optimizer | None, dtype: torch.dtype, deltas: dict[str, LowRank] | None = None
-    ) -> dict[str, Velocity] | None:
-        """AdamW's velocity of each module at the snapshot ``deltas`` (LoRA; a full-parameter run reads the weights
-        themselves), for a method that continues it: main process only; None otherwise."""
-        if self.worker is None or not self.worker.extrapolator.needs_optimizer_state or optimizer is None:
+    def _velocity_source(self, optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
+        """``optimizer`` where the method continues its direction (main process only): its velocities are read;
+        None otherwise."""
+        if self.worker is None or not self.worker.extrapolator.needs_optimizer_state:
             return None
-        if self.full:
-            return dense_velocities(self.modules, optimizer, dtype)
-        return factor_velocities(self.modules, optimizer, deltas, dtype)
+        return optimizer
 
     def _reward_label(self, step: int) -> float | None:
         """The mean ``reward`` the trainer logged since the previous snapshot; None when it logged none.
@@ -409,11 +301,10 @@ class ExtrapolationCallback(TrainerCallback):
 
     def _attach_velocities(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
         """Give the restored last point AdamW's state (a saved trajectory has none) for the ``optimizer`` method."""
-        if self.worker is None or not self.worker.extrapolator.needs_optimizer_state or optimizer is None:
+        optimizer = self._velocity_source(optimizer)
+        if optimizer is None:
             return
-        dtype = SNAPSHOT_DTYPES[self.config.extrap_snapshot_dtype]
-        deltas = None if self.full else snapshot_deltas(self.modules, self.model, dtype)
-        velocities = self._velocities(optimizer, dtype, deltas)
+        velocities = self.weights.velocities(optimizer)
         if velocities is not None:
             self.worker.set_velocities(step, velocities)
 
@@ -484,8 +375,7 @@ class ExtrapolationCallback(TrainerCallback):
         landed = self.target.apply(plan.reduced_updates(), self.model)
         plan.settled()
         if cfg.extrap_optimizer_policy != "keep" and optimizer is not None:
-            params = [m.weight for m in self.modules.values()] if self.full else self._lora_parameters()
-            reset_optimizer_state(optimizer, params, cfg.extrap_optimizer_policy)
+            reset_optimizer_state(optimizer, self.weights.parameters(), cfg.extrap_optimizer_policy)
         if hasattr(self.trainer, "_last_loaded_step"):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
         if self.worker is not None:  # the offsets as held (cut to their rank cap), or None: plan's updates added
@@ -493,9 +383,6 @@ class ExtrapolationCallback(TrainerCallback):
         record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start, landed)
         self.jumps.append(record)
         self._log(record.to_metrics())
-
-    def _lora_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for m in self.modules.values() for p in m.lora_parameters()]
 
     def _skip(self, record: JumpRecord, level: int, why: str) -> None:
         """Keep the record of a jump that did not happen, say ``why`` at ``level``, and log ``extrap/jump_skipped``."""
