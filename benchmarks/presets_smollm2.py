@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from common import machine, write_results
+from common import RESULTS, machine, write_results
 from stats import INTERVAL, mean_interval, ratio_of, with_interval
 from transformers import TrainerCallback
 
@@ -73,8 +74,9 @@ def vanilla_name(multiple: float) -> str:
 
 def train_arm(
     name: str, extrap: dict[str, Any], args: argparse.Namespace, cache: Path, seed: int, multiple: float = 1.0
-) -> dict[str, Any]:
-    """One arm (cached as ``<cache>/seed<seed>/<arm>/result.json``); vanilla is evaluated every ``--eval-every``."""
+) -> dict[str, Any] | None:
+    """One arm (cached as ``<cache>/seed<seed>/<arm>/result.json``; with ``--analyze`` None where it is not);
+    vanilla is evaluated every ``--eval-every``."""
     from rlvr_extrap.experiments.demo import DEMO_MODELS
     from rlvr_extrap.experiments.experiment import Run, run_experiment
 
@@ -82,6 +84,8 @@ def train_arm(
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if args.analyze:
+        return None
     rewards = LoggedRewards()
     settings = dict(DEMO_MODELS["smollm2"].run)
     settings["learning_rate"] *= multiple
@@ -125,6 +129,7 @@ def analyze(runs: dict[int, dict[str, dict[str, Any]]], rates: list[float]) -> l
                 "ratio_vs_own": mean_interval([r[0] for r in own]), "ratio_vs_best": mean_interval([r[0] for r in best]),
                 "seeds_vs_best": len(best), "own_is_bound": any(r[1] for r in own), "best_is_bound": any(r[1] for r in best),
                 "per_seed": {s: r["heldout_accuracy"] for s, r in per_seed.items()},
+                "vanilla_per_seed": {s: runs[s][VANILLA]["heldout_accuracy"] for s in per_seed},
                 "jumps": {s: [f"{j['step']}+{j['horizon']}: {j.get('skipped') or 'applied'}" for j in r["jumps"]]
                           for s, r in per_seed.items()},
             }
@@ -157,8 +162,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        acc, diff, own, best = (
-            with_interval(row[k][0], row[k][2], 3)
+        acc, diff, own, best = (  # a committed JSON holds NaN as null
+            with_interval(*(math.nan if row[k][i] is None else row[k][i] for i in (0, 2)), 3)
             for k in ("accuracy", "minus_vanilla", "ratio_vs_own", "ratio_vs_best")
         )
         own = "≥ " * row["own_is_bound"] + own
@@ -166,6 +171,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if row["seeds_vs_best"] and row["seeds_vs_best"] < len(row["seeds"]):
             best += f" [{row['seeds_vs_best']}]"
         lines.append(f"| {row['arm']} | {len(row['seeds'])} | {acc} | {diff} | {own} | {best} |")
+    lines += ["", f"![each preset minus vanilla, per seed]({NAME}.png)"]
     lines += ["", "Per seed: held-out accuracy at the end, and the jumps (step+horizon: outcome).", ""]
     lines += ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for row in rows:
@@ -180,6 +186,31 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each arm's held-out accuracy minus vanilla's of the same seed: one dot per seed, the mean and its 95% interval."""
+    import matplotlib.pyplot as plt
+
+    from rlvr_extrap.utils.figures import save_figure
+
+    rows = [r for r in rows if r["arm"] != VANILLA]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.8))
+    for i, row in enumerate(rows):
+        diffs = [row["per_seed"][s] - row["vanilla_per_seed"][s] for s in row["per_seed"]]
+        ax.scatter(diffs, [i] * len(diffs), color="tab:gray", s=14, zorder=2)
+        mean, _, half = row["minus_vanilla"]
+        ax.errorbar(mean, i, xerr=None if half != half else half, fmt="o", color="tab:blue", capsize=4, zorder=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r["arm"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(
+        "held-out accuracy at the end minus vanilla's, same seed\n(blue: mean ± 95% interval; gray: one dot per seed)",
+        fontsize=9,
+    )
+    ax.set_title("The anchors' presets on SmolLM2-135M-Instruct (LoRA, math-add)", fontsize=10, loc="left")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
@@ -192,6 +223,7 @@ def main() -> None:
                         help="vanilla's learning rates, as multiples of the demo's 2e-4 (must include 1)")  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=4, help="vanilla's evaluation interval, in steps")
     parser.add_argument("--note", default="", help="a reading paragraph for the md, written from the numbers")
+    parser.add_argument("--analyze", action="store_true", help="train nothing: the results of the cached runs only")
     args = parser.parse_args()
     if args.jump % SNAPSHOT_EVERY or not 0 < args.jump <= args.steps or args.jump + args.horizon > args.steps:
         parser.error(f"--jump {args.jump}: a multiple of {SNAPSHOT_EVERY}, with --jump + --horizon <= --steps")
@@ -203,17 +235,25 @@ def main() -> None:
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     targets: dict[int, float] = {}
     for seed in args.seeds:  # the arms' rate for every seed first
-        runs[seed] = {VANILLA: train_arm(VANILLA, {}, args, cache, seed)}
-        targets[seed] = vanilla_target(runs[seed][VANILLA], args.jump, args.horizon)
+        vanilla = train_arm(VANILLA, {}, args, cache, seed)
+        if vanilla is None:  # --analyze: a seed without vanilla has nothing to compare
+            continue
+        runs[seed] = {VANILLA: vanilla}
+        targets[seed] = vanilla_target(vanilla, args.jump, args.horizon)
         for name, extrap in arms(args, targets[seed]).items():
             runs[seed][name] = train_arm(name, extrap, args, cache, seed)
-    for seed in args.seeds:
+    for seed in runs:
         for multiple in (r for r in args.rates if r != 1.0):
             runs[seed][vanilla_name(multiple)] = train_arm(vanilla_name(multiple), {}, args, cache, seed, multiple)
+    runs = {seed: {name: row for name, row in seed_runs.items() if row is not None} for seed, seed_runs in runs.items()}
+    if not runs:
+        parser.error("--analyze: no seed has a cached vanilla run")
+    args.seeds = sorted(runs)
     meta = {"machine": machine(), "targets": targets, "rates": args.rates,
             **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "seeds", "eval_every", "note")}}  # fmt: skip
     rows = analyze(runs, args.rates)
     write_results(NAME, {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
+    plot(rows, RESULTS / f"{NAME}.png")
     print(render(rows, meta))
 
 

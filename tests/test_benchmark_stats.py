@@ -139,7 +139,16 @@ def test_every_renderer_writes_a_labelled_95_percent_interval():
             "steps": 60, "jump": 20, "after": 20}  # fmt: skip
     smollm2_md = steps_saved_smollm2.render({"meta": meta, "vanilla": {}, "rows": [arm], "logits": []})
     assert "| 2.000 ± 2.484 | 2.000 | 2.000 ± 2.484 | 2.000 ± 2.484 | 2.000 |" in smollm2_md
-    for md in (forecast_md, toy_md, smollm2_md):
+    import presets_smollm2
+
+    preset = {"arm": "a", "seeds": [0, 1, 2], "accuracy": interval, "minus_vanilla": interval, "ratio_vs_own": interval,
+              "ratio_vs_best": interval, "seeds_vs_best": 3, "own_is_bound": False, "best_is_bound": False,
+              "per_seed": {}, "jumps": {}}  # fmt: skip
+    preset_meta = {"machine": machine, "seeds": [0, 1, 2], "targets": {}, "steps": 12, "jump": 8, "horizon": 4,
+                   "m": 4, "n": 8, "eval_every": 4, "rates": [1.0]}  # fmt: skip
+    presets_md = presets_smollm2.render([preset], preset_meta)
+    assert "| a | 3 | 2.000 ± 2.484 | 2.000 ± 2.484 | 2.000 ± 2.484 | 2.000 ± 2.484 |" in presets_md
+    for md in (forecast_md, toy_md, smollm2_md, presets_md):
         assert stats.INTERVAL in md and "sd" not in md.replace("seeds", "") and "half-range" not in md
 
 
@@ -151,7 +160,7 @@ def test_every_renderer_writes_a_labelled_95_percent_interval():
         ("steps_saved_smollm2", n)
         for n in ("steps_saved_smollm2", "steps_saved_smollm2_add2", "steps_saved_toy_c256", "steps_saved_smollm2_full")
     ]
-    + [("full_param_cost", "full_param_cost")],
+    + [("full_param_cost", "full_param_cost"), ("presets_smollm2", "presets_smollm2")],
 )
 def test_the_committed_markdown_is_its_json_rendered(renderer, name):
     """Each results md with ± cells is what its renderer makes of the committed JSON: no number edited by hand."""
@@ -168,6 +177,11 @@ def test_the_committed_markdown_is_its_json_rendered(renderer, name):
         import full_param_cost
 
         markdown = full_param_cost.markdown(json.loads(path.read_text()))
+    elif renderer == "presets_smollm2":
+        import presets_smollm2
+
+        data = json.loads(path.read_text())
+        markdown = presets_smollm2.render(data["rows"], data["meta"])
     else:
         import steps_saved_smollm2
 
@@ -184,3 +198,41 @@ def test_full_param_cost_shares_are_per_step_and_leave_out_the_warm_up():
     mean, _, half = full_param_cost._share(rows, "read")
     assert mean == pytest.approx(0.03) and half == pytest.approx(stats.t95(2) * 0.01 / math.sqrt(3))
     assert full_param_cost._mean(rows, "step_seconds")[0] == pytest.approx(70 / 3)
+
+
+def test_the_committed_preset_rows_follow_from_their_runs():
+    """presets_smollm2: each arm's accuracy, its difference from vanilla and the steps ratios, recomputed from the
+    committed runs (the curves and end accuracies each arm and vanilla rate reached), are the committed rows."""
+    import presets_smollm2 as bench
+
+    data = json.loads((BENCHMARKS / "results" / "presets_smollm2.json").read_text())
+    runs = {int(seed): seed_runs for seed, seed_runs in data["runs"].items()}
+    again = bench.analyze(runs, data["meta"]["rates"])
+    assert [r["arm"] for r in again] == [r["arm"] for r in data["rows"]]
+    for new, old in zip(again, data["rows"], strict=True):
+        assert new["seeds"] == old["seeds"] and new["seeds_vs_best"] == old["seeds_vs_best"]
+        for key in ("accuracy", "minus_vanilla", "ratio_vs_own", "ratio_vs_best"):
+            was = [math.nan if x is None else x for x in old[key]]  # null: NaN (one seed, or no seed vs best)
+            assert list(new[key]) == [pytest.approx(x, rel=1e-12, nan_ok=True) for x in was], key
+
+
+def test_preset_steps_ratios_by_hand():
+    """An arm at 0.6 after 12 steps: vanilla at 1x reaches 0.6 at step 8 (ratio 8 / 12), at 2x at step 6 (half-way
+    between 4 and 8: vs best 0.5); its difference from vanilla (0.7 at 12) is -0.1."""
+    import presets_smollm2 as bench
+
+    def run(accuracy, history, lr=2e-4):
+        return {"heldout_accuracy": accuracy, "history": history, "learning_rate": lr, "grpo_steps": 12, "jumps": []}
+
+    one = {
+        bench.VANILLA: run(0.7, [[0, 0.3], [4, 0.4], [8, 0.6], [12, 0.7]]),
+        "arm": run(0.6, [[0, 0.3], [12, 0.6]]),
+        bench.vanilla_name(2.0): run(0.8, [[0, 0.3], [4, 0.5], [8, 0.7], [12, 0.8]], lr=4e-4),
+    }
+    rows = {r["arm"]: r for r in bench.analyze({0: one}, [1.0, 2.0])}
+    assert rows["arm"]["ratio_vs_own"][0] == pytest.approx(8 / 12)
+    assert rows["arm"]["ratio_vs_best"][0] == pytest.approx(6 / 12)
+    assert rows["arm"]["minus_vanilla"][0] == pytest.approx(-0.1)
+    assert rows[bench.VANILLA]["ratio_vs_own"][0] == pytest.approx(1.0)
+    no_faster = {r["arm"]: r for r in bench.analyze({0: {k: v for k, v in one.items() if "x2" not in k}}, [1.0, 2.0])}
+    assert math.isnan(no_faster["arm"]["ratio_vs_best"][0]) and no_faster["arm"]["seeds_vs_best"] == 0
