@@ -39,7 +39,7 @@ def plot_accuracy_curves(curves: Sequence[dict[str, Any]], path: str | Path, tit
             jump_label = None
     ax.set_xlabel("actual GRPO steps")
     ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title(title)
+    ax.set_title(title, loc="left", fontsize=10, wrap=True)  # from the axes' left edge: a long title stays on the page
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if many else {}))
     fig.tight_layout()
