@@ -192,7 +192,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     from rlvr_extrap.utils.figures import save_figure
 
-    rows = [r for r in rows if r["arm"] != VANILLA]
+    rows = [r for r in rows if not r["arm"].startswith(VANILLA)]  # the arms (vanilla at faster rates: the md)
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.8))
     for i, row in enumerate(rows):
         diffs = [row["per_seed"][s] - row["vanilla_per_seed"][s] for s in row["per_seed"]]
