@@ -22,7 +22,7 @@ from rlvr_extrap.skill.diagnostics import (
     write_jump_report,
 )
 from rlvr_extrap.skill.forecast import SkillRecord, gram_distance, measure_skill
-from rlvr_extrap.trajectory.spill import SnapshotSpill
+from rlvr_extrap.trajectory.spill import SnapshotSpill, delta_nbytes
 from rlvr_extrap.trajectory.trajectory import Clock, DenseVelocity, FactorVelocity, Trajectory, Velocity
 
 __all__ = ["TrajectoryWorker"]
@@ -208,7 +208,7 @@ class TrajectoryWorker:
             self.origin = weights
         if self.spill is not None:  # room before it is computed (the budget + one module's subtraction at most), and
             point = sum(w.numel() for w in weights.values()) * dtype.itemsize  # for the velocity, in memory already
-            self.spill.make_room(point + sum(v.d.numel() * v.d.element_size() for v in (velocities or {}).values()))
+            self.spill.make_room(point + sum(delta_nbytes(v.d) for v in (velocities or {}).values()))
         deltas = {name: lincomb([1.0, -1.0], [w, self.origin[name]], dtype) for name, w in weights.items()}
         self._add_snapshot(step, deltas, velocities, label)
         if velocities is not None:  # a dense velocity is as large as the point: it counts against the same budget

@@ -69,7 +69,7 @@ class SnapshotSpill:
             self._write(*self._resident.pop(0))
 
     def resident_bytes(self) -> int:
-        return sum(_nbytes(f) for _, factors in self._resident for f in factors.values())
+        return sum(delta_nbytes(f) for _, factors in self._resident for f in factors.values())
 
     def _write(self, tag: str, factors: dict[str, Delta]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,8 @@ class SnapshotSpill:
             self.directory.rmdir()
 
 
-def _nbytes(f: Delta) -> int:
+def delta_nbytes(f: Delta) -> int:
+    """Bytes a delta holds (both factors of a LowRank)."""
     if not isinstance(f, LowRank):
         return f.numel() * f.element_size()
     return f.left.numel() * f.left.element_size() + f.right.numel() * f.right.element_size()
