@@ -14,8 +14,10 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from rlvr_extrap.config import ExtrapolationArguments, ExtrapolationConfigError
+from rlvr_extrap.runtime.worker import idle_threads
 
 SCRIPT = textwrap.dedent(
     """
@@ -37,12 +39,26 @@ SCRIPT = textwrap.dedent(
     before = os_threads()
     settings = json.loads(sys.argv[1])
     set_to = settings.pop("set_threads", None)
+    lend = settings.pop("lend", None)
     worker = TrajectoryWorker(get_extrapolator("relex"), **settings)
     if set_to is not None:
         worker.set_threads(set_to).result()
+    in_fit = []
+    if lend is not None:  # the fit records its thread count and the process's OS threads
+        fit = worker.extrapolator.fit
+
+        def recording_fit(trajectory):
+            heavy()
+            in_fit.append([torch.get_num_threads(), os_threads() - before])
+            return fit(trajectory)
+
+        worker.extrapolator.fit = recording_fit
+        worker.lend_threads(lend)
     for step in range(4):
         g = torch.Generator().manual_seed(step)
         worker.add_snapshot(step, {"m": LowRank(torch.randn(512, 8, generator=g), torch.randn(8, 512, generator=g))})
+    if lend is not None:
+        worker.plan_jump(3, 1, 1.0).result()
     worker._pool.submit(heavy).result()
     inside = worker._pool.submit(torch.get_num_threads).result()
     added = os_threads() - before
@@ -51,7 +67,9 @@ SCRIPT = textwrap.dedent(
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
     thread.join()
-    print(json.dumps({"inside": inside, "added": added, "main": torch.get_num_threads(), "later": later[0]}))
+    print(json.dumps({
+        "inside": inside, "added": added, "main": torch.get_num_threads(), "later": later[0], "in_fit": in_fit
+    }))
     """
 )
 
@@ -81,6 +99,27 @@ def test_worker_threads_can_be_raised_for_large_fits():
 def test_worker_threads_can_be_changed_on_a_running_worker():
     seen = _run({"set_threads": 2})
     assert seen["inside"] == 2 and seen["main"] == 2 and seen["later"] == 2
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads through /proc (Linux)")
+def test_lent_threads_run_the_plan_and_leave_no_team_behind():
+    """At a jump the training thread waits: the plan runs on its lent cores, in a thread whose OpenMP team ends
+    with it, and the worker is back on its own thread count and OS threads after."""
+    seen = _run({"lend": 2})
+    (threads, during), *_ = seen["in_fit"]
+    assert threads == 2 and during >= 3  # the worker, the lent thread and its team's second thread
+    assert seen["inside"] == 1 and seen["added"] == 1 and seen["main"] == 2
+
+
+def test_idle_threads_add_the_training_threads_up_to_the_process_share_of_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert idle_threads(1) == 5
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert idle_threads(1) == 8  # no more threads than cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert idle_threads(1) == 2 and idle_threads(3) == 3  # 2 cores each; never fewer than its own
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])

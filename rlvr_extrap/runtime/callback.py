@@ -22,7 +22,7 @@ from rlvr_extrap.runtime.plan import JumpGate, JumpPlan, JumpSkipped
 from rlvr_extrap.runtime.record import JumpFigures, JumpRecord
 from rlvr_extrap.runtime.state import POINTS_DIR, STATE_FILE, StateFileError, read_resume_state, save_state
 from rlvr_extrap.runtime.weights import DenseWeights, RunWeights, find_weights
-from rlvr_extrap.runtime.worker import TrajectoryWorker
+from rlvr_extrap.runtime.worker import TrajectoryWorker, idle_threads
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.spill import SnapshotSpill, parse_memory
 
@@ -134,6 +134,7 @@ class ExtrapolationCallback(TrainerCallback):
             self._snapshot(state.global_step)
         elif self._jump_due_at_resume(state.global_step):  # a branch from a run that had no jump here
             optimizer = kwargs.get("optimizer")  # the Trainer loads the checkpoint's state before on_train_begin
+            self._lend_threads()
             if self.snapshot_steps[-1] != state.global_step:
                 self._snapshot(state.global_step, optimizer)
             else:
@@ -145,11 +146,14 @@ class ExtrapolationCallback(TrainerCallback):
             return
         cfg, step = self.config, state.global_step
         snapshot_step = step % cfg.extrap_snapshot_every == 0
+        jumping = step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step))
+        if jumping:
+            self._lend_threads()
         if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
             self._snapshot(step, kwargs.get("optimizer"))
         if snapshot_step:
             self._log_skill()
-        if step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step)):
+        if jumping:
             self._jump(step, kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -250,6 +254,13 @@ class ExtrapolationCallback(TrainerCallback):
         self.snapshot_steps = [s for s in self.snapshot_steps if s < state.global_step]
         self._snapshot(state.global_step)
         return True
+
+    def _lend_threads(self) -> None:
+        """The training thread is about to wait for a jump's plan: the worker takes its idle cores until then."""
+        own = self.config.extrap_worker_threads
+        threads = idle_threads(own)
+        if self.worker is not None and threads > own:
+            self.worker.lend_threads(threads)
 
     def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Every process reads the factors (a gather under ZeRO-3 / FSDP); the main process keeps them.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from transformers.utils import logging
@@ -25,9 +28,10 @@ from rlvr_extrap.skill.forecast import SkillRecord, gram_distance, measure_skill
 from rlvr_extrap.trajectory.spill import SnapshotSpill, delta_nbytes
 from rlvr_extrap.trajectory.trajectory import Clock, DenseVelocity, FactorVelocity, Trajectory, Velocity
 
-__all__ = ["TrajectoryWorker"]
+__all__ = ["TrajectoryWorker", "idle_threads"]
 
 logger = logging.get_logger(__name__)
+T = TypeVar("T")
 
 
 class TrajectoryWorker:
@@ -74,6 +78,9 @@ class TrajectoryWorker:
         # libgomp throttle that one's spin-waits when cores are short). torch.set_num_threads also sets the default
         # of threads that first use torch later: this thread's count is fixed now, and the default restored on close.
         self._default_threads = torch.get_num_threads()
+        self._threads = threads
+        self._lent: int | None = None  # threads lent for the tasks up to the next plan (lend_threads)
+        self._lent_cpu_seconds = 0.0  # CPU time of the threads those tasks ran on
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="rlvr-extrap", initializer=torch.set_num_threads, initargs=(threads,)
         )
@@ -88,7 +95,7 @@ class TrajectoryWorker:
     ) -> Future[None]:
         """Append a snapshot (and the optimizer's velocity of the factors there, for the ``optimizer`` method; its
         score, for the ``alpharl`` method)."""
-        return self._pool.submit(self._add_snapshot, step, lora_deltas, velocities, label)
+        return self._pool.submit(self._on_lent_threads, self._add_snapshot, step, lora_deltas, velocities, label)
 
     def add_weights(
         self,
@@ -100,7 +107,7 @@ class TrajectoryWorker:
     ) -> Future[None]:
         """Append a full-parameter snapshot: the weights, stored as ``W - origin`` in ``dtype`` (the first weights
         handed in become the origin), and as ``add_snapshot`` the optimizer's velocity and the score there."""
-        return self._pool.submit(self._add_weights, step, weights, dtype, velocities, label)
+        return self._pool.submit(self._on_lent_threads, self._add_weights, step, weights, dtype, velocities, label)
 
     def plan_jump(self, step: int, horizon: int | str, alpha: float, stream: bool = False) -> Future[JumpPlan]:
         """The plan for a jump at ``step`` over ``horizon`` steps (``"auto"``: the longest that passes the backtest).
@@ -109,7 +116,17 @@ class TrajectoryWorker:
         comes back before its updates are reduced to their rank, and the worker reduces them module by module
         while the caller edits (see ``JumpPlan``).
         """
-        return self._pool.submit(self._plan_jump, step, horizon, alpha, stream)
+        return self._pool.submit(self._lent_plan, step, horizon, alpha, stream)
+
+    def lend_threads(self, threads: int) -> None:
+        """Run the snapshots and the plan queued from now to the next ``plan_jump`` on ``threads`` torch threads: the
+        cores the training thread leaves idle while it waits for a jump's plan.
+
+        Each runs in a thread of its own that ends with it, and its OpenMP team with it: a team left alive beside the
+        training thread's puts more OpenMP threads in the process than there are cores, and libgomp then stops
+        spin-waiting for the training thread's team, slowing every later step (``extrap_worker_threads``).
+        """
+        self._pool.submit(setattr, self, "_lent", threads)
 
     def commit_jump(self, plan: JumpPlan, offsets: dict[str, LowRank] | None = None) -> Future[None]:
         """Record that ``plan`` was applied: fold it into the offsets and start a new segment there.
@@ -164,11 +181,17 @@ class TrajectoryWorker:
 
     def set_threads(self, threads: int) -> Future[None]:
         """Run the worker's torch on ``threads`` threads from the next task on (as ``threads`` at construction)."""
-        return self._pool.submit(torch.set_num_threads, threads)
+
+        def _set() -> None:
+            self._threads = threads
+            torch.set_num_threads(threads)
+
+        return self._pool.submit(_set)
 
     def cpu_seconds(self) -> Future[float]:
-        """CPU time the worker's thread has used (``time.thread_time``), once every queued task has run."""
-        return self._pool.submit(time.thread_time)
+        """CPU time the worker's thread, and the threads of its lent tasks, have used (``time.thread_time``), once
+        every queued task has run."""
+        return self._pool.submit(lambda: time.thread_time() + self._lent_cpu_seconds)
 
     def close(self) -> None:
         self._pool.submit(torch.set_num_threads, self._default_threads)
@@ -180,6 +203,30 @@ class TrajectoryWorker:
     def abandon(self) -> None:
         """Drop the queued work (fits nobody will wait for) and let the running task end: exit after a crash."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _on_lent_threads(self, task: Callable[..., T], *args: Any) -> T:
+        """``task(*args)`` here, or on the lent threads in a thread that ends with it (see ``lend_threads``)."""
+        if self._lent is None:
+            return task(*args)
+
+        def timed() -> T:
+            try:
+                return task(*args)
+            finally:
+                self._lent_cpu_seconds += time.thread_time()
+
+        try:
+            with ThreadPoolExecutor(1, "rlvr-lent", initializer=torch.set_num_threads, initargs=(self._lent,)) as lent:
+                return lent.submit(timed).result()
+        finally:  # that also set the default count of threads new to torch (this one's too, until it first uses it)
+            torch.set_num_threads(self._threads)
+
+    def _lent_plan(self, step: int, horizon: int | str, alpha: float, stream: bool) -> JumpPlan:
+        """``_plan_jump``, on the lent threads if any; the loan ends with it (its streamed reductions run here)."""
+        try:
+            return self._on_lent_threads(self._plan_jump, step, horizon, alpha, stream)
+        finally:
+            self._lent = None
 
     def _add_snapshot(
         self,
@@ -413,6 +460,14 @@ class TrajectoryWorker:
             self._spill_add(f"offset-{plan.step}", self.offsets)
             self._spill_add(f"snapshot-{plan.step}", self._lora)
         self.latest_skill = None  # a new segment: nothing backtested yet
+
+
+def idle_threads(own: int) -> int:
+    """The worker's torch threads while the training thread waits for it: its ``own`` and the training thread's
+    (called there), at most this process's share of the cores (the machine's, over its local processes)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(own, min(own + torch.get_num_threads(), share))
 
 
 def _scaled_difference(predicted: Delta, now: Delta, alpha: float) -> Delta:
