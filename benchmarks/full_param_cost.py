@@ -1,12 +1,13 @@
 """What the full-parameter mode of ``ExtrapolationCallback`` costs at real sizes (issue 33, item 3).
 
-    python benchmarks/full_param_cost.py [--steps 5] [--reads 3] [--snapshots 10] [--layers 4] [--jump-snapshots 15]
+    python benchmarks/full_param_cost.py [--steps 5] [--reads 3] [--snapshots 10] [--layers 4] [--jump-snapshots 15] [--repeats 3]
     python benchmarks/full_param_cost.py --render     # the md again from the json
 
 Three parts, each in a fresh process (its result cached under ``benchmarks/cache/full_param_cost/``: a rerun skips
 the parts already done; delete the folder, or one part's json in it, to measure again). Each part records the code it
 measured (commit, and whether ``rlvr_extrap`` had uncommitted changes); the parts a run re-measures keep their results
-from the json it replaces under ``previous``, and the md shows them beside the new ones:
+from the json it replaces under ``previous``, and the md shows them beside the new ones (parts 1-2; part 3 measures
+its own comparison):
 
 1. ``snapshot``: the training thread's cost per snapshot on SmolLM2-135M-Instruct (``rlvr_extrap.experiments.models``,
    float32; also a bfloat16 copy), ``read_weights(find_dense_modules(model, ["*.layers.*"]))`` as the callback's
@@ -22,9 +23,12 @@ from the json it replaces under ``previous``, and the md shows them beside the n
 3. ``jump``: the stall at a jump with Qwen2.5-1.5B's decoder-layer shapes (random-walk weights), ``--layers`` of its
    28 layers, ``--jump-snapshots`` bfloat16 snapshots of float32 weights: the training thread's read, the worker's
    ingest of the jump step's snapshot, the plan (fit and prediction; streamed, as with one process and no guard) and
-   the edit (``DenseTarget.apply``) on float32 and on bfloat16 weights; relex and linear on the same trajectory.
+   the edit (``DenseTarget.apply``) on float32 and on bfloat16 weights; relex and linear on the same trajectory, each
+   with the worker's thread alone and with the training thread's idle core lent (as the callback does at a jump),
+   ``--repeats`` times in turn.
 
-Torch runs on 1 thread in the training thread and in the worker (``extrap_worker_threads`` default) everywhere.
+Torch runs on 1 thread in the training thread and in the worker (``extrap_worker_threads`` default) everywhere
+(part 3's lent rows: 2 threads for the jump step's ingest and plan).
 Writes ``results/full_param_cost.{json,md}``.
 """
 
@@ -287,14 +291,14 @@ def _qwen_layers(layers: int, dtype: Any) -> Any:
     return model
 
 
-def jump_part(layers: int, snapshots: int) -> dict[str, Any]:
-    """``snapshots`` bfloat16 snapshots of ``layers`` Qwen-shaped float32 layers, then a jump per method."""
+def jump_part(layers: int, snapshots: int, repeats: int) -> dict[str, Any]:
+    """``snapshots`` bfloat16 snapshots of ``layers`` Qwen-shaped float32 layers, then ``repeats`` jumps per method
+    and thread count, each from the same trajectory."""
     import torch
 
     from rlvr_extrap.extrapolators import get_extrapolator
     from rlvr_extrap.runtime.dense import DenseTarget, find_dense_modules, read_weights
-    from rlvr_extrap.runtime.worker import TrajectoryWorker
-    from rlvr_extrap.skill.forecast import measure_skill
+    from rlvr_extrap.runtime.worker import TrajectoryWorker, idle_threads
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
@@ -318,38 +322,35 @@ def jump_part(layers: int, snapshots: int) -> dict[str, Any]:
         rows["ingest_seconds"].append(_timed(_ingest, worker, SNAPSHOT_EVERY * t, weights, torch.bfloat16)[1])
         del weights
     step = SNAPSHOT_EVERY * (snapshots - 1)
-    # the jump step, as the callback takes it: read, hand over, wait for the plan queued behind the ingest, edit
+    # the jump step, as the callback takes it: read, hand over, wait for the plan queued behind the ingest, edit;
+    # per method, on the worker's thread alone and with the training thread's core lent (the callback's way)
     weights, read = _timed(lambda: read_weights(modules))
-    start = time.perf_counter()
-    ingest = worker.add_weights(step, weights, torch.bfloat16)
-    plan = worker.plan_jump(step, JUMP_HORIZON, 1.0, stream=True).result()
-    wait = time.perf_counter() - start
-    ingest_last = ingest.result()
-    del weights, ingest_last
+    before = worker.trajectory
     target, half_target = DenseTarget(modules), DenseTarget(half_modules)
-    edit = _timed(lambda: target.apply(plan.reduced_updates()))[1]
-    plan.settled()
-    jumps = {
-        JUMP_METHODS[0]: {
-            "wait_seconds": wait,
-            "fit_seconds": plan.fit_seconds,
-            "edit_float32_seconds": edit,
-            "edit_bfloat16_seconds": _timed(lambda: half_target.apply(plan.updates))[1],
-            "skill_seconds": _timed(measure_skill, worker.trajectory, worker.extrapolator)[1],
-        }
-    }
-    for method in JUMP_METHODS[1:]:  # the same trajectory: ingest differs only by the backtest, timed alone
-        worker.extrapolator = get_extrapolator(method)
-        skill = _timed(measure_skill, worker.trajectory, worker.extrapolator)[1]
-        other, seconds = _timed(lambda: worker.plan_jump(step, JUMP_HORIZON, 1.0, stream=True).result())
-        jumps[method] = {
-            "wait_seconds": seconds,
-            "fit_seconds": other.fit_seconds,
-            "edit_float32_seconds": _timed(lambda o=other: target.apply(o.reduced_updates()))[1],
-            "skill_seconds": skill,
-        }
-        other.settled()
-        jumps[method]["edit_bfloat16_seconds"] = _timed(lambda o=other: half_target.apply(o.updates))[1]
+    lent = idle_threads(1)
+    jumps: dict[str, dict[str, list[float]]] = {}
+    plan = None
+    for _ in range(repeats):  # alternating, so a slower spell of the machine falls on every row alike
+        for method in JUMP_METHODS:
+            for threads in (None, lent):
+                del plan
+                worker.extrapolator, worker.trajectory = get_extrapolator(method), _fork(before)
+                start = time.perf_counter()
+                if threads is not None:
+                    worker.lend_threads(threads)
+                worker.add_weights(step, weights, torch.bfloat16)
+                plan = worker.plan_jump(step, JUMP_HORIZON, 1.0, stream=True).result()
+                wait = time.perf_counter() - start
+                edit = _timed(lambda p=plan: target.apply(p.reduced_updates()))[1]
+                plan.settled()
+                row = jumps.setdefault(method if threads is None else f"{method}, {threads} threads lent", {})
+                row.setdefault("wait_seconds", []).append(wait)
+                row.setdefault("fit_seconds", []).append(plan.fit_seconds)
+                row.setdefault("edit_float32_seconds", []).append(edit)
+                row.setdefault("edit_bfloat16_seconds", []).append(
+                    _timed(lambda p=plan: half_target.apply(p.updates))[1]
+                )
+    del weights
     commit = _timed(lambda: worker.commit_jump(plan).result())[1]
     peak = sampler.stop()
     worker.close()
@@ -357,6 +358,7 @@ def jump_part(layers: int, snapshots: int) -> dict[str, Any]:
         "layers": layers,
         "snapshots": snapshots,
         "horizon": JUMP_HORIZON,
+        "repeats": repeats,
         "trainable": sum(m.weight.numel() for m in modules.values()),
         "snapshot_bytes": sum(m.nbytes(torch.bfloat16) for m in modules.values()),
         "read_seconds": read,
@@ -367,6 +369,14 @@ def jump_part(layers: int, snapshots: int) -> dict[str, Any]:
         "peak_rss_bytes": peak["VmRSS"],
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _fork(trajectory: Any) -> Any:
+    """A copy of ``trajectory`` to append to, leaving it as it is (the points shared, the containers copied)."""
+    fork = trajectory.prefix(len(trajectory))
+    fork._atoms = {name: list(atoms) for name, atoms in trajectory._atoms.items()}
+    fork._atom_gram, fork._bases = dict(trajectory._atom_gram), dict(trajectory._bases)
+    return fork
 
 
 def _walk(modules: dict, drift: dict, generator: Any) -> None:
@@ -409,14 +419,18 @@ def _code() -> str:
 
 
 def _previous(old: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
-    """The results of the parts this run re-measured, as the json it replaces had them (with their code); else the
-    replaced json's own ``previous``."""
+    """Per part, the results the last re-measurement of it replaced, with their code (``codes``): the replaced
+    json's own ``previous``, and for the parts this run re-measured, the replaced json's results."""
     if old is None:
         return {}
-    changed = {key: old[key] for key in ("snapshot", "memory", "jump") if _numbers(old.get(key)) != _numbers(data[key])}
-    if not changed:
-        return old.get("previous", {})
-    return {**changed, "code": old["machine"]["commit"]}
+    prior = old.get("previous", {})
+    codes = prior.get("codes", {})
+    changed = [key for key in ("snapshot", "memory", "jump") if _numbers(old.get(key)) != _numbers(data[key])]
+    return {
+        **{key: prior[key] for key in codes},
+        **{key: old[key] for key in changed},
+        "codes": codes | {key: old["machine"]["commit"] for key in changed},
+    }
 
 
 def _numbers(part: Any) -> Any:
@@ -510,7 +524,7 @@ def _allocator(part: dict[str, Any]) -> str:
 
 def _before(previous: dict[str, Any], key: str) -> tuple[Any, str]:
     """The ``previous`` results of part ``key`` (None if this run did not re-measure it) and their row label."""
-    return previous.get(key), f"before (commit {previous.get('code')})"
+    return previous.get(key), f"before (commit {previous.get('codes', {}).get(key)})"
 
 
 def _memory_row(p: dict[str, Any], label: str) -> tuple[str, bool]:
@@ -596,24 +610,27 @@ def memory_section(parts: list[dict[str, Any]], previous: dict[str, Any]) -> lis
     return lines
 
 
-def _jump_rows(part: dict[str, Any], label: str | None) -> tuple[list[str], dict[str, float]]:
-    """Part 3's table rows (``label``: a suffix for the method's name) and each method's larger stall, 28 layers."""
-    k, scale = part["layers"], QWEN_LAYERS / part["layers"]
-    first = part["jumps"][JUMP_METHODS[0]]
+def _jump_rows(part: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """Part 3's table rows (means over the repeats ± 95% interval) and each row's mean stall at 28 layers (the
+    larger of float32 and bfloat16 weights)."""
+    scale, read = QWEN_LAYERS / part["layers"], part["read_seconds"]
     rows, stalls = [], {}
     for method, j in part["jumps"].items():
-        wait = j["wait_seconds"]
-        if method != JUMP_METHODS[0]:
-            wait += first["wait_seconds"] - first["fit_seconds"] - first["skill_seconds"] + j["skill_seconds"]
-        stall32 = part["read_seconds"] + wait + j["edit_float32_seconds"]
-        stall16 = part["read_seconds"] + wait + j["edit_bfloat16_seconds"]
+        cells, means = [], []
+        for edit in ("edit_float32_seconds", "edit_bfloat16_seconds"):
+            stall = mean_interval([read + w + e for w, e in zip(j["wait_seconds"], j[edit], strict=True)])
+            cells.append(stall)
+            means.append(stall[0])
+        wait, fit = mean_interval(j["wait_seconds"]), mean_interval(j["fit_seconds"])
         rows.append(
-            f"| {method}{', ' + label if label else ''} | {part['read_seconds']:.2f} | {wait:.2f} "
-            f"({wait - j['fit_seconds']:.2f} + {j['fit_seconds']:.2f}) | "
-            f"{j['edit_float32_seconds']:.2f} | {j['edit_bfloat16_seconds']:.2f} | {stall32:.1f} / {stall16:.1f} | "
-            f"{stall32 / k:.2f} / {stall16 / k:.2f} | {stall32 * scale:.0f} / {stall16 * scale:.0f} |"
+            f"| {method} | {read:.2f} | {with_interval(wait[0], wait[2], 2)} (plan {fit[0]:.2f}) | "
+            f"{statistics.fmean(j['edit_float32_seconds']):.2f} | {statistics.fmean(j['edit_bfloat16_seconds']):.2f} | "
+            + " / ".join(with_interval(c[0], c[2], 1) for c in cells)
+            + " | "
+            + " / ".join(with_interval(c[0] * scale, c[2] * scale, 0) for c in cells)
+            + " |"
         )
-        stalls[method] = max(stall32, stall16) * scale
+        stalls[method] = max(means) * scale
     return rows, stalls
 
 
@@ -621,13 +638,10 @@ def _ingests(part: dict[str, Any]) -> str:
     return ", ".join(f"{s:.2f}" for s in part["ingest_seconds"])
 
 
-def jump_section(part: dict[str, Any], previous: dict[str, Any]) -> list[str]:
-    before, label = _before(previous, "jump")
+def jump_section(part: dict[str, Any]) -> list[str]:
     k = part["layers"]
     scale = QWEN_LAYERS / k
-    rows, stalls = _jump_rows(part, None)
-    if before:
-        rows = [r for pair in zip(rows, _jump_rows(before, label)[0], strict=True) for r in pair]
+    rows, stalls = _jump_rows(part)
     lines = [
         "## 3. The stall at a jump with Qwen2.5-1.5B's layer shapes",
         "",
@@ -639,23 +653,30 @@ def jump_section(part: dict[str, Any], previous: dict[str, Any]) -> list[str]:
         "read (training thread) + wait (the jump step's snapshot ingested by the worker, then the plan queued "
         "behind it: fit and prediction, streamed) + edit (`DenseTarget.apply` into the weights, which also measures "
         "what landed: the weight before and after each block, and the float64 sums of their products with the "
-        "update). The relex row ingested the trajectory; linear plans on the same trajectory, its wait = relex's "
-        "ingest of the last snapshot - relex's backtest + linear's backtest + linear's plan. Peak RSS of the "
-        f"process: {_gib(part['peak_rss_bytes'])}"
-        + (f" ({label}: {_gib(before['peak_rss_bytes'])})." if before else ".")
-        + (
-            f" Rows '{label}': the results this run replaced, measured before the dense passes went block by block "
-            "(each Gram-row inner product converted both whole bfloat16 snapshots to float32; the prediction "
-            "converted each snapshot whole, was checked for NaN in a pass of its own, then subtracted from the last "
-            "point in another; the edit measured what landed in blocks of 4M numbers with float32 products)."
-            if before
-            else ""
-        ),
+        "update). Every row hands the same jump-step weights to the same 14-point trajectory (a copy of it) and "
+        "plans with its method (the ingest's backtest is the method's own), "
+        f"{part['repeats']} times per row, the rows taken in turn (means ± 95% interval over the repeats). Rows 'N threads lent' are the "
+        "callback's way: the training thread waits for the plan, so it lends its idle core "
+        "(`TrajectoryWorker.lend_threads`, `idle_threads`) and the jump step's ingest and plan run on N threads, "
+        "in a thread of their own that ends with them (its OpenMP team too: a team left beside the training "
+        "thread's slows every later step, see `extrap_worker_threads`); the other rows are the worker's thread "
+        f"alone. Peak RSS of the process: {_gib(part['peak_rss_bytes'])}.",
         "",
         f"| method | read s | wait s (jump step's ingest + plan) | edit s, float32 | edit s, bfloat16 | stall s, {k} layers "
-        f"(float32 / bfloat16 weights) | per layer s | **extrapolated to {QWEN_LAYERS} layers** (x{scale:g}) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"(float32 / bfloat16 weights) | **extrapolated to {QWEN_LAYERS} layers** (x{scale:g}) |",
+        "|---|---|---|---|---|---|---|",
         *rows,
+    ]
+    ratios = []
+    for method in JUMP_METHODS:
+        lent = next(j for name, j in part["jumps"].items() if name.startswith(f"{method}, "))
+        paired = [a / b for a, b in zip(lent["wait_seconds"], part["jumps"][method]["wait_seconds"], strict=True)]
+        mean, _, half = mean_interval(paired)
+        ratios.append(f"{method} {', '.join(f'{r:.2f}' for r in paired)} ({with_interval(mean, half, 2)})")
+    lines += [
+        "",
+        "Wait with the core lent over the wait of the worker alone, repeat by repeat (the same repeat's pair: the "
+        f"machine's slow spells cancel): {'; '.join(ratios)}.",
     ]
     ingest_last = part["ingest_seconds"][-1] if part["ingest_seconds"] else 0.0
     verdicts = [f"{method} {_met(stall < GOALS['stall_seconds'])}" for method, stall in stalls.items()]
@@ -663,12 +684,10 @@ def jump_section(part: dict[str, Any], previous: dict[str, Any]) -> list[str]:
         "",
         f"Worker ingest per snapshot (background, s): {_ingests(part)} (the jump step's: within the wait; "
         f"{ingest_last:.2f} s for the one before)"
-        + (f"; {label}: {_ingests(before)}" if before else "")
-        + f". Commit after the jump (background): {part['commit_seconds']:.2f} s"
-        + (f" ({label}: {before['commit_seconds']:.2f} s)." if before else "."),
+        + f". Commit after the jump (background): {part['commit_seconds']:.2f} s.",
         "",
         f"Goal: a stall under {GOALS['stall_seconds']:.0f} s on 2 cores at all {QWEN_LAYERS} layers, judged on the "
-        f"linear extrapolation from {k} layers above (every part of the stall is a pass over each layer's weights or "
+        f"mean's linear extrapolation from {k} layers above (every part of the stall is a pass over each layer's weights or "
         f"snapshots, so it scales with the layers): {'; '.join(verdicts)}. Memory at {QWEN_LAYERS} layers, "
         f"by the same scaling: {part['snapshots']} bfloat16 snapshots are "
         f"{_gib(part['snapshot_bytes'] * part['snapshots'] * scale)} (spill to disk past the budget), plus the "
@@ -679,8 +698,8 @@ def jump_section(part: dict[str, Any], previous: dict[str, Any]) -> list[str]:
         "weights live, so on a GPU its additions would take milliseconds and its cost would be the copy of the "
         "float32 update from the worker's CPU memory (one PCIe transfer of the update per jump); the worker, its "
         "snapshots, the ingest and the prediction stay on the CPU, so the wait above changes only with the CPU's "
-        "memory bandwidth and the worker's threads (`extrap_worker_threads`: free cores when training runs on a "
-        "GPU).",
+        "memory bandwidth and the worker's threads (`extrap_worker_threads`, and at a jump the training thread's "
+        "idle cores: with training on a GPU, every core the training process has).",
     ]
     return lines
 
@@ -714,7 +733,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *memory_section(data["memory"], previous),
         "",
-        *jump_section(data["jump"], previous),
+        *jump_section(data["jump"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -726,6 +745,7 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=10, help="snapshots fed to the spilling worker (part 2)")
     parser.add_argument("--layers", type=int, default=4, help="Qwen-shaped layers of part 3")
     parser.add_argument("--jump-snapshots", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=3, help="jumps per method and thread count (part 3)")
     parser.add_argument("--render", action="store_true", help="rewrite the md from results/full_param_cost.json")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # one part, in this process
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
@@ -738,7 +758,7 @@ def main() -> None:
         parts = {
             "snapshot": lambda: snapshot_part(args.steps, args.reads),
             "memory": lambda: memory_part(args.snapshots, args.dtype),
-            "jump": lambda: jump_part(args.layers, args.jump_snapshots),
+            "jump": lambda: jump_part(args.layers, args.jump_snapshots, args.repeats),
         }
         print(json.dumps(parts[args.part.split("-")[0]]()))
         return
@@ -749,7 +769,17 @@ def main() -> None:
             for d in ("bfloat16", "float32")
             for m in MALLOC
         ],
-        "jump": _part("jump", ["--layers", str(args.layers), "--jump-snapshots", str(args.jump_snapshots)]),
+        "jump": _part(
+            "jump",
+            [
+                "--layers",
+                str(args.layers),
+                "--jump-snapshots",
+                str(args.jump_snapshots),
+                "--repeats",
+                str(args.repeats),
+            ],
+        ),
     }
     path = RESULTS / "full_param_cost.json"
     old = json.loads(path.read_text()) if path.is_file() else None

@@ -114,7 +114,9 @@ class ExtrapolationArguments:
             "help": "torch threads of the background worker (fits, backtests), at least 1. Keep 1 when training "
             "runs on the CPU: a worker with its own OpenMP team puts more OpenMP threads in the process than there "
             "are cores, and libgomp then stops spin-waiting for the training thread's team, which slows every "
-            "step. Raise it where training runs on a GPU and CPU cores are free, to shorten the fit a jump waits for."
+            "step. Raise it where training runs on a GPU and CPU cores are free, to shorten the fit a jump waits for. "
+            "At a jump the training thread waits anyway: the jump step's snapshot and plan then run on these threads "
+            "plus the training thread's (at most the process's share of the cores), in a thread that ends with them."
         },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"
