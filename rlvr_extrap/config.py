@@ -51,7 +51,7 @@ class ExtrapolationArguments:
     > Guard: probing a jump with rewards: extrap_guard, extrap_guard_scales, extrap_guard_prompts,
       extrap_guard_tolerance
     > Memory and speed: extrap_snapshot_dtype, extrap_snapshot_memory, extrap_edit_rank, extrap_worker_threads,
-      extrap_fit_timeout
+      extrap_fit_timeout, extrap_wait_for_fit
     > After a jump: extrap_optimizer_policy, extrap_diagnostics, extrap_jump_into, extrap_offset_rank
 
     Most users set: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every, extrap_alpha,
@@ -279,6 +279,17 @@ class ExtrapolationArguments:
         metadata={
             "help": "Seconds (> 0) the training thread waits for the fit at a jump step before skipping that jump "
             "(training goes on); None waits for as long as it takes."
+        },
+    )
+    extrap_wait_for_fit: bool = field(
+        default=True,
+        metadata={
+            "help": "True: training waits at a jump step until the fit's plan is ready (the stall, logged as "
+            "extrap/wait_seconds). False: training goes on while the worker fits, and the jump lands at the first "
+            "step end after the plan is ready (extrap/landed_step), at the latest before the next snapshot, "
+            "checkpoint or the last step (waiting there at most extrap_fit_timeout): the planned update is added to "
+            "the weights of that later step, so the steps trained meanwhile stay on top of it. For large models "
+            "on few cores, where the fit takes longer than a step."
         },
     )
     extrap_diagnostics: bool = field(

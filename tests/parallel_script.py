@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--tag", default="rank", help="prefix of the result files")
     parser.add_argument("--bf16-base", action="store_true", help="the toy in bfloat16: jumps held as float32 offsets")
     parser.add_argument("--full", action="store_true", help="full-parameter GRPO (no LoRA adapter)")
+    parser.add_argument(
+        "--beside", action="store_true", help="the plan made beside training (extrap_wait_for_fit=False)"
+    )
     cli = parser.parse_args()
 
     extrap = (
@@ -187,6 +190,8 @@ def main() -> None:
         overrides["model_and_tokenizer"] = tiny_model(tokenizer).to(torch.bfloat16), tokenizer
     if cli.full:
         overrides.update(lora=False, learning_rate=1e-3)
+    if cli.beside:
+        extrap["extrap_wait_for_fit"] = False
     trainer = make_trainer(cli.outdir, [StepMark(), before, callback, after, probe], **SETTINGS, **overrides, **extrap)
 
     state = PartialState()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
 import torch
+import transformers
 from grpo_utils import WeightProbe, expected_after_jump, make_trainer, tiny_model
 from peft import PeftModel
 from trl import GRPOConfig, TrlParser
@@ -314,3 +316,39 @@ def test_update_far_beyond_the_travelled_distance_is_refused(tmp_path):
     )
     assert "above extrap_max_update_ratio=5.0" in callback.jumps[0].skipped  # horizon 100 from 4 steps: ~25x
     assert all(torch.equal(before.at[4][n], after.at[4][n]) for n in before.at[4])
+
+
+def test_a_plan_made_beside_training_lands_at_a_later_step_with_the_planned_update(tmp_path, monkeypatch):
+    """extrap_wait_for_fit=False: training goes on while the worker fits; here the fit is held until step 12's end
+    (the next snapshot), where the callback must wait for it and land it before snapshotting."""
+    release = threading.Event()
+    fit = LinearExtrapolator.fit
+
+    def held_fit(self, trajectory):
+        assert release.wait(timeout=120)
+        return fit(self, trajectory)
+
+    class Release(transformers.TrainerCallback):  # before the extrapolation callback: releases the fit at step 12
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 12:
+                release.set()
+
+    monkeypatch.setattr(LinearExtrapolator, "fit", held_fit)
+    before, after, callback = WeightProbe(), WeightProbe(), ExtrapolationCallback()
+    trainer = make_trainer(
+        tmp_path, [before, Release(), callback, after], max_steps=16, extrap_method="linear",
+        extrap_snapshot_every=4, extrap_jump_at=[8], extrap_horizon=10, extrap_alpha=0.5, extrap_fit_window=None,
+        extrap_wait_for_fit=False,
+    )  # fmt: skip
+    trainer.train()
+    (jump,) = callback.jumps
+    assert jump.applied and jump.step == 8 and jump.figures.landed_step == 12
+    clock = schedule_clock(trainer.lr_scheduler)
+    planned = expected_after_jump(before, before.start, [0, 4, 8], "linear", 18, 0.5, None, clock)
+    for name, w in after.at[12].items():  # the update planned at 8, added to the weights of step 12
+        torch.testing.assert_close(w, before.at[12][name] + planned[name] - before.at[8][name], rtol=1e-4, atol=1e-5)
+    for step in (8, 9, 10, 11, 13):
+        assert all(torch.equal(before.at[step][n], after.at[step][n]) for n in before.at[step])
+    assert callback.snapshot_steps == [0, 4, 8, 12, 16]
+    logged = [h for h in trainer.state.log_history if "extrap/landed_step" in h]
+    assert [(h["extrap/step"], h["extrap/landed_step"]) for h in logged] == [(8, 12)]

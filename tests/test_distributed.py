@@ -212,6 +212,20 @@ def test_jump_under_ddp_changes_the_weights(plain_run, extrap_run):
     assert any(not torch.equal(plain[n], jumped[n]) for n in plain)
 
 
+def test_a_plan_made_beside_training_lands_at_the_same_step_on_every_rank(tmp_path):
+    """extrap_wait_for_fit=False under DDP: the main process says when the plan is ready, every rank lands it at that
+    step end (before the snapshot at 6 at the latest), and the ranks stay identical."""
+    run = launch(tmp_path, "--beside")
+    records = [report["jump_records"] for report in run["json"]]
+    assert all(r == records[0] for r in records)
+    (record,) = records[0]
+    assert record["step"] == 4 and "skipped" not in record and 5 <= record["landed_step"] <= 6
+    assert run["json"][0]["snapshot_steps"] == [0, 2, 4, 6, 8]
+    _assert_ranks_identical(run)
+    landed, before = run["pt"][0]["after"][record["landed_step"]], run["pt"][0]["before"][record["landed_step"]]
+    assert any(not torch.equal(landed[n], before[n]) for n in landed)
+
+
 def test_guard_under_ddp_decides_the_same_on_every_rank(guard_run):
     """The probe is split across ranks and its rewards gathered: every rank sees the same scores and decision."""
     records = [report["jump_records"] for report in guard_run["json"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -64,6 +65,7 @@ class ExtrapolationCallback(TrainerCallback):
         self.skill_history: list[dict[str, Any]] = []  # one forecast-skill backtest per snapshot (main process)
         self._skill_logged = 0  # worker.skill_records already in skill_history
         self.snapshot_steps: list[int] = []
+        self._pending: tuple[int, Future[JumpPlan] | None] | None = None  # a plan made beside training (its step)
         self.labels: dict[int, float] = {}  # step -> score, for methods that regress on one (main process)
         self.snapshot_seconds = 0.0
         self.worker_cpu_seconds = 0.0  # CPU time of the background thread, read at train end (main process)
@@ -144,17 +146,23 @@ class ExtrapolationCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if not self.active:
             return
-        cfg, step = self.config, state.global_step
+        cfg, step, optimizer = self.config, state.global_step, kwargs.get("optimizer")
         snapshot_step = step % cfg.extrap_snapshot_every == 0
+        if self._pending is not None:  # a snapshot, a checkpoint and the end must see the jumped weights
+            due = snapshot_step or step in cfg.jump_steps or control.should_save or step >= state.max_steps
+            self._land_pending(step, optimizer, wait=due)
         jumping = step in cfg.jump_steps or (cfg.auto_jumps and snapshot_step and self._auto_jump_due(step))
-        if jumping:
+        if jumping and cfg.extrap_wait_for_fit:
             self._lend_threads()
         if snapshot_step or step in cfg.jump_steps:  # after the last jump too: the skill is still measured
-            self._snapshot(step, kwargs.get("optimizer"))
+            self._snapshot(step, optimizer)
         if snapshot_step:
             self._log_skill()
-        if jumping:
-            self._jump(step, kwargs.get("optimizer"))
+        if jumping and cfg.extrap_wait_for_fit:
+            self._jump(step, optimizer)
+        elif jumping:  # the worker fits while training goes on; the plan lands at a later step end
+            future = None if self.worker is None else self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha)
+            self._pending = (step, future)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         """Jumps live in the base weights or offsets, which a PEFT checkpoint does not save: save them (and the
@@ -163,6 +171,12 @@ class ExtrapolationCallback(TrainerCallback):
             self._save_state(_checkpoint_dir(args, state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._pending is not None:  # training stopped early, before the plan was due
+            step, self._pending = self._pending[0], None
+            horizon = self.config.extrap_horizon
+            record = JumpRecord(step, horizon, step + horizon if isinstance(horizon, int) else None)
+            record.skipped = "training ended before the plan made beside it landed"
+            self._skip(record, logging.WARNING, f"dropped: {record.skipped}")
         if self.worker is not None:
             try:
                 self._save_state(args.output_dir)
@@ -319,9 +333,20 @@ class ExtrapolationCallback(TrainerCallback):
         if velocities is not None:
             self.worker.set_velocities(step, velocities)
 
-    def _plan(self, step: int) -> tuple[JumpPlan | None, str | None, bool, float]:
+    def _land_pending(self, step: int, optimizer: torch.optim.Optimizer | None, wait: bool) -> None:
+        """Land the plan made beside training once it is ready (every process at the same step end), or now when
+        ``wait``."""
+        planned, future = self._pending
+        if broadcast_from_main(wait or future is None or future.done()):
+            self._pending = None
+            self._jump(planned, optimizer, future=future, landed_step=step)
+
+    def _plan(
+        self, step: int, future: Future[JumpPlan] | None = None
+    ) -> tuple[JumpPlan | None, str | None, bool, float]:
         """The main process waits for the fit (bounded by extrap_fit_timeout); every process gets its outcome.
 
+        ``future``: a plan already asked for (made beside training); else it is asked for here.
         Returns (plan, why there is none, whether the skill gate turned it down, seconds waited).
         """
         plan, error, gated, wait_start = None, None, False, time.perf_counter()
@@ -330,7 +355,8 @@ class ExtrapolationCallback(TrainerCallback):
             # one process, no guard: the plan is edited as it comes, so the worker's reduction of the updates
             # overlaps the edit (the guard probes whole plans; other processes get the plan pickled, whole)
             stream = not cfg.extrap_guard and PartialState().num_processes == 1
-            future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha, stream=stream)
+            if future is None:
+                future = self.worker.plan_jump(step, cfg.extrap_horizon, cfg.extrap_alpha, stream=stream)
             try:
                 plan = future.result(timeout=cfg.extrap_fit_timeout)
             except FutureTimeout:
@@ -342,9 +368,17 @@ class ExtrapolationCallback(TrainerCallback):
         plan, error, gated = broadcast_from_main((plan, error, gated))
         return plan, error, gated, time.perf_counter() - wait_start
 
-    def _jump(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+    def _jump(
+        self,
+        step: int,
+        optimizer: torch.optim.Optimizer | None,
+        future: Future[JumpPlan] | None = None,
+        landed_step: int | None = None,
+    ) -> None:
+        """The jump planned at ``step``: waited for here, or made beside training (``future``) and landing at the
+        end of ``landed_step``."""
         cfg = self.config
-        plan, error, gated, wait = self._plan(step)
+        plan, error, gated, wait = self._plan(step, future)
         # Why a jump did not happen is said by default (WARNING) when it failed or extrap_jump_at asked for it by
         # step; an 'auto' jump the gate or the guard turned down is routine (INFO).
         refused = logging.INFO if cfg.auto_jumps else logging.WARNING
@@ -391,7 +425,7 @@ class ExtrapolationCallback(TrainerCallback):
             self.trainer._last_loaded_step = -1  # next generation re-syncs vLLM weights
         if self.worker is not None:  # the offsets as held (cut to their rank cap), or None: plan's updates added
             self.worker.commit_jump(plan, self.target.offsets if self.target.into == "offset" else None)
-        record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start, landed)
+        record.figures = JumpFigures.of(plan, wait, time.perf_counter() - apply_start, landed, landed_step)
         self.jumps.append(record)
         self._log(record.to_metrics())
 

@@ -12,7 +12,7 @@ from rlvr_extrap.runtime.plan import JumpPlan
 
 __all__ = ["JumpFigures", "JumpRecord"]
 
-_MEASURED_LATER = ("landed_fraction", "landed_noise", "offset_truncation")
+_MEASURED_LATER = ("landed_fraction", "landed_noise", "offset_truncation", "landed_step")
 
 
 @dataclass
@@ -36,10 +36,19 @@ class JumpFigures:
     landed_fraction: float | None = None  # <landed, update> / |update|^2 over the modules: 1 = all of it
     landed_noise: float | None = None  # |landed - fraction * update| / |update|: rounding off the update's direction
     offset_truncation: float | None = None  # offsets' norm dropped by their rank cap, relative (offset path only)
+    landed_step: int | None = None  # the step end a plan made beside training landed at (extrap_wait_for_fit=False)
 
     @classmethod
-    def of(cls, plan: JumpPlan, wait_seconds: float, apply_seconds: float, landed: Landed | None = None) -> JumpFigures:
-        """The figures of ``plan`` once applied (and settled); ``landed``: what the edit kept, when measured."""
+    def of(
+        cls,
+        plan: JumpPlan,
+        wait_seconds: float,
+        apply_seconds: float,
+        landed: Landed | None = None,
+        landed_step: int | None = None,
+    ) -> JumpFigures:
+        """The figures of ``plan`` once applied (and settled); ``landed``: what the edit kept, when measured;
+        ``landed_step``: where a plan made beside training landed."""
         return cls(
             update_norm=plan.update_norm,
             update_ratio=plan.size_ratio,
@@ -57,6 +66,7 @@ class JumpFigures:
             landed_fraction=None if landed is None else landed.fraction,
             landed_noise=None if landed is None else landed.noise,
             offset_truncation=None if landed is None or not landed.offset_sq else landed.truncation,
+            landed_step=landed_step,
         )
 
 
