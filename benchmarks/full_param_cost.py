@@ -680,7 +680,26 @@ def jump_section(part: dict[str, Any]) -> list[str]:
     ]
     ingest_last = part["ingest_seconds"][-1] if part["ingest_seconds"] else 0.0
     verdicts = [f"{method} {_met(stall < GOALS['stall_seconds'])}" for method, stall in stalls.items()]
+    beside = []  # extrap_wait_for_fit=False: the training thread reads and edits; the plan runs beside training
+    for method in JUMP_METHODS:
+        j = part["jumps"][method]
+        stall = max(
+            part["read_seconds"] + statistics.fmean(j[e]) for e in ("edit_float32_seconds", "edit_bfloat16_seconds")
+        )
+        beside.append(
+            f"{method} {stall:.1f} s at {k} layers, {stall * scale:.0f} s at {QWEN_LAYERS} "
+            f"(its ingest and plan, {statistics.fmean(j['wait_seconds']) * scale:.0f} s at {QWEN_LAYERS} layers on the "
+            "worker alone, run beside the next steps)"
+        )
+        verdicts.append(f"{method} beside training (derived) {_met(stall * scale < GOALS['stall_seconds'])}")
     lines += [
+        "",
+        "With `extrap_wait_for_fit=False` the training thread does not wait for the plan: it reads the weights at the "
+        "jump step, trains on while the worker ingests them and plans, and edits at the first step end after the plan "
+        "is ready (before the next snapshot at the latest), so its stall is the read and the edit (derived from the "
+        f"rows above, the larger edit, not timed on its own): {'; '.join(beside)}. The jump then lands that much "
+        "training later, the planned update added to the weights of that step; and on these 2 cores the worker's "
+        "thread takes a core from training for that long (training on 2 threads would slow; not measured here).",
         "",
         f"Worker ingest per snapshot (background, s): {_ingests(part)} (the jump step's: within the wait; "
         f"{ingest_last:.2f} s for the one before)"
