@@ -213,3 +213,20 @@ def test_apply_offsets_on_a_full_parameter_state_says_the_jumps_are_in_the_saved
     assert callback.jumps[0].applied
     with pytest.raises(ValueError, match="full-parameter run's state, whose jumps are in the weights it saved"):
         apply_offsets(trainer.model, trainer.args.output_dir)
+
+
+def test_a_full_parameter_plan_made_beside_training_lands_with_the_planned_update(tmp_path):
+    """extrap_wait_for_fit=False in a full-parameter run: the update planned at 8 lands on a later step's weights
+    (before the snapshot at 12 at the latest), and the next segment starts there."""
+    settings = {**JUMPS, "extrap_jump_at": [8], "extrap_wait_for_fit": False}
+    trainer, callback, before, after = run(tmp_path, extrap_method="linear", **settings)
+    (record,) = callback.jumps
+    landed = record.figures.landed_step
+    assert record.applied and record.step == 8 and 9 <= landed <= 12
+    clock = schedule_clock(trainer.lr_scheduler)
+    planned = expected_after_jump(before, before.start, [0, 4, 8], "linear", 16, 0.5, None, clock)
+    for name, w in after.at[landed].items():
+        torch.testing.assert_close(
+            w, before.at[landed][name] + planned[name] - before.at[8][name], rtol=1e-5, atol=1e-6
+        )
+    assert all(torch.equal(before.at[8][n], after.at[8][n]) for n in after.at[8])  # nothing at the jump step itself
