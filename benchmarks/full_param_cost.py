@@ -27,6 +27,7 @@ its own comparison):
    with the worker's thread alone and with the training thread's idle core lent (as the callback does at a jump),
    ``--repeats`` times in turn; then with the plan made beside training (``extrap_wait_for_fit=False``), training
    stood in for by 1-thread matmul steps: the stall (read, hand-over, edit) and how much slower those steps ran.
+   ``jump-shared``: the same, with another process running 2-thread matmuls throughout (a machine other jobs share).
 
 Torch runs on 1 thread in the training thread and in the worker (``extrap_worker_threads`` default) everywhere
 (part 3's lent rows: 2 threads for the jump step's ingest and plan).
@@ -57,6 +58,7 @@ CACHE = Path(__file__).parent / "cache" / "full_param_cost"
 PATTERNS = ["*.layers.*"]
 SNAPSHOT_EVERY = 10  # extrap_snapshot_every's default
 SPILL_SNAPSHOTS = 3  # the spill budget, in snapshots
+PARTS = ("snapshot", "memory", "jump", "jump_shared")
 GOALS = {"snapshot_share": 0.01, "stall_seconds": 30.0}
 QWEN_LAYERS = 28
 QWEN_SHAPES = {  # Qwen2.5-1.5B: hidden 1536, intermediate 8960, 12 query heads and 2 key/value heads of 128
@@ -292,9 +294,10 @@ def _qwen_layers(layers: int, dtype: Any) -> Any:
     return model
 
 
-def jump_part(layers: int, snapshots: int, repeats: int) -> dict[str, Any]:
+def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) -> dict[str, Any]:
     """``snapshots`` bfloat16 snapshots of ``layers`` Qwen-shaped float32 layers, then ``repeats`` jumps per method
-    and thread count, each from the same trajectory."""
+    and thread count, each from the same trajectory; ``load_threads``: beside another job, a process running
+    matmuls on that many threads throughout."""
     import torch
 
     from rlvr_extrap.extrapolators import get_extrapolator
@@ -302,6 +305,10 @@ def jump_part(layers: int, snapshots: int, repeats: int) -> dict[str, Any]:
     from rlvr_extrap.runtime.worker import TrajectoryWorker, idle_threads
 
     torch.set_num_threads(1)
+    load = None
+    if load_threads:
+        job = f"import torch; torch.set_num_threads({load_threads}); x = torch.randn(1024, 1024)\nwhile True: x @ x"
+        load = subprocess.Popen([sys.executable, "-c", job])
     generator = torch.Generator().manual_seed(0)
     full, half = _qwen_layers(layers, torch.float32), _qwen_layers(layers, torch.bfloat16)
     modules, half_modules = find_dense_modules(full, PATTERNS), find_dense_modules(half, PATTERNS)
@@ -381,7 +388,10 @@ def jump_part(layers: int, snapshots: int, repeats: int) -> dict[str, Any]:
     commit = _timed(lambda: worker.commit_jump(plan).result())[1]
     peak = sampler.stop()
     worker.close()
+    if load is not None:
+        load.kill()
     return {
+        "load_threads": load_threads,
         "layers": layers,
         "snapshots": snapshots,
         "horizon": JUMP_HORIZON,
@@ -453,7 +463,7 @@ def _previous(old: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any
         return {}
     prior = old.get("previous", {})
     codes = prior.get("codes", {})
-    changed = [key for key in ("snapshot", "memory", "jump") if _numbers(old.get(key)) != _numbers(data[key])]
+    changed = [key for key in PARTS if _numbers(old.get(key)) != _numbers(data[key])]
     return {
         **{key: prior[key] for key in codes},
         **{key: old[key] for key in changed},
@@ -666,10 +676,9 @@ def _ingests(part: dict[str, Any]) -> str:
     return ", ".join(f"{s:.2f}" for s in part["ingest_seconds"])
 
 
-def jump_section(part: dict[str, Any]) -> list[str]:
+def jump_section(part: dict[str, Any], shared: dict[str, Any]) -> list[str]:
     k = part["layers"]
     scale = QWEN_LAYERS / k
-    rows, stalls = _jump_rows(part)
     lines = [
         "## 3. The stall at a jump with Qwen2.5-1.5B's layer shapes",
         "",
@@ -684,11 +693,53 @@ def jump_section(part: dict[str, Any]) -> list[str]:
         "update). Every row hands the same jump-step weights to the same 14-point trajectory (a copy of it) and "
         "plans with its method (the ingest's backtest is the method's own), "
         f"{part['repeats']} times per row, the rows taken in turn (means ± 95% interval over the repeats). Rows 'N threads lent' are the "
-        "callback's way: the training thread waits for the plan, so it lends its idle core "
+        "callback's way (`extrap_lend_threads`, on by default): the training thread waits for the plan, so it lends its idle core "
         "(`TrajectoryWorker.lend_threads`, `idle_threads`) and the jump step's ingest and plan run on N threads, "
         "in a thread of their own that ends with them (its OpenMP team too: a team left beside the training "
         "thread's slows every later step, see `extrap_worker_threads`); the other rows are the worker's thread "
         f"alone. Peak RSS of the process: {_gib(part['peak_rss_bytes'])}.",
+    ]
+    table, verdicts = _jump_measurements(part)
+    ingest_last = part["ingest_seconds"][-1] if part["ingest_seconds"] else 0.0
+    shared_table, shared_verdicts = _jump_measurements(shared)
+    lines += [
+        *table,
+        "",
+        f"Worker ingest per snapshot (background, s): {_ingests(part)} (the jump step's: within the wait; "
+        f"{ingest_last:.2f} s for the one before)"
+        + f". Commit after the jump (background): {part['commit_seconds']:.2f} s.",
+        "",
+        f"Goal: a stall under {GOALS['stall_seconds']:.0f} s on 2 cores at all {QWEN_LAYERS} layers, judged on the "
+        f"mean's linear extrapolation from {k} layers above (every part of the stall is a pass over each layer's "
+        f"weights or snapshots, so it scales with the layers): {'; '.join(verdicts)}. Memory at {QWEN_LAYERS} layers, "
+        f"by the same scaling: {part['snapshots']} bfloat16 snapshots are "
+        f"{_gib(part['snapshot_bytes'] * part['snapshots'] * scale)} (spill to disk past the budget), plus the "
+        f"float32 origin {_gib(part['snapshot_bytes'] * 2 * scale)}.",
+        "",
+        "### 3b. The same on a machine shared with another job",
+        "",
+        f"Part 3 again in a fresh process, with another process running {shared['load_threads']}-thread matmuls "
+        "throughout (another job on the same 2 cores). Goal as above: "
+        f"{'; '.join(shared_verdicts)}. Peak RSS of the process: {_gib(shared['peak_rss_bytes'])}.",
+        *shared_table,
+        "",
+        "What a GPU would change (reasoning, not measured): the edit (a float32 update added into each weight) and "
+        "the prediction's dense combination of the snapshots are memory-bandwidth bound. The edit runs where the "
+        "weights live, so on a GPU its additions would take milliseconds and its cost would be the copy of the "
+        "float32 update from the worker's CPU memory (one PCIe transfer of the update per jump); the worker, its "
+        "snapshots, the ingest and the prediction stay on the CPU, so the wait above changes only with the CPU's "
+        "memory bandwidth and the worker's threads (`extrap_worker_threads`, and at a jump the training thread's "
+        "idle cores, `extrap_lend_threads`: with training on a GPU, every core the training process has).",
+    ]
+    return lines
+
+
+def _jump_measurements(part: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Part 3's table, the lent/alone ratios and the plan made beside training; the goal's verdicts."""
+    k = part["layers"]
+    scale = QWEN_LAYERS / k
+    rows, stalls = _jump_rows(part)
+    lines = [
         "",
         f"| method | read s | wait s (jump step's ingest + plan) | edit s, float32 | edit s, bfloat16 | stall s, {k} layers "
         f"(float32 / bfloat16 weights) | **extrapolated to {QWEN_LAYERS} layers** (x{scale:g}) |",
@@ -706,7 +757,6 @@ def jump_section(part: dict[str, Any]) -> list[str]:
         "Wait with the core lent over the wait of the worker alone, repeat by repeat (the same repeat's pair: the "
         f"machine's slow spells cancel): {'; '.join(ratios)}.",
     ]
-    ingest_last = part["ingest_seconds"][-1] if part["ingest_seconds"] else 0.0
     verdicts = [f"{method} {_met(stall < GOALS['stall_seconds'])}" for method, stall in stalls.items()]
     beside = []  # extrap_wait_for_fit=False: the training thread reads, hands over and edits; the plan runs beside it
     for method, j in part["beside"].items():
@@ -739,27 +789,8 @@ def jump_section(part: dict[str, Any]) -> list[str]:
         "for), the plan asked after each: stall = read + hand-over + edit. "
         f"{'; '.join(beside)}. The jump then lands that much training later, the planned update added to the "
         "weights of that step.",
-        "",
-        f"Worker ingest per snapshot (background, s): {_ingests(part)} (the jump step's: within the wait; "
-        f"{ingest_last:.2f} s for the one before)"
-        + f". Commit after the jump (background): {part['commit_seconds']:.2f} s.",
-        "",
-        f"Goal: a stall under {GOALS['stall_seconds']:.0f} s on 2 cores at all {QWEN_LAYERS} layers, judged on the "
-        f"mean's linear extrapolation from {k} layers above (every part of the stall is a pass over each layer's weights or "
-        f"snapshots, so it scales with the layers): {'; '.join(verdicts)}. Memory at {QWEN_LAYERS} layers, "
-        f"by the same scaling: {part['snapshots']} bfloat16 snapshots are "
-        f"{_gib(part['snapshot_bytes'] * part['snapshots'] * scale)} (spill to disk past the budget), plus the "
-        f"float32 origin {_gib(part['snapshot_bytes'] * 2 * scale)}.",
-        "",
-        "What a GPU would change (reasoning, not measured): the edit (a float32 update added into each weight) and "
-        "the prediction's dense combination of the snapshots are memory-bandwidth bound. The edit runs where the "
-        "weights live, so on a GPU its additions would take milliseconds and its cost would be the copy of the "
-        "float32 update from the worker's CPU memory (one PCIe transfer of the update per jump); the worker, its "
-        "snapshots, the ingest and the prediction stay on the CPU, so the wait above changes only with the CPU's "
-        "memory bandwidth and the worker's threads (`extrap_worker_threads`, and at a jump the training thread's "
-        "idle cores: with training on a GPU, every core the training process has).",
     ]
-    return lines
+    return lines, verdicts
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -791,7 +822,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *memory_section(data["memory"], previous),
         "",
-        *jump_section(data["jump"]),
+        *jump_section(data["jump"], data["jump_shared"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -807,6 +838,7 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="rewrite the md from results/full_param_cost.json")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # one part, in this process
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
+    parser.add_argument("--load-threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.render:
         path = RESULTS / "full_param_cost.json"
@@ -816,10 +848,18 @@ def main() -> None:
         parts = {
             "snapshot": lambda: snapshot_part(args.steps, args.reads),
             "memory": lambda: memory_part(args.snapshots, args.dtype),
-            "jump": lambda: jump_part(args.layers, args.jump_snapshots, args.repeats),
+            "jump": lambda: jump_part(args.layers, args.jump_snapshots, args.repeats, args.load_threads),
         }
         print(json.dumps(parts[args.part.split("-")[0]]()))
         return
+    jump_args = [
+        "--layers",
+        str(args.layers),
+        "--jump-snapshots",
+        str(args.jump_snapshots),
+        "--repeats",
+        str(args.repeats),
+    ]
     data: dict[str, Any] = {
         "snapshot": _part("snapshot", ["--steps", str(args.steps), "--reads", str(args.reads)]),
         "memory": [
@@ -827,21 +867,12 @@ def main() -> None:
             for d in ("bfloat16", "float32")
             for m in MALLOC
         ],
-        "jump": _part(
-            "jump",
-            [
-                "--layers",
-                str(args.layers),
-                "--jump-snapshots",
-                str(args.jump_snapshots),
-                "--repeats",
-                str(args.repeats),
-            ],
-        ),
+        "jump": _part("jump", jump_args),
+        "jump_shared": _part("jump-shared", [*jump_args, "--load-threads", "2"]),
     }
     path = RESULTS / "full_param_cost.json"
     old = json.loads(path.read_text()) if path.is_file() else None
-    for key in ("snapshot", "memory", "jump"):  # parts cached before parts recorded their code: the replaced json's
+    for key in PARTS:  # parts cached before parts recorded their code: the replaced json's
         for result in data[key] if isinstance(data[key], list) else [data[key]]:
             result.setdefault("code", old["machine"]["commit"] if old else "unknown")
     data["machine"] = {**machine(), "commit": _code()}
@@ -851,8 +882,11 @@ def main() -> None:
         "snapshot": data["snapshot"]["load_average"],
         **{f"memory ({p['dtype']}, {_allocator(p)})": p["load_average"] for p in data["memory"]},
         "jump": data["jump"]["load_average"],
+        "jump beside another job": data["jump_shared"]["load_average"],
     }
-    data["wall_seconds"] = sum(p["wall_seconds"] for p in [data["snapshot"], *data["memory"], data["jump"]])
+    data["wall_seconds"] = sum(
+        p["wall_seconds"] for p in [data["snapshot"], *data["memory"], data["jump"], data["jump_shared"]]
+    )
     text = markdown(data)
     write_results("full_param_cost", data, text)
     print(text)

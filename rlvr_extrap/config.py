@@ -51,7 +51,7 @@ class ExtrapolationArguments:
     > Guard: probing a jump with rewards: extrap_guard, extrap_guard_scales, extrap_guard_prompts,
       extrap_guard_tolerance
     > Memory and speed: extrap_snapshot_dtype, extrap_snapshot_memory, extrap_edit_rank, extrap_worker_threads,
-      extrap_fit_timeout, extrap_wait_for_fit
+      extrap_lend_threads, extrap_fit_timeout, extrap_wait_for_fit
     > After a jump: extrap_optimizer_policy, extrap_diagnostics, extrap_jump_into, extrap_offset_rank
 
     Most users set: extrap_method, extrap_jump_at, extrap_horizon, extrap_snapshot_every, extrap_alpha,
@@ -114,9 +114,17 @@ class ExtrapolationArguments:
             "help": "torch threads of the background worker (fits, backtests), at least 1. Keep 1 when training "
             "runs on the CPU: a worker with its own OpenMP team puts more OpenMP threads in the process than there "
             "are cores, and libgomp then stops spin-waiting for the training thread's team, which slows every "
-            "step. Raise it where training runs on a GPU and CPU cores are free, to shorten the fit a jump waits for. "
-            "At a jump the training thread waits anyway: the jump step's snapshot and plan then run on these threads "
-            "plus the training thread's (at most the process's share of the cores), in a thread that ends with them."
+            "step. Raise it where training runs on a GPU and CPU cores are free, to shorten the fit a jump waits for."
+        },
+    )
+    extrap_lend_threads: bool = field(
+        default=True,
+        metadata={
+            "help": "At a jump the training thread waits for the plan: True runs the jump step's snapshot and plan on "
+            "the worker's threads plus the training thread's (at most the process's share of the cores), in a "
+            "thread that ends with them; on free cores the wait shortens. Set False on a machine other jobs share: "
+            "a lent team whose threads the OS deschedules waits at every barrier, and the wait grows several-fold "
+            "(docs/results.md, 'What it costs')."
         },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"

@@ -16,8 +16,10 @@ from trl import GRPOConfig, TrlParser
 from rlvr_extrap import ExtrapGRPOConfig, ExtrapolationCallback, ExtrapolationConfigError, apply_offsets
 from rlvr_extrap.extrapolators import LinearExtrapolator, RelexExtrapolator
 from rlvr_extrap.linalg.lowrank import LowRank
+from rlvr_extrap.runtime import callback as callback_module
 from rlvr_extrap.runtime.lora import NoLoraAdapterError, find_lora_modules
 from rlvr_extrap.runtime.state import STATE_FILE
+from rlvr_extrap.runtime.worker import TrajectoryWorker
 from rlvr_extrap.skill.forecast import schedule_clock
 from rlvr_extrap.trajectory.trajectory import Trajectory
 
@@ -352,3 +354,16 @@ def test_a_plan_made_beside_training_lands_at_a_later_step_with_the_planned_upda
     assert callback.snapshot_steps == [0, 4, 8, 12, 16]
     logged = [h for h in trainer.state.log_history if "extrap/landed_step" in h]
     assert [(h["extrap/step"], h["extrap/landed_step"]) for h in logged] == [(8, 12)]
+
+
+@pytest.mark.parametrize("lend", [True, False])
+def test_the_training_thread_lends_its_idle_cores_to_a_jump_unless_told_not_to(tmp_path, monkeypatch, lend):
+    calls = []
+    monkeypatch.setattr(TrajectoryWorker, "lend_threads", lambda self, threads: calls.append(threads))
+    monkeypatch.setattr(callback_module, "idle_threads", lambda own: own + 1)  # as if a core were idle
+    _, callback, _, _ = run(
+        tmp_path, max_steps=8, extrap_method="linear", extrap_snapshot_every=2, extrap_jump_at=[4], extrap_horizon=4,
+        extrap_lend_threads=lend,
+    )  # fmt: skip
+    assert [j.applied for j in callback.jumps] == [True]
+    assert calls == ([2] if lend else [])  # once, at the jump step: the worker's 1 thread and the idle one

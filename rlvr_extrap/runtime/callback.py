@@ -273,7 +273,7 @@ class ExtrapolationCallback(TrainerCallback):
         """The training thread is about to wait for a jump's plan: the worker takes its idle cores until then."""
         own = self.config.extrap_worker_threads
         threads = idle_threads(own)
-        if self.worker is not None and threads > own:
+        if self.worker is not None and self.config.extrap_lend_threads and threads > own:
             self.worker.lend_threads(threads)
 
     def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
