@@ -463,7 +463,7 @@ def _previous(old: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any
         return {}
     prior = old.get("previous", {})
     codes = prior.get("codes", {})
-    changed = [key for key in PARTS if _numbers(old.get(key)) != _numbers(data[key])]
+    changed = [key for key in PARTS if key in old and _numbers(old[key]) != _numbers(data[key])]
     return {
         **{key: prior[key] for key in codes},
         **{key: old[key] for key in changed},
