@@ -59,6 +59,7 @@ PATTERNS = ["*.layers.*"]
 SNAPSHOT_EVERY = 10  # extrap_snapshot_every's default
 SPILL_SNAPSHOTS = 3  # the spill budget, in snapshots
 PARTS = ("snapshot", "memory", "jump", "jump_shared")
+LENT_THREADS = 2  # both cores
 GOALS = {"snapshot_share": 0.01, "stall_seconds": 30.0}
 QWEN_LAYERS = 28
 QWEN_SHAPES = {  # Qwen2.5-1.5B: hidden 1536, intermediate 8960, 12 query heads and 2 key/value heads of 128
@@ -335,7 +336,8 @@ def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) 
     weights, read = _timed(lambda: read_weights(modules))
     before = worker.trajectory
     target, half_target = DenseTarget(modules), DenseTarget(half_modules)
-    lent = idle_threads(1)
+    lent = LENT_THREADS  # the rows' lent threads; what the callback would lend here, from the load, is recorded
+    callback_lends, load_then = idle_threads(1), os.getloadavg()[0]
     jumps: dict[str, dict[str, list[float]]] = {}
     plan = None
     for _ in range(repeats):  # alternating, so a slower spell of the machine falls on every row alike
@@ -404,6 +406,8 @@ def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) 
         "commit_seconds": commit,
         "jumps": jumps,
         "beside": beside,
+        "callback_lends": callback_lends,
+        "load_at_jump": load_then,
         "peak_rss_bytes": peak["VmRSS"],
         "torch_threads": torch.get_num_threads(),
     }
@@ -693,8 +697,9 @@ def jump_section(part: dict[str, Any], shared: dict[str, Any]) -> list[str]:
         "update). Every row hands the same jump-step weights to the same 14-point trajectory (a copy of it) and "
         "plans with its method (the ingest's backtest is the method's own), "
         f"{part['repeats']} times per row, the rows taken in turn (means ± 95% interval over the repeats). Rows 'N threads lent' are the "
-        "callback's way (`extrap_lend_threads`, on by default): the training thread waits for the plan, so it lends its idle core "
-        "(`TrajectoryWorker.lend_threads`, `idle_threads`) and the jump step's ingest and plan run on N threads, "
+        "callback's way (`extrap_lend_threads`, on by default): the training thread waits for the plan, so it lends "
+        "its idle core (`TrajectoryWorker.lend_threads`) and the jump step's ingest and plan run on N threads (here "
+        "lent whatever the load; the callback lends only the cores the load average leaves free, `idle_threads`), "
         "in a thread of their own that ends with them (its OpenMP team too: a team left beside the training "
         "thread's slows every later step, see `extrap_worker_threads`); the other rows are the worker's thread "
         f"alone. Peak RSS of the process: {_gib(part['peak_rss_bytes'])}.",
@@ -755,7 +760,9 @@ def _jump_measurements(part: dict[str, Any]) -> tuple[list[str], list[str]]:
     lines += [
         "",
         "Wait with the core lent over the wait of the worker alone, repeat by repeat (the same repeat's pair: the "
-        f"machine's slow spells cancel): {'; '.join(ratios)}.",
+        f"machine's slow spells cancel): {'; '.join(ratios)}. What the callback lends by itself here "
+        f"(`idle_threads`, from the 1-minute load average, {part['load_at_jump']:.1f} at the jump step): "
+        f"{part['callback_lends']} thread(s) in all.",
     ]
     verdicts = [f"{method} {_met(stall < GOALS['stall_seconds'])}" for method, stall in stalls.items()]
     beside = []  # extrap_wait_for_fit=False: the training thread reads, hands over and edits; the plan runs beside it

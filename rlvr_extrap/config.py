@@ -121,10 +121,10 @@ class ExtrapolationArguments:
         default=True,
         metadata={
             "help": "At a jump the training thread waits for the plan: True runs the jump step's snapshot and plan on "
-            "the worker's threads plus the training thread's (at most the process's share of the cores), in a "
-            "thread that ends with them; on free cores the wait shortens. Set False on a machine other jobs share: "
-            "a lent team whose threads the OS deschedules waits at every barrier, and the wait grows several-fold "
-            "(docs/results.md, 'What it costs')."
+            "the worker's threads plus the training thread's, in a thread that ends with them: at most the "
+            "process's share of the cores that the 1-minute load average shows other jobs leave free (a lent team "
+            "whose threads the OS deschedules waits at every barrier: the wait then grows instead). False: the "
+            "worker's own threads only (docs/results.md, 'What it costs')."
         },
     )
     # typed for the CLI (TrlParser reads these as strings); validation turns them into ints or "auto"

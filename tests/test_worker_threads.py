@@ -111,11 +111,20 @@ def test_lent_threads_run_the_plan_and_leave_no_team_behind():
     assert seen["inside"] == 1 and seen["added"] == 1 and seen["main"] == 2
 
 
-def test_idle_threads_add_the_training_threads_up_to_the_process_share_of_cores(monkeypatch):
+def test_idle_threads_add_the_training_threads_up_to_the_cores_other_jobs_leave(monkeypatch):
+    load = [0.0]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0), raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert idle_threads(1) == 5
+    load[0] = 5.0  # this process's own 5 threads: nothing else runs
+    assert idle_threads(1) == 5
+    load[0] = 9.0  # 4 more: another job holds 4 of the 8 cores
+    assert idle_threads(1) == 4
+    load[0] = 16.0  # the machine is full: the worker keeps its own
+    assert idle_threads(1) == 1
+    load[0] = 0.0
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert idle_threads(1) == 8  # no more threads than cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

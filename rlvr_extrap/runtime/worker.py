@@ -464,10 +464,15 @@ class TrajectoryWorker:
 
 def idle_threads(own: int) -> int:
     """The worker's torch threads while the training thread waits for it: its ``own`` and the training thread's
-    (called there), at most this process's share of the cores (the machine's, over its local processes)."""
+    (called there), at most this process's share of the cores (the machine's, over its local processes) that other
+    jobs leave free: the 1-minute load average beyond the local processes' own threads counts as theirs (a lent
+    thread the OS deschedules for another job stalls the worker's team at every barrier)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(own, min(own + torch.get_num_threads(), share))
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    training = torch.get_num_threads()
+    others = max(0.0, os.getloadavg()[0] - local * (own + training)) if hasattr(os, "getloadavg") else 0.0
+    share = round((cores - others) / local)
+    return max(own, min(own + training, share))
 
 
 def _scaled_difference(predicted: Delta, now: Delta, alpha: float) -> Delta:
