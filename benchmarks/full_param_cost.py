@@ -658,11 +658,10 @@ def _jump_rows(part: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     scale, read = QWEN_LAYERS / part["layers"], part["read_seconds"]
     rows, stalls = [], {}
     for method, j in part["jumps"].items():
-        cells, means = [], []
-        for edit in ("edit_float32_seconds", "edit_bfloat16_seconds"):
-            stall = mean_interval([read + w + e for w, e in zip(j["wait_seconds"], j[edit], strict=True)])
-            cells.append(stall)
-            means.append(stall[0])
+        cells = [
+            mean_interval([read + w + e for w, e in zip(j["wait_seconds"], j[edit], strict=True)])
+            for edit in ("edit_float32_seconds", "edit_bfloat16_seconds")
+        ]
         wait, fit = mean_interval(j["wait_seconds"]), mean_interval(j["fit_seconds"])
         rows.append(
             f"| {method} | {read:.2f} | {with_interval(wait[0], wait[2], 2)} (plan {fit[0]:.2f}) | "
@@ -672,7 +671,7 @@ def _jump_rows(part: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
             + " / ".join(with_interval(c[0] * scale, c[2] * scale, 0) for c in cells)
             + " |"
         )
-        stalls[method] = max(means) * scale
+        stalls[method] = max(c[0] for c in cells) * scale
     return rows, stalls
 
 

@@ -173,10 +173,8 @@ class ExtrapolationCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._pending is not None:  # training stopped early, before the plan was due
             step, self._pending = self._pending[0], None
-            horizon = self.config.extrap_horizon
-            record = JumpRecord(step, horizon, step + horizon if isinstance(horizon, int) else None)
-            record.skipped = "training ended before the plan made beside it landed"
-            self._skip(record, logging.WARNING, f"dropped: {record.skipped}")
+            why = "training ended before the plan made beside it landed"
+            self._skip(JumpRecord.unplanned(step, self.config.extrap_horizon, why), logging.WARNING, f"dropped: {why}")
         if self.worker is not None:
             try:
                 self._save_state(args.output_dir)
@@ -271,9 +269,11 @@ class ExtrapolationCallback(TrainerCallback):
 
     def _lend_threads(self) -> None:
         """The training thread is about to wait for a jump's plan: the worker takes its idle cores until then."""
+        if self.worker is None or not self.config.extrap_lend_threads:  # the main process alone has the worker
+            return
         own = self.config.extrap_worker_threads
         threads = idle_threads(own)
-        if self.worker is not None and self.config.extrap_lend_threads and threads > own:
+        if threads > own:
             self.worker.lend_threads(threads)
 
     def _snapshot(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -386,8 +386,7 @@ class ExtrapolationCallback(TrainerCallback):
             if gated and cfg.auto_jumps:  # tried at every snapshot: the backtest itself is in skill_history
                 logger.info(f"extrapolation: no jump at step {step}: {error}")
                 return
-            horizon = cfg.extrap_horizon
-            record = JumpRecord(step, horizon, step + horizon if isinstance(horizon, int) else None, skipped=error)
+            record = JumpRecord.unplanned(step, cfg.extrap_horizon, error)
             if gated:
                 self._skip(record, refused, f"not taken: {error}")
             else:

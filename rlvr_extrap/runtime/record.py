@@ -87,6 +87,11 @@ class JumpRecord:
     guard: GuardDecision | None = None  # the probe's scores, when the guard decided
     figures: JumpFigures | None = None  # set when applied
 
+    @classmethod
+    def unplanned(cls, step: int, horizon: int | str, why: str) -> JumpRecord:
+        """A jump at ``step`` that got no plan to apply (``horizon``: extrap_horizon), skipped for ``why``."""
+        return cls(step, horizon, step + horizon if isinstance(horizon, int) else None, skipped=why)
+
     @property
     def applied(self) -> bool:
         return self.skipped is None
