@@ -2,6 +2,7 @@
 
     python benchmarks/presets_smollm2.py --seeds 0 1 2   # trains what is missing (resumable), writes presets_smollm2.{md,json}
     python benchmarks/presets_smollm2.py --seeds 0 --rates 1   # one seed, no faster vanilla: no 'vs best'
+    python benchmarks/presets_smollm2.py --next --steps 70 --jump 60 --eval-every 10   # the NExt preset apart
 
 SmolLM2-135M-Instruct with the demo's settings (LoRA r=16, math-add, lr 2e-4 constant, 8 prompts x 4 completions,
 256 held-out problems), ``--steps`` GRPO steps per arm, the trainer logging every step (the reward the ``alpharl``
@@ -15,9 +16,11 @@ labels are made of). Per seed, all arms from the same start and data order:
   reference takes as input: here vanilla's mean logged reward over the ``--horizon`` steps after ``--jump`` (an
   oracle from the vanilla arm of the same seed, as a user would give a reward they expect to reach);
 - ``extrap_preset="rl-extra"`` with (m, n) = (``--m``, ``--n``): a jump after every m steps, n steps ahead;
-- ``extrap_preset="next"`` is not run: its fixed 10-step snapshot interval and 5-snapshot target need 7 snapshots
-  (60 steps) before a jump, 30+ min per arm on these cores; the toy runs its schedule (tests/test_presets.py) and
-  the regime map scores its forecasts.
+- ``extrap_preset="next"`` runs apart (``--next``, results ``presets_smollm2_next``): its fixed 10-step snapshot
+  interval and 5-snapshot target need 7 snapshots (``--jump`` >= 60) before a jump. So vanilla at the demo's rate is
+  observed by the preset (snapshots, no jump) and saved at ``--jump``, and the arm branches from that checkpoint: the
+  same weights, snapshots, optimizer and data position, then the jump and ``--steps - --jump`` more steps. Its
+  horizon is the 75 steps the reference's jump stands for (1.5 x 5 snapshot intervals).
 
 Every seed trains vanilla and the arms at the demo's rate before any seed's faster vanilla runs, so an interrupted
 run leaves whole seeds. Steps ratio: vanilla steps to reach the arm's held-out accuracy / the arm's steps
@@ -41,6 +44,9 @@ from transformers import TrainerCallback
 NAME = "presets_smollm2"
 SNAPSHOT_EVERY = 2
 VANILLA = "vanilla"
+NEXT = "preset next"
+NEXT_HORIZON = 75  # the step the reference's jump stands for: extend 1.5 x 5 snapshot intervals of 10 steps
+NEXT_OBSERVED = {"extrap_preset": "next"}  # no extrap_jump_at: vanilla observed (snapshots only), unchanged
 
 
 class LoggedRewards(TrainerCallback):
@@ -72,15 +78,26 @@ def vanilla_name(multiple: float) -> str:
     return VANILLA if multiple == 1 else f"{VANILLA} lr x{multiple:g}"
 
 
+def arm_dir(cache: Path, seed: int, name: str) -> Path:
+    return cache / f"seed{seed}" / "".join(c if c.isalnum() else "-" for c in name)
+
+
 def train_arm(
-    name: str, extrap: dict[str, Any], args: argparse.Namespace, cache: Path, seed: int, multiple: float = 1.0
+    name: str,
+    extrap: dict[str, Any],
+    args: argparse.Namespace,
+    cache: Path,
+    seed: int,
+    multiple: float = 1.0,
+    save_every: int | None = None,
+    resume_from: Path | None = None,
 ) -> dict[str, Any] | None:
     """One arm (cached as ``<cache>/seed<seed>/<arm>/result.json``; with ``--analyze`` None where it is not);
-    vanilla is evaluated every ``--eval-every``."""
+    vanilla is evaluated every ``--eval-every``; ``resume_from``: a vanilla checkpoint the arm branches from."""
     from rlvr_extrap.experiments.demo import DEMO_MODELS
     from rlvr_extrap.experiments.experiment import Run, run_experiment
 
-    out = cache / f"seed{seed}" / "".join(c if c.isalnum() else "-" for c in name)
+    out = arm_dir(cache, seed, name)
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -91,8 +108,8 @@ def train_arm(
     settings["learning_rate"] *= multiple
     eval_every = args.eval_every if name.startswith(VANILLA) else args.steps
     run = Run(name, args.steps, extrap=extrap, eval_every=eval_every, logging_steps=1, progress=False, seed=seed,
-              **settings)  # fmt: skip
-    row = run_experiment(run, out / "run", [rewards])
+              save_every=save_every, **settings)  # fmt: skip
+    row = run_experiment(run, out / "run", [rewards], resume_from=resume_from)
     row |= {"rewards": rewards.rewards, "seed": seed, "learning_rate": settings["learning_rate"]}
     done.write_text(json.dumps(row, default=str))
     print(f"  seed {seed}: {name}: {row['heldout_accuracy']:.3f} ({row['train_seconds']:.0f} s)", flush=True)
@@ -140,23 +157,20 @@ def analyze(runs: dict[int, dict[str, dict[str, Any]]], rates: list[float]) -> l
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     info = meta["machine"]
     seeds = meta["seeds"]
-    targets = ", ".join(f"{t:.3f} (seed {s})" for s, t in meta["targets"].items())
+    title = "The NExt preset" if meta.get("next") else "The anchors' presets"
     lines = [
-        f"# The anchors' presets on SmolLM2-135M-Instruct (math-add, LoRA, {len(seeds)} seed{'s' * (len(seeds) > 1)})",
+        f"# {title} on SmolLM2-135M-Instruct (math-add, LoRA, {len(seeds)} seed{'s' * (len(seeds) > 1)})",
         "",
         f"Command: `{info['command']}` · commit {info['commit']} · {info['platform']}, {info['cpu_count']} CPUs, "
         f"torch {info['torch']}",
         "",
         f"{meta['steps']} GRPO steps per arm, per seed from the same start and data order, demo settings (lr 2e-4, 8 "
-        f"prompts x 4 completions); single jumps at step {meta['jump']}, {meta['horizon']} steps ahead, snapshots every "
-        f"{SNAPSHOT_EVERY}; rl-extra (m, n) = ({meta['m']}, {meta['n']}). The alpharl preset's target: vanilla's mean "
-        f"logged reward over steps {meta['jump'] + 1}-{meta['jump'] + meta['horizon']} of the same seed (an oracle "
-        f"input): {targets}. Held-out accuracy on 256 problems at the end (1 problem = 0.004); vanilla evaluated every "
-        f"{meta['eval_every']} steps at {', '.join(f'{r:g}x' for r in meta['rates'])} the rate. Mean over seeds "
-        f"{INTERVAL} (Student's t; the mean alone for one seed). Steps ratio: vanilla steps to reach the arm's accuracy "
-        "/ the arm's steps (> 1: steps saved; '≥': no vanilla curve reached it, a lower bound); 'vs best' over the seeds "
-        "with every rate (their number in brackets). Wall times: `train_seconds` in the JSON. What each preset fixes: "
-        "docs/methods.md.",
+        f"prompts x 4 completions); {_schedule(meta)} Held-out accuracy on 256 problems at the end (1 problem = 0.004); "
+        f"vanilla evaluated every {meta['eval_every']} steps at {', '.join(f'{r:g}x' for r in meta['rates'])} the "
+        f"rate. Mean over seeds {INTERVAL} (Student's t; the mean alone for one seed). Steps ratio: vanilla steps to "
+        "reach the arm's accuracy / the arm's steps (> 1: steps saved; '≥': no vanilla curve reached it, a lower "
+        "bound); 'vs best' over the seeds with every rate (their number in brackets). Wall times: `train_seconds` in the "
+        "JSON. What each preset fixes: docs/methods.md.",
         "",
         "| arm | seeds | held-out accuracy at end | minus vanilla (same seed) | steps ratio vs own rate | vs best |",
         "|---|---|---|---|---|---|",
@@ -171,7 +185,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if row["seeds_vs_best"] and row["seeds_vs_best"] < len(row["seeds"]):
             best += f" [{row['seeds_vs_best']}]"
         lines.append(f"| {row['arm']} | {len(row['seeds'])} | {acc} | {diff} | {own} | {best} |")
-    lines += ["", f"![each preset minus vanilla, per seed]({NAME}.png)"]
+    lines += ["", f"![each preset minus vanilla, per seed]({NAME}{'_next' * bool(meta.get('next'))}.png)"]
     lines += ["", "Per seed: held-out accuracy at the end, and the jumps (step+horizon: outcome).", ""]
     lines += ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for row in rows:
@@ -186,7 +200,24 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _schedule(meta: dict[str, Any]) -> str:
+    """The setup sentence on the arms' jumps."""
+    if meta.get("next"):
+        return (
+            f"vanilla at the demo's rate observed by the NExt preset (snapshots every 10 steps, no jump) and saved at "
+            f"step {meta['jump']}; the preset's arm branches from there (same weights, snapshots, optimizer and data "
+            f"position), jumps once (the reference's 1.5 x its 5-snapshot prediction: {meta['horizon']} steps) and "
+            f"trains to step {meta['steps']}."
+        )
+    targets = ", ".join(f"{t:.3f} (seed {s})" for s, t in meta["targets"].items())
+    return (
+        f"single jumps at step {meta['jump']}, {meta['horizon']} steps ahead, snapshots every {SNAPSHOT_EVERY}; "
+        f"rl-extra (m, n) = ({meta['m']}, {meta['n']}). The alpharl preset's target: vanilla's mean logged reward over "
+        f"steps {meta['jump'] + 1}-{meta['jump'] + meta['horizon']} of the same seed (an oracle input): {targets}."
+    )
+
+
+def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
     """Each arm's held-out accuracy minus vanilla's of the same seed: one dot per seed, the mean and its 95% interval."""
     import matplotlib.pyplot as plt
 
@@ -206,7 +237,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         "held-out accuracy at the end minus vanilla's, same seed\n(blue: mean ± 95% interval; gray: one dot per seed)",
         fontsize=9,
     )
-    ax.set_title("The anchors' presets on SmolLM2-135M-Instruct (LoRA, math-add)", fontsize=10, loc="left")
+    title = "The NExt preset" if meta.get("next") else "The anchors' presets"
+    ax.set_title(f"{title} on SmolLM2-135M-Instruct (LoRA, math-add)", fontsize=10, loc="left")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -215,9 +247,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--jump", type=int, default=8)
-    parser.add_argument("--horizon", type=int, default=4)
+    parser.add_argument("--horizon", type=int, help=f"the single jumps' horizon (default 4; --next: {NEXT_HORIZON})")
     parser.add_argument("--m", type=int, default=4, help="rl-extra: steps per segment")
     parser.add_argument("--n", type=int, default=8, help="rl-extra: steps extrapolated ahead per segment")
+    parser.add_argument("--next", action="store_true", help="the NExt preset alone, branching from vanilla at --jump")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 4.0],
                         help="vanilla's learning rates, as multiples of the demo's 2e-4 (must include 1)")  # fmt: skip
@@ -225,23 +258,45 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a reading paragraph for the md, written from the numbers")
     parser.add_argument("--analyze", action="store_true", help="train nothing: the results of the cached runs only")
     args = parser.parse_args()
-    if args.jump % SNAPSHOT_EVERY or not 0 < args.jump <= args.steps or args.jump + args.horizon > args.steps:
-        parser.error(f"--jump {args.jump}: a multiple of {SNAPSHOT_EVERY}, with --jump + --horizon <= --steps")
+    if args.next:
+        if args.horizon not in (None, NEXT_HORIZON):
+            parser.error(f"--horizon {args.horizon}: the NExt preset's jump stands for {NEXT_HORIZON} steps; drop it")
+        args.horizon = NEXT_HORIZON
+        if args.jump % 10 or not 60 <= args.jump < args.steps:
+            parser.error(f"--jump {args.jump}: --next needs a multiple of 10, at least 60 (7 snapshots), below --steps")
+    else:
+        args.horizon = args.horizon or 4
+        if args.jump % SNAPSHOT_EVERY or not 0 < args.jump <= args.steps or args.jump + args.horizon > args.steps:
+            parser.error(f"--jump {args.jump}: a multiple of {SNAPSHOT_EVERY}, with --jump + --horizon <= --steps")
     if 1.0 not in args.rates:
         parser.error(f"--rates {args.rates}: must include 1 (the arms' rate)")
     if args.steps % args.eval_every:
         parser.error(f"--eval-every {args.eval_every}: must divide --steps {args.steps}")
-    cache = Path(__file__).parent / "cache" / NAME / f"s{args.steps}_j{args.jump}_h{args.horizon}_m{args.m}_n{args.n}"
+    stem = f"{NAME}_next" if args.next else NAME
+    folder = (
+        f"next_s{args.steps}_j{args.jump}"
+        if args.next
+        else f"s{args.steps}_j{args.jump}_h{args.horizon}_m{args.m}_n{args.n}"
+    )
+    cache = Path(__file__).parent / "cache" / NAME / folder
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     targets: dict[int, float] = {}
     for seed in args.seeds:  # the arms' rate for every seed first
-        vanilla = train_arm(VANILLA, {}, args, cache, seed)
+        if args.next:  # observed by the preset and saved at the jump: the arm's branch point
+            vanilla = train_arm(VANILLA, NEXT_OBSERVED, args, cache, seed, save_every=args.jump)
+        else:
+            vanilla = train_arm(VANILLA, {}, args, cache, seed)
         if vanilla is None:  # --analyze: a seed without vanilla has nothing to compare
             continue
         runs[seed] = {VANILLA: vanilla}
+        if args.next:
+            branch_point = arm_dir(cache, seed, VANILLA) / "run" / f"checkpoint-{args.jump}"
+            extrap = NEXT_OBSERVED | {"extrap_jump_at": [args.jump], "extrap_horizon": args.horizon}
+            runs[seed][NEXT] = train_arm(NEXT, extrap, args, cache, seed, resume_from=branch_point)
+            continue
         targets[seed] = vanilla_target(vanilla, args.jump, args.horizon)
-        for name, extrap in arms(args, targets[seed]).items():
-            runs[seed][name] = train_arm(name, extrap, args, cache, seed)
+        for arm, extrap in arms(args, targets[seed]).items():
+            runs[seed][arm] = train_arm(arm, extrap, args, cache, seed)
     for seed in runs:
         for multiple in (r for r in args.rates if r != 1.0):
             runs[seed][vanilla_name(multiple)] = train_arm(vanilla_name(multiple), {}, args, cache, seed, multiple)
@@ -250,10 +305,10 @@ def main() -> None:
         parser.error("--analyze: no seed has a cached vanilla run")
     args.seeds = sorted(runs)
     meta = {"machine": machine(), "targets": targets, "rates": args.rates,
-            **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "seeds", "eval_every", "note")}}  # fmt: skip
+            **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "seeds", "eval_every", "note", "next")}}  # fmt: skip
     rows = analyze(runs, args.rates)
-    write_results(NAME, {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
-    plot(rows, RESULTS / f"{NAME}.png")
+    write_results(stem, {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
+    plot(rows, RESULTS / f"{stem}.png", meta)
     print(render(rows, meta))
 
 
