@@ -157,9 +157,8 @@ def analyze(runs: dict[int, dict[str, dict[str, Any]]], rates: list[float]) -> l
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     info = meta["machine"]
     seeds = meta["seeds"]
-    title = "The NExt preset" if meta.get("next") else "The anchors' presets"
     lines = [
-        f"# {title} on SmolLM2-135M-Instruct (math-add, LoRA, {len(seeds)} seed{'s' * (len(seeds) > 1)})",
+        f"# {_title(meta)} on SmolLM2-135M-Instruct (math-add, LoRA, {len(seeds)} seed{'s' * (len(seeds) > 1)})",
         "",
         f"Command: `{info['command']}` · commit {info['commit']} · {info['platform']}, {info['cpu_count']} CPUs, "
         f"torch {info['torch']}",
@@ -185,7 +184,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if row["seeds_vs_best"] and row["seeds_vs_best"] < len(row["seeds"]):
             best += f" [{row['seeds_vs_best']}]"
         lines.append(f"| {row['arm']} | {len(row['seeds'])} | {acc} | {diff} | {own} | {best} |")
-    lines += ["", f"![each preset minus vanilla, per seed]({NAME}{'_next' * bool(meta.get('next'))}.png)"]
+    lines += ["", f"![each preset minus vanilla, per seed]({_stem(meta)}.png)"]
     lines += ["", "Per seed: held-out accuracy at the end, and the jumps (step+horizon: outcome).", ""]
     lines += ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for row in rows:
@@ -198,6 +197,15 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if meta.get("note"):
         lines += ["", meta["note"]]
     return "\n".join(lines) + "\n"
+
+
+def _stem(meta: dict[str, Any]) -> str:
+    """The results files' name: ``--next`` writes its own."""
+    return f"{NAME}_next" if meta.get("next") else NAME
+
+
+def _title(meta: dict[str, Any]) -> str:
+    return "The NExt preset" if meta.get("next") else "The anchors' presets"
 
 
 def _schedule(meta: dict[str, Any]) -> str:
@@ -237,8 +245,7 @@ def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
         "held-out accuracy at the end minus vanilla's, same seed\n(blue: mean ± 95% interval; gray: one dot per seed)",
         fontsize=9,
     )
-    title = "The NExt preset" if meta.get("next") else "The anchors' presets"
-    ax.set_title(f"{title} on SmolLM2-135M-Instruct (LoRA, math-add)", fontsize=10, loc="left")
+    ax.set_title(f"{_title(meta)} on SmolLM2-135M-Instruct (LoRA, math-add)", fontsize=10, loc="left")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -272,7 +279,6 @@ def main() -> None:
         parser.error(f"--rates {args.rates}: must include 1 (the arms' rate)")
     if args.steps % args.eval_every:
         parser.error(f"--eval-every {args.eval_every}: must divide --steps {args.steps}")
-    stem = f"{NAME}_next" if args.next else NAME
     folder = (
         f"next_s{args.steps}_j{args.jump}"
         if args.next
@@ -307,8 +313,8 @@ def main() -> None:
     meta = {"machine": machine(), "targets": targets, "rates": args.rates,
             **{k: getattr(args, k) for k in ("steps", "jump", "horizon", "m", "n", "seeds", "eval_every", "note", "next")}}  # fmt: skip
     rows = analyze(runs, args.rates)
-    write_results(stem, {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
-    plot(rows, RESULTS / f"{stem}.png", meta)
+    write_results(_stem(meta), {"meta": meta, "rows": rows, "runs": runs}, render(rows, meta))
+    plot(rows, RESULTS / f"{_stem(meta)}.png", meta)
     print(render(rows, meta))
 
 
