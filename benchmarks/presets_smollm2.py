@@ -41,11 +41,18 @@ from common import RESULTS, machine, write_results
 from stats import INTERVAL, mean_interval, ratio_of, with_interval
 from transformers import TrainerCallback
 
+from rlvr_extrap.extrapolators.next import NextConfig
+from rlvr_extrap.presets import PRESETS
+
 NAME = "presets_smollm2"
 SNAPSHOT_EVERY = 2
 VANILLA = "vanilla"
 NEXT = "preset next"
-NEXT_HORIZON = 75  # the step the reference's jump stands for: extend 1.5 x 5 snapshot intervals of 10 steps
+NEXT_EVERY: int = PRESETS["next"].fixed["extrap_snapshot_every"]
+NEXT_REFERENCE = NextConfig.reference()
+NEXT_TARGET = int(NEXT_REFERENCE.target_snapshots or 0)  # the reference fixes it (5)
+NEXT_HORIZON = round(NEXT_REFERENCE.extend * NEXT_TARGET * NEXT_EVERY)  # the step the reference's jump stands for
+NEXT_MIN_JUMP = (NEXT_TARGET + 1) * NEXT_EVERY  # its fit needs target + 2 snapshots, the base's included
 NEXT_OBSERVED = {"extrap_preset": "next"}  # no extrap_jump_at: vanilla observed (snapshots only), unchanged
 
 
@@ -212,10 +219,10 @@ def _schedule(meta: dict[str, Any]) -> str:
     """The setup sentence on the arms' jumps."""
     if meta.get("next"):
         return (
-            f"vanilla at the demo's rate observed by the NExt preset (snapshots every 10 steps, no jump) and saved at "
-            f"step {meta['jump']}; the preset's arm branches from there (same weights, snapshots, optimizer and data "
-            f"position), jumps once (the reference's 1.5 x its 5-snapshot prediction: {meta['horizon']} steps) and "
-            f"trains to step {meta['steps']}."
+            f"vanilla at the demo's rate observed by the NExt preset (snapshots every {NEXT_EVERY} steps, no jump) and "
+            f"saved at step {meta['jump']}; the preset's arm branches from there (same weights, snapshots, optimizer "
+            f"and data position), jumps once (the reference's {NEXT_REFERENCE.extend:g} x its {NEXT_TARGET}-snapshot "
+            f"prediction: {meta['horizon']} steps) and trains to step {meta['steps']}."
         )
     targets = ", ".join(f"{t:.3f} (seed {s})" for s, t in meta["targets"].items())
     return (
@@ -269,8 +276,11 @@ def main() -> None:
         if args.horizon not in (None, NEXT_HORIZON):
             parser.error(f"--horizon {args.horizon}: the NExt preset's jump stands for {NEXT_HORIZON} steps; drop it")
         args.horizon = NEXT_HORIZON
-        if args.jump % 10 or not 60 <= args.jump < args.steps:
-            parser.error(f"--jump {args.jump}: --next needs a multiple of 10, at least 60 (7 snapshots), below --steps")
+        if args.jump % NEXT_EVERY or not NEXT_MIN_JUMP <= args.jump < args.steps:
+            parser.error(
+                f"--jump {args.jump}: --next needs a multiple of {NEXT_EVERY}, at least {NEXT_MIN_JUMP} "
+                f"({NEXT_TARGET + 2} snapshots), below --steps"
+            )
     else:
         args.horizon = args.horizon or 4
         if args.jump % SNAPSHOT_EVERY or not 0 < args.jump <= args.steps or args.jump + args.horizon > args.steps:

@@ -160,7 +160,8 @@ def test_every_renderer_writes_a_labelled_95_percent_interval():
         ("steps_saved_smollm2", n)
         for n in ("steps_saved_smollm2", "steps_saved_smollm2_add2", "steps_saved_toy_c256", "steps_saved_smollm2_full")
     ]
-    + [("full_param_cost", "full_param_cost"), ("presets_smollm2", "presets_smollm2")],
+    + [("full_param_cost", "full_param_cost")]
+    + [("presets_smollm2", n) for n in ("presets_smollm2", "presets_smollm2_next")],
 )
 def test_the_committed_markdown_is_its_json_rendered(renderer, name):
     """Each results md with ± cells is what its renderer makes of the committed JSON: no number edited by hand."""
@@ -200,12 +201,13 @@ def test_full_param_cost_shares_are_per_step_and_leave_out_the_warm_up():
     assert full_param_cost._mean(rows, "step_seconds")[0] == pytest.approx(70 / 3)
 
 
-def test_the_committed_preset_rows_follow_from_their_runs():
+@pytest.mark.parametrize("name", ["presets_smollm2", "presets_smollm2_next"])
+def test_the_committed_preset_rows_follow_from_their_runs(name):
     """presets_smollm2: each arm's accuracy, its difference from vanilla and the steps ratios, recomputed from the
     committed runs (the curves and end accuracies each arm and vanilla rate reached), are the committed rows."""
     import presets_smollm2 as bench
 
-    data = json.loads((BENCHMARKS / "results" / "presets_smollm2.json").read_text())
+    data = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
     runs = {int(seed): seed_runs for seed, seed_runs in data["runs"].items()}
     again = bench.analyze(runs, data["meta"]["rates"])
     assert [r["arm"] for r in again] == [r["arm"] for r in data["rows"]]
