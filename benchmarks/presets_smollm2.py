@@ -50,7 +50,7 @@ VANILLA = "vanilla"
 NEXT = "preset next"
 NEXT_EVERY: int = PRESETS["next"].fixed["extrap_snapshot_every"]
 NEXT_REFERENCE = NextConfig.reference()
-NEXT_TARGET = int(NEXT_REFERENCE.target_snapshots or 0)  # the reference fixes it (5)
+NEXT_TARGET = NEXT_REFERENCE.target_snapshots  # the reference fixes it (5)
 NEXT_HORIZON = round(NEXT_REFERENCE.extend * NEXT_TARGET * NEXT_EVERY)  # the step the reference's jump stands for
 NEXT_MIN_JUMP = (NEXT_TARGET + 1) * NEXT_EVERY  # its fit needs target + 2 snapshots, the base's included
 NEXT_OBSERVED = {"extrap_preset": "next"}  # no extrap_jump_at: vanilla observed (snapshots only), unchanged
@@ -298,10 +298,9 @@ def main() -> None:
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     targets: dict[int, float] = {}
     for seed in args.seeds:  # the arms' rate for every seed first
-        if args.next:  # observed by the preset and saved at the jump: the arm's branch point
-            vanilla = train_arm(VANILLA, NEXT_OBSERVED, args, cache, seed, save_every=args.jump)
-        else:
-            vanilla = train_arm(VANILLA, {}, args, cache, seed)
+        # --next: vanilla observed by the preset and saved at the jump, the arm's branch point
+        observed, save_every = (NEXT_OBSERVED, args.jump) if args.next else ({}, None)
+        vanilla = train_arm(VANILLA, observed, args, cache, seed, save_every=save_every)
         if vanilla is None:  # --analyze: a seed without vanilla has nothing to compare
             continue
         runs[seed] = {VANILLA: vanilla}
