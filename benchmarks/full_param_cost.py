@@ -344,7 +344,7 @@ def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) 
         for method in JUMP_METHODS:
             for threads in (None, lent):
                 del plan
-                worker.extrapolator, worker.trajectory = get_extrapolator(method), _fork(before)
+                worker.extrapolator, worker.trajectory = get_extrapolator(method), before.fork()
                 start = time.perf_counter()
                 if threads is not None:
                     worker.lend_threads(threads)
@@ -372,7 +372,7 @@ def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) 
         for method in JUMP_METHODS:
             del plan
             alone = [stand_in_step() for _ in range(3)]
-            worker.extrapolator, worker.trajectory = get_extrapolator(method), _fork(before)
+            worker.extrapolator, worker.trajectory = get_extrapolator(method), before.fork()
             start = time.perf_counter()
             worker.add_weights(step, weights, torch.bfloat16)
             future = worker.plan_jump(step, JUMP_HORIZON, 1.0)
@@ -411,14 +411,6 @@ def jump_part(layers: int, snapshots: int, repeats: int, load_threads: int = 0) 
         "peak_rss_bytes": peak["VmRSS"],
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _fork(trajectory: Any) -> Any:
-    """A copy of ``trajectory`` to append to, leaving it as it is (the points shared, the containers copied)."""
-    fork = trajectory.prefix(len(trajectory))
-    fork._atoms = {name: list(atoms) for name, atoms in trajectory._atoms.items()}
-    fork._atom_gram, fork._bases = dict(trajectory._atom_gram), dict(trajectory._bases)
-    return fork
 
 
 def _walk(modules: dict, drift: dict, generator: Any) -> None:

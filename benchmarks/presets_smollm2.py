@@ -89,6 +89,11 @@ def arm_dir(cache: Path, seed: int, name: str) -> Path:
     return cache / f"seed{seed}" / "".join(c if c.isalnum() else "-" for c in name)
 
 
+def run_dir(cache: Path, seed: int, name: str) -> Path:
+    """Where the arm's trainer writes (its checkpoints: ``checkpoint-<step>``)."""
+    return arm_dir(cache, seed, name) / "run"
+
+
 def train_arm(
     name: str,
     extrap: dict[str, Any],
@@ -104,8 +109,7 @@ def train_arm(
     from rlvr_extrap.experiments.demo import DEMO_MODELS
     from rlvr_extrap.experiments.experiment import Run, run_experiment
 
-    out = arm_dir(cache, seed, name)
-    done = out / "result.json"
+    done = arm_dir(cache, seed, name) / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     if args.analyze:
@@ -116,7 +120,7 @@ def train_arm(
     eval_every = args.eval_every if name.startswith(VANILLA) else args.steps
     run = Run(name, args.steps, extrap=extrap, eval_every=eval_every, logging_steps=1, progress=False, seed=seed,
               save_every=save_every, **settings)  # fmt: skip
-    row = run_experiment(run, out / "run", [rewards], resume_from=resume_from)
+    row = run_experiment(run, run_dir(cache, seed, name), [rewards], resume_from=resume_from)
     row |= {"rewards": rewards.rewards, "seed": seed, "learning_rate": settings["learning_rate"]}
     done.write_text(json.dumps(row, default=str))
     print(f"  seed {seed}: {name}: {row['heldout_accuracy']:.3f} ({row['train_seconds']:.0f} s)", flush=True)
@@ -305,7 +309,7 @@ def main() -> None:
             continue
         runs[seed] = {VANILLA: vanilla}
         if args.next:
-            branch_point = arm_dir(cache, seed, VANILLA) / "run" / f"checkpoint-{args.jump}"
+            branch_point = run_dir(cache, seed, VANILLA) / f"checkpoint-{args.jump}"
             extrap = NEXT_OBSERVED | {"extrap_jump_at": [args.jump], "extrap_horizon": args.horizon}
             runs[seed][NEXT] = train_arm(NEXT, extrap, args, cache, seed, resume_from=branch_point)
             continue

@@ -58,6 +58,20 @@ def test_a_shared_offset_gives_the_same_gram_and_prediction_as_concatenated_poin
     torch.testing.assert_close(prefix.combine("m", [0.0, 0.0, 0.0, 1.0]).dense(), shared.deltas["m"][3].dense())
 
 
+def test_a_fork_takes_new_points_and_leaves_the_trajectory_as_it_was():
+    traj, _ = offset_trajectory(shared=True, points=4)
+    gram, atoms, rank = traj.gram("m").clone(), len(traj.atoms("m")), traj.basis_rank("m")
+    fork = traj.fork()
+    point = factors(torch.Generator().manual_seed(3), 9, 7, 2)
+    fork.append(60, {"m": point})  # a new factored atom in new directions: grows the fork's basis
+    assert len(traj) == 4 and len(traj.atoms("m")) == atoms and traj.basis_rank("m") == rank
+    torch.testing.assert_close(traj.gram("m"), gram, rtol=0, atol=0)
+    assert fork.basis_rank("m") > rank and len(fork) == 5
+    torch.testing.assert_close(fork.gram("m")[:4, :4], gram, rtol=0, atol=0)
+    reduced = fork.reduce("m", fork.combine("m", [0.0] * 4 + [1.0])).factors  # float32, the edit's precision
+    torch.testing.assert_close(reduced.dense().double(), point.dense(), rtol=1e-5, atol=1e-5)
+
+
 def synthetic_snapshots(
     worker: TrajectoryWorker, count: int, dtype=torch.float32, shapes=(("q", 8, 6), ("o", 5, 8))
 ) -> list[dict[str, LowRank]]:

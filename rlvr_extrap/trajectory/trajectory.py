@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -205,6 +206,18 @@ class Trajectory:
         view.velocities = self.velocities[:n]
         view.labels = {step: y for step, y in self.labels.items() if step <= view.steps[-1]}  # none from the future
         return view
+
+    def fork(self) -> Trajectory:
+        """A copy to append to, leaving this one as it is (the deltas shared, the bookkeeping copied)."""
+        if not self:
+            fork = Trajectory(self.clock)
+            fork.labels = dict(self.labels)
+            return fork
+        fork = self.prefix(len(self))
+        fork._atoms = {name: list(atoms) for name, atoms in self._atoms.items()}
+        fork._atom_gram = dict(self._atom_gram)
+        fork._bases = copy.deepcopy(self._bases)  # appending extends a basis in place
+        return fork
 
     def gram(self, name: str) -> torch.Tensor:
         """``G[i, j] = <D_i, D_j>`` over this module's points (float64, T x T)."""
