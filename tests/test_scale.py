@@ -60,8 +60,12 @@ def test_a_shared_offset_gives_the_same_gram_and_prediction_as_concatenated_poin
 
 def test_a_fork_takes_new_points_and_leaves_the_trajectory_as_it_was():
     traj, _ = offset_trajectory(shared=True, points=4)
+    traj.labels = {0: 0.1, 30: 0.4}
     gram, atoms, rank = traj.gram("m").clone(), len(traj.atoms("m")), traj.basis_rank("m")
     fork = traj.fork()
+    fork.labels[60] = 0.5
+    assert traj.labels == {0: 0.1, 30: 0.4} and fork.labels == {0: 0.1, 30: 0.4, 60: 0.5}
+    assert len(Trajectory().fork()) == 0
     point = factors(torch.Generator().manual_seed(3), 9, 7, 2)
     fork.append(60, {"m": point})  # a new factored atom in new directions: grows the fork's basis
     assert len(traj) == 4 and len(traj.atoms("m")) == atoms and traj.basis_rank("m") == rank

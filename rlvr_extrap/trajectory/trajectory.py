@@ -209,14 +209,11 @@ class Trajectory:
 
     def fork(self) -> Trajectory:
         """A copy to append to, leaving this one as it is (the deltas shared, the bookkeeping copied)."""
-        if not self:
-            fork = Trajectory(self.clock)
-            fork.labels = dict(self.labels)
-            return fork
-        fork = self.prefix(len(self))
+        fork = self.prefix(len(self)) if self else Trajectory(self.clock)
         fork._atoms = {name: list(atoms) for name, atoms in self._atoms.items()}
         fork._atom_gram = dict(self._atom_gram)
         fork._bases = copy.deepcopy(self._bases)  # appending extends a basis in place
+        fork.labels = dict(self.labels)
         return fork
 
     def gram(self, name: str) -> torch.Tensor:
